@@ -1,0 +1,1 @@
+"""Lowering targets for graphopt graphs (installed as graphopt.backends)."""

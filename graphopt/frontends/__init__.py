@@ -1,0 +1,1 @@
+"""graphopt front-ends: model formats that import into the IR."""

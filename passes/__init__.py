@@ -1,0 +1,1 @@
+"""Structured-pruning, layer-dropping and quantization passes (installed as graphopt.passes)."""
