@@ -1,0 +1,166 @@
+"""Torch back-end: lower a Graph to a runnable, trainable `torch.fx.GraphModule`.
+
+Why generate an fx module rather than interpret the graph: the generated
+forward is plain Python with no per-node dispatch, it can be printed
+(`module.code`), `torch.compile`d or exported again, and parameters live as
+`nn.Parameter`s under their original state_dict names, so a pruned model can be
+fine-tuned and its checkpoint read by name.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import sympy
+import torch
+import torch.fx
+from torch.utils import _pytree as pytree
+
+from graphopt.errors import GraphoptError
+from graphopt.ir import dims as D
+from graphopt.ir.graph import Graph, Value
+from graphopt.backends.torch.kernels import KERNELS, TRAINING_AWARE, register_kernel
+
+__all__ = ["to_module", "register_kernel", "KERNELS"]
+
+_RESERVED = {"graph", "code", "forward", "training", "meta", "_code", "_graph"}
+_CREATION_OPS = frozenset({"full", "arange"})
+
+
+def eval_dim(text: str, names: tuple[str, ...], *values: int) -> int:
+    """Runtime value of a symbolic dim (called from generated code)."""
+    return D.evaluate_text(text, dict(zip(names, values)))
+
+
+def unflatten_outputs(flat: list, spec: Any) -> Any:
+    """Rebuild the model's original output structure (tuple, dict, dataclass) from flat tensors."""
+    return pytree.tree_unflatten(flat, spec)
+
+
+def _attr_path(name: str) -> list[str]:
+    parts = [p if p.isidentifier() or p.isdigit() else "".join(c if c.isalnum() else "_" for c in p) for p in name.split(".")]
+    if parts[0] in _RESERVED:
+        parts[0] = f"{parts[0]}_"
+    return parts
+
+
+def _install(module: torch.nn.Module, name: str, tensor: torch.Tensor, kind: str) -> str:
+    """Register `tensor` under the dotted path `name`, creating container modules as needed."""
+    parts = _attr_path(name)
+    owner = module
+    for part in parts[:-1]:
+        child = owner._modules.get(part)
+        if child is None:
+            if hasattr(owner, part):  # the path is taken by a tensor: fall back to a flat name
+                return _install(module, "_".join(parts), tensor, kind)
+            child = torch.nn.Module()
+            owner.add_module(part, child)
+        owner = child
+    leaf = parts[-1]
+    if leaf in owner._modules or leaf in owner._parameters or leaf in owner._buffers:
+        return _install(module, "_".join(parts) + "_", tensor, kind)
+    if kind == "param":
+        owner.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=tensor.is_floating_point()))
+    else:
+        owner.register_buffer(leaf, tensor, persistent=(kind == "buffer"))
+    return ".".join(parts[:-1] + [leaf])
+
+
+def to_module(graph: Graph, *, copy_weights: bool = True) -> torch.fx.GraphModule:
+    """Lower `graph` to a `torch.fx.GraphModule` computing the same function.
+
+    `copy_weights=True` (default) gives the module its own tensors, so training
+    it never writes into the graph or the model it was traced from.
+    """
+    root = torch.nn.Module()
+    paths: dict[str, str] = {}
+    for name, value in graph.weights.items():
+        tensor = value.data.detach().clone() if copy_weights and value.data.device.type != "meta" else value.data
+        paths[name] = _install(root, name, tensor, value.kind)
+
+    fx = torch.fx.Graph()
+    env: dict[int, torch.fx.Node] = {}
+    for value in graph.inputs:
+        env[id(value)] = fx.placeholder(value.name if value.name.isidentifier() else f"input_{len(env)}")
+
+    symbols = graph.symbols()
+    sym_nodes: dict[str, torch.fx.Node] = {}
+    for sym, (index, axis) in symbols.items():
+        sym_nodes[sym] = fx.call_method("size", (env[id(graph.inputs[index])], axis))
+
+    cache: dict[str, torch.fx.Node] = {}
+
+    def resolve(obj: Any) -> Any:
+        if isinstance(obj, sympy.Basic):
+            names = tuple(sorted(str(s) for s in obj.free_symbols))
+            missing = [n for n in names if n not in sym_nodes]
+            if missing:
+                raise GraphoptError(f"symbolic dim {obj} uses {missing}, which no graph input's shape binds")
+            if obj.is_Symbol:
+                return sym_nodes[str(obj)]
+            key = str(obj)
+            if key not in cache:
+                cache[key] = fx.call_function(eval_dim, (key, names, *(sym_nodes[n] for n in names)))
+            return cache[key]
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(resolve(o) for o in obj)
+        return obj
+
+    def read(value: Value | None) -> Any:
+        if value is None:
+            return None
+        if id(value) not in env:
+            if value.is_weight:
+                env[id(value)] = fx.get_attr(paths[value.name])
+            else:
+                raise GraphoptError(f"%{value.name} is read before it is computed")
+        return env[id(value)]
+
+    training = None
+    device = None
+    for node in graph.nodes:
+        fn = KERNELS.get(node.op)
+        if fn is None:
+            raise GraphoptError(
+                f"the torch back-end has no kernel for op '{node.op}' ({node.where()}); "
+                "add one with graphopt.backends.torch.register_kernel"
+            )
+        kwargs = {k: resolve(v) for k, v in node.attrs.items()}
+        if node.op in TRAINING_AWARE:
+            training = training or fx.get_attr("training")
+            kwargs["training"] = training
+        if node.op in _CREATION_OPS and graph.inputs:
+            device = device or fx.call_function(getattr, (env[id(graph.inputs[0])], "device"))
+            kwargs["device"] = device
+        call = fx.call_function(fn, tuple(read(v) for v in node.inputs), kwargs)
+        call.name = node.name.replace(".", "_")
+        if len(node.outputs) == 1:
+            env[id(node.outputs[0])] = call
+        else:
+            for i, out in enumerate(node.outputs):
+                env[id(out)] = fx.call_function(operator.getitem, (call, i))
+
+    outs = [read(v) for v in graph.outputs]
+    spec = graph.meta.get("out_spec")
+    if spec is not None and spec.num_leaves == len(outs) and not (spec.is_leaf() and len(outs) == 1):
+        root._graphopt_out_spec = spec
+        fx.output(fx.call_function(unflatten_outputs, (outs, fx.get_attr("_graphopt_out_spec"))))
+    else:
+        fx.output(outs[0] if len(outs) == 1 else tuple(outs))
+
+    module = torch.fx.GraphModule(root, fx, class_name=_class_name(graph.name))
+    for name, value in graph.weights.items():  # weights no node reads still keep their state_dict entry
+        path = paths[name]
+        try:
+            module.get_submodule(path.rpartition(".")[0]) if "." in path else module
+            _ = module.get_parameter(path) if value.kind == "param" else module.get_buffer(path)
+        except AttributeError:
+            _install(module, path, root.get_parameter(path) if value.kind == "param" else root.get_buffer(path), value.kind)
+    module.graphopt_input_names = [v.name for v in graph.inputs]
+    return module.eval()  # the graph has inference semantics; call .train() to fine-tune
+
+
+def _class_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() else "_" for c in name)
+    return cleaned if cleaned and cleaned[0].isalpha() else f"Graph_{cleaned}"

@@ -1,0 +1,397 @@
+"""PyTorch front-end: `torch.export` a model and import the program into a graphopt Graph.
+
+Why torch.export (and not symbolic fx tracing): it sees through functional
+calls, in-place ops and Python control flow on shapes, functionalises the
+program, and records each node's module path and source line, which graphopt
+keeps for its diagnostics. The program is only functionalised
+(`run_decompositions({})`), not decomposed to core ATen, so high-level ops the
+passes care about (linear, conv, layer_norm, scaled_dot_product_attention)
+stay whole.
+
+Dynamic axes stay symbolic: by default the batch axis of every input is
+exported as `Dim.AUTO`, so the graph (and what it lowers to) runs on other
+batch sizes; pass `dynamic={input_index: {axis: name}}` for more (a sequence
+axis, say).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+from typing import Any, Callable, Mapping, Sequence
+
+import sympy
+import torch
+import torch.fx
+
+from graphopt.errors import GraphoptError, UnsupportedOpError
+from graphopt.ir import dims as D
+from graphopt.ir.graph import Graph, Node, SourceLocation, Value
+
+Converter = Callable[["ImportContext", torch.fx.Node], "Value | Sequence[Value] | None"]
+
+_CONVERTERS: dict[str, Converter] = {}
+
+# Ops that only assert or annotate; they compute nothing the graph needs.
+_IGNORED = {
+    "aten._assert_tensor_metadata",
+    "aten._assert_scalar",
+    "aten._assert_async",
+    "aten.sym_constrain_range_for_size",
+    "aten.sym_constrain_range",
+    "aten._functional_sym_constrain_range",
+    "aten._functional_sym_constrain_range_for_size",
+    "aten._functional_assert_async",
+    "aten._functional_assert_scalar",
+}
+
+REGISTER_HINT = (
+    "To add a mapping, register a converter before tracing:\n"
+    "    @graphopt.frontends.torch.register_torch_op('{op}')\n"
+    "    def convert(ctx, node):\n"
+    "        x = ctx.value(node.args[0])\n"
+    "        return ctx.emit('<canonical op>', [x], {{...}})\n"
+    "(see docs/ir.md for the canonical ops; graphopt.ir.register_op adds a new one)."
+)
+
+
+def register_torch_op(*targets: str, replace: bool = False) -> Callable[[Converter], Converter]:
+    """Register `fn(ctx, fx_node)` as the converter for the named torch ops.
+
+    A target is an overload ("aten.conv2d.default") or a packet ("aten.conv2d",
+    covering every overload without a converter of its own).
+    """
+
+    def wrap(fn: Converter) -> Converter:
+        for target in targets:
+            if target in _CONVERTERS and not replace:
+                raise GraphoptError(f"a converter for '{target}' is already registered; pass replace=True")
+            _CONVERTERS[target] = fn
+        return fn
+
+    return wrap
+
+
+def op_name(target: Any) -> str:
+    """The name graphopt uses for an fx call target: 'aten.add.Tensor', 'operator.getitem', ..."""
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return str(target)
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", repr(target))
+    if module in ("_operator", "operator"):
+        module = "operator"
+    return f"{module}.{name}" if module else name
+
+
+def _packet(name: str) -> str:
+    return name.rsplit(".", 1)[0] if name.startswith("aten.") and name.count(".") >= 2 else name
+
+
+def find_converter(name: str) -> Converter | None:
+    return _CONVERTERS.get(name) or _CONVERTERS.get(_packet(name))
+
+
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>[^\n]+)\n(?P<code>[^\n]*)')
+_INTERNAL_PATHS = ("/torch/", "/graphopt/frontends/")
+
+
+def source_location(node: torch.fx.Node) -> SourceLocation:
+    """The user's module path and innermost file:line for an exported fx node."""
+    module = ""
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1][0]
+        module = _clean_module_path(path)
+    trace = node.meta.get("stack_trace") or ""
+    frames = [m for m in _FRAME.finditer(trace) if not any(p in m.group("file") for p in _INTERNAL_PATHS)]
+    if not frames:
+        return SourceLocation(module=module)
+    last = frames[-1]
+    return SourceLocation(module=module, file=last.group("file"), line=int(last.group("line")), code=last.group("code").strip())
+
+
+def _clean_module_path(path: str) -> str:
+    path = re.sub(r"^L\['self'\]\.?", "", path)
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    path = re.sub(r"\['([^']+)'\]", r".\1", path)
+    path = re.sub(r"_modules\.|\.?_modules\[", "", path)
+    return path.strip(".")
+
+
+class ImportContext:
+    """What a converter sees: fx arguments as graph Values, and a way to emit canonical nodes."""
+
+    def __init__(self, graph: Graph, rename: dict) -> None:
+        self.graph = graph
+        self._values: dict[torch.fx.Node, Any] = {}
+        self._rename = rename
+        self._consts: dict[tuple, Value] = {}
+        self.current: torch.fx.Node | None = None
+
+    # -- reading arguments
+    def value(self, arg: Any) -> Value:
+        """The Value of a tensor argument (an fx node), or a constant for a Python scalar."""
+        if isinstance(arg, torch.fx.Node):
+            found = self._values.get(arg)
+            if isinstance(found, Value):
+                return found
+            raise GraphoptError(f"argument %{arg.name} of {self._where()} is not a tensor the importer knows")
+        if isinstance(arg, (bool, int, float)):
+            return self.scalar(arg)
+        raise GraphoptError(f"{self._where()}: expected a tensor argument, got {type(arg).__name__}")
+
+    def maybe_value(self, arg: Any) -> Value | None:
+        return None if arg is None else self.value(arg)
+
+    def scalar(self, number: bool | int | float, dtype: torch.dtype | None = None) -> Value:
+        """A 0-d constant; like a Python scalar, it does not widen a tensor's dtype."""
+        if dtype is None:
+            dtype = torch.bool if isinstance(number, bool) else torch.int64 if isinstance(number, int) else torch.float32
+        key = (type(number), number, dtype)
+        if key not in self._consts:
+            self._consts[key] = self.graph.add_const(torch.tensor(number, dtype=dtype), name="const")
+        return self._consts[key]
+
+    def dim(self, arg: Any) -> D.Dim:
+        """A shape argument as a Dim: an int, or a symbolic expression over the dynamic axes."""
+        if isinstance(arg, torch.fx.Node):
+            arg = arg.meta.get("val")
+        if isinstance(arg, torch.SymInt):
+            return self.rename(arg.node.expr)
+        return D.canon(arg)
+
+    def dims(self, args: Sequence[Any]) -> list[D.Dim]:
+        return [self.dim(a) for a in args]
+
+    def rename(self, expr):
+        expr = D.canon(expr)
+        return expr if isinstance(expr, int) else D.canon(expr.xreplace(self._rename))
+
+    def out_shape(self, node: torch.fx.Node | None = None, index: int | None = None) -> tuple:
+        val = (node or self.current).meta["val"]
+        if index is not None:
+            val = val[index]
+        return tuple(self.rename(d.node.expr) if isinstance(d, torch.SymInt) else int(d) for d in val.shape)
+
+    def out_dtype(self, node: torch.fx.Node | None = None) -> torch.dtype:
+        val = (node or self.current).meta["val"]
+        return val.dtype if isinstance(val, torch.Tensor) else val[0].dtype
+
+    # -- emitting
+    def emit(self, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any] | None = None) -> Node:
+        """Append a canonical node carrying the current fx node's name and source location."""
+        fx = self.current
+        node = self.graph.create_node(op, inputs, attrs, name=fx.name if fx is not None else op)
+        if fx is not None:
+            node.meta["source"] = source_location(fx)
+            node.meta["torch_op"] = op_name(fx.target)
+        return node
+
+    def emit1(self, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any] | None = None) -> Value:
+        return self.emit(op, inputs, attrs).output
+
+    def _where(self) -> str:
+        fx = self.current
+        return f"node '{fx.name}' ({op_name(fx.target)})" if fx is not None else "the importer"
+
+
+def _default_dynamic(args: Sequence[Any]) -> dict[int, dict[int, str]]:
+    return {i: {0: "batch"} for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.dim() > 0}
+
+
+def _dynamic_shapes(model: torch.nn.Module, args, kwargs, dynamic: Mapping[int, Mapping[int, str]]):
+    def spec(i: int, a: Any):
+        if not isinstance(a, torch.Tensor):
+            return None
+        axes = dynamic.get(i, {})
+        return {axis: torch.export.Dim.AUTO for axis in axes} or None
+
+    if not kwargs:
+        return tuple(spec(i, a) for i, a in enumerate(args))
+    params = list(inspect.signature(model.forward).parameters)
+    shapes: dict[str, Any] = {}
+    for i, a in enumerate(args):
+        shapes[params[i]] = spec(i, a)
+    for j, (k, a) in enumerate(kwargs.items()):
+        shapes[k] = spec(len(args) + j, a)
+    return shapes
+
+
+def export_program(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic) -> torch.export.ExportedProgram:
+    """torch.export the model, functionalised but not decomposed; raise a clear error if export fails."""
+    shapes = _dynamic_shapes(model, args, kwargs, dynamic) if dynamic else None
+    try:
+        ep = torch.export.export(model, args, kwargs or None, dynamic_shapes=shapes, strict=False)
+    except Exception as exc:  # export errors are long; keep them, but say what failed first
+        if shapes is None:
+            raise GraphoptError(f"torch.export could not trace {type(model).__name__}: {exc}") from exc
+        warnings.warn(
+            f"torch.export with dynamic axes failed ({type(exc).__name__}); tracing with static shapes",
+            stacklevel=3,
+        )
+        try:
+            ep = torch.export.export(model, args, kwargs or None, strict=False)
+        except Exception as exc2:
+            raise GraphoptError(f"torch.export could not trace {type(model).__name__}: {exc2}") from exc2
+    return ep.run_decompositions({})
+
+
+def trace(
+    model: torch.nn.Module,
+    example_inputs: Sequence[Any] | torch.Tensor,
+    example_kwargs: Mapping[str, Any] | None = None,
+    *,
+    dynamic: str | Mapping[int, Mapping[int, str]] | None = "batch",
+    name: str | None = None,
+) -> Graph:
+    """Trace `model` on example inputs into a graphopt Graph (inference semantics: eval mode).
+
+    `dynamic`: "batch" (default) keeps axis 0 of every tensor input symbolic;
+    a mapping {input_index: {axis: symbol_name}} chooses the axes (inputs are
+    numbered over positional then keyword inputs); None traces static shapes.
+    """
+    import graphopt.frontends.torch_ops  # noqa: F401 - registers the aten converters
+
+    args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    kwargs = dict(example_kwargs or {})
+    flat_inputs = list(args) + list(kwargs.values())
+    if dynamic == "batch":
+        dynamic_map: Mapping[int, Mapping[int, str]] | None = _default_dynamic(flat_inputs)
+    elif dynamic is None or isinstance(dynamic, Mapping):
+        dynamic_map = dynamic
+    else:
+        raise GraphoptError(f"dynamic must be 'batch', None or a mapping, not {dynamic!r}")
+
+    was_training = model.training
+    model.eval()
+    try:
+        ep = export_program(model, args, kwargs, dynamic_map)
+    finally:
+        model.train(was_training)
+    return import_program(ep, name=name or type(model).__name__, dynamic=dynamic_map or {})
+
+
+def import_program(ep: torch.export.ExportedProgram, *, name: str = "graph", dynamic: Mapping[int, Mapping[int, str]] | None = None) -> Graph:
+    """Import an ExportedProgram (already functionalised) into a Graph."""
+    import graphopt.frontends.torch_ops  # noqa: F401
+
+    graph = Graph(name)
+    sig = ep.graph_signature
+    kinds: dict[str, tuple[str, str]] = {}
+    for spec in sig.input_specs:
+        kind = spec.kind.name
+        if kind == "PARAMETER":
+            kinds[spec.arg.name] = ("param", spec.target)
+        elif kind == "BUFFER":
+            kinds[spec.arg.name] = ("buffer", spec.target)
+        elif kind == "CONSTANT_TENSOR":
+            kinds[spec.arg.name] = ("const", spec.target)
+        elif kind == "USER_INPUT":
+            kinds[spec.arg.name] = ("input", spec.arg.name)
+        else:
+            raise GraphoptError(f"unsupported exported input kind {kind} for '{spec.arg.name}'")
+
+    user_placeholders = [n for n in ep.graph.nodes if n.op == "placeholder" and kinds.get(n.name, ("",))[0] == "input"]
+    rename = _symbol_names(user_placeholders, dynamic or {})
+    ctx = ImportContext(graph, rename)
+
+    for fx in ep.graph.nodes:
+        ctx.current = fx
+        if fx.op == "placeholder":
+            kind, target = kinds.get(fx.name, ("input", fx.name))
+            if kind == "input":
+                val = fx.meta["val"]
+                if not isinstance(val, torch.Tensor):
+                    ctx._values[fx] = val  # a non-tensor input was specialised by export
+                    continue
+                ctx._values[fx] = graph.add_input(fx.name, ctx.out_shape(fx), val.dtype)
+            else:
+                tensor = ep.state_dict.get(target) if kind != "const" else None
+                if tensor is None:
+                    tensor = ep.constants.get(target)
+                if tensor is None:
+                    raise GraphoptError(f"exported program has no tensor for {kind} '{target}'")
+                ctx._values[fx] = graph.add_weight(target, tensor.detach(), kind=kind)
+        elif fx.op == "call_function":
+            _import_call(ctx, fx)
+        elif fx.op == "output":
+            outs = fx.args[0]
+            outs = outs if isinstance(outs, (list, tuple)) else (outs,)
+            user_outs = [o for o, s in zip(outs, sig.output_specs) if s.kind.name == "USER_OUTPUT"]
+            graph.outputs = [ctx.value(o) for o in user_outs]
+        else:
+            raise GraphoptError(f"unexpected fx node kind '{fx.op}' ({fx.name}) in the exported program")
+    ctx.current = None
+    graph.meta["out_spec"] = ep.call_spec.out_spec
+    graph.meta["input_names"] = [v.name for v in graph.inputs]
+    return graph
+
+
+def _symbol_names(placeholders, dynamic: Mapping[int, Mapping[int, str]]) -> dict:
+    """Map torch's symbols (s0, s77, ...) to names that say which axis they are."""
+    rename: dict = {}
+    used: set[str] = set()
+    for i, fx in enumerate(placeholders):
+        val = fx.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        for axis, d in enumerate(val.shape):
+            if not isinstance(d, torch.SymInt):
+                continue
+            expr = d.node.expr
+            if not isinstance(expr, sympy.Symbol) or expr in rename:
+                continue
+            base = dynamic.get(i, {}).get(axis) or ("batch" if axis == 0 else f"{fx.name}_{axis}")
+            name, k = base, 1
+            while name in used:
+                name, k = f"{base}{k}", k + 1
+            used.add(name)
+            rename[expr] = D.symbol(name)
+    return rename
+
+
+def _is_tensor_val(val: Any) -> bool:
+    if isinstance(val, torch.Tensor):
+        return True
+    return isinstance(val, (list, tuple)) and len(val) > 0 and all(isinstance(v, torch.Tensor) for v in val)
+
+
+def _import_call(ctx: ImportContext, fx: torch.fx.Node) -> None:
+    name = op_name(fx.target)
+    if name == "operator.getitem":
+        source = ctx._values.get(fx.args[0])
+        if isinstance(source, (list, tuple)):
+            ctx._values[fx] = source[fx.args[1]]
+            return
+    if _packet(name) in _IGNORED or name in _IGNORED:
+        return
+    val = fx.meta.get("val")
+    if not _is_tensor_val(val):
+        return  # shape arithmetic on SymInts: read through meta["val"] where used
+    converter = find_converter(name)
+    if converter is None:
+        raise UnsupportedOpError(name, fx.name, source=str(source_location(fx)) or None,
+                                 hint=REGISTER_HINT.format(op=name))
+    result = converter(ctx, fx)
+    if result is None:
+        raise GraphoptError(f"converter for '{name}' returned nothing for node '{fx.name}'")
+    ctx._values[fx] = result
+    _check_types(ctx, fx, result)
+
+
+def _check_types(ctx: ImportContext, fx: torch.fx.Node, result) -> None:
+    """Catch converter mistakes at import: the graph's types must equal what torch computed."""
+    vals = fx.meta["val"]
+    pairs = list(zip(result, vals)) if isinstance(result, (list, tuple)) else [(result, vals)]
+    for i, (value, val) in enumerate(pairs):
+        if value is None:  # an output the canonical op does not produce (e.g. batch-norm statistics)
+            continue
+        expected = tuple(ctx.rename(d.node.expr) if isinstance(d, torch.SymInt) else int(d) for d in val.shape)
+        if not D.shapes_equal(value.shape, expected) or value.dtype != val.dtype:
+            raise GraphoptError(
+                f"importing node '{fx.name}' ({op_name(fx.target)}) gave %{value.name}: {value.type_str()}, "
+                f"but torch computed {val.dtype}{list(expected)} (output {i}); this is a graphopt converter bug"
+            )
