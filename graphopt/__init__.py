@@ -1,4 +1,8 @@
-"""graphopt: a compiler-style graph transformation framework for neural networks."""
+"""graphopt: a compiler-style graph transformation framework for neural networks.
+
+Trace a model into graphopt's IR (`graphopt.trace`), transform it with passes,
+and lower it to a backend (`graphopt.backends.torch.to_module`, ...).
+"""
 
 from pathlib import Path as _Path
 
@@ -6,4 +10,13 @@ from graphopt._source_layout import install_if_source_checkout as _install_sourc
 
 _install_source_layout(_Path(__file__).resolve().parent)
 
+from graphopt.errors import GraphoptError, ShapeError, UnsupportedOpError, VerificationError  # noqa: E402
+from graphopt.frontends.torch import register_torch_op, trace  # noqa: E402
+from graphopt.ir import Graph, Node, Value  # noqa: E402
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Graph", "Node", "Value", "trace", "register_torch_op",
+    "GraphoptError", "ShapeError", "UnsupportedOpError", "VerificationError", "__version__",
+]
