@@ -184,9 +184,10 @@ class ImportContext:
     def emit(self, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any] | None = None) -> Node:
         """Append a canonical node carrying the current fx node's name and source location."""
         fx = self.current
-        node = self.graph.create_node(op, inputs, attrs, name=fx.name if fx is not None else op)
+        source = source_location(fx) if fx is not None else None
+        node = self.graph.create_node(op, inputs, attrs, name=_node_name(op, inputs, source))
         if fx is not None:
-            node.meta["source"] = source_location(fx)
+            node.meta["source"] = source
             node.meta["torch_op"] = op_name(fx.target)
         return node
 
@@ -196,6 +197,14 @@ class ImportContext:
     def _where(self) -> str:
         fx = self.current
         return f"node '{fx.name}' ({op_name(fx.target)})" if fx is not None else "the importer"
+
+
+def _node_name(op: str, inputs: Sequence[Value | None], source: SourceLocation | None) -> str:
+    """Name a layer's main node after its module ('layer1.0.conv1'), anything else after its op."""
+    module = source.module if source is not None else ""
+    if module and any(v is not None and v.is_weight and v.name.startswith(module + ".") for v in inputs):
+        return module
+    return op
 
 
 def _default_dynamic(args: Sequence[Any]) -> dict[int, dict[int, str]]:
