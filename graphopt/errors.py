@@ -18,7 +18,7 @@ class UnsupportedOpError(GraphoptError):
         self.op = op
         self.node = node
         self.source = source
-        where = f" at {source}" if source else ""
+        where = f" from {source}" if source else ""
         super().__init__(f"unsupported operator '{op}' (node '{node}'){where}.\n{hint}".rstrip())
 
 
