@@ -1,0 +1,48 @@
+"""Pass infrastructure: the Pass contract, registry, textual pipelines, analyses and instruments.
+
+    from graphopt.passmanager import Pass, PassResult, PassManager, register_pass
+
+    @register_pass("my-pass")
+    class MyPass(Pass):
+        threshold: float = 0.5          # an option: my-pass{threshold=0.25}
+
+        def run(self, graph, analyses):
+            ...
+            return PassResult(graph, modified=True)
+
+    new_graph, report = PassManager.parse("canonicalize,my-pass{threshold=0.25}").run(graph)
+
+See docs/passes.md for a step-by-step guide.
+"""
+
+from graphopt.passmanager.analysis import (
+    AnalysisManager,
+    PreservedAnalyses,
+    bindings_from_inputs,
+    list_analyses,
+    register_analysis,
+)
+from graphopt.passmanager.errors import (
+    PassDefinitionError,
+    PassFailedError,
+    PassVerificationError,
+    PipelineError,
+    UnknownOptionError,
+    UnknownPassError,
+)
+from graphopt.passmanager.instruments import DumpIR, PassInstrument, Progress, Timing, Verify
+from graphopt.passmanager.manager import PassManager, RunContext
+from graphopt.passmanager.options import option
+from graphopt.passmanager.pass_base import Pass, PassResult, Tolerance
+from graphopt.passmanager.pipeline import NamedPipeline, parse_steps
+from graphopt.passmanager.registry import list_passes, lookup, register_pass, register_pipeline, unregister
+from graphopt.passmanager.report import PassRecord, PipelineReport
+
+__all__ = [
+    "Pass", "PassResult", "Tolerance", "option", "register_pass", "register_pipeline", "unregister", "lookup",
+    "list_passes", "PassManager", "RunContext", "NamedPipeline", "parse_steps",
+    "AnalysisManager", "PreservedAnalyses", "register_analysis", "list_analyses", "bindings_from_inputs",
+    "PassInstrument", "Timing", "DumpIR", "Verify", "Progress", "PassRecord", "PipelineReport",
+    "PipelineError", "UnknownPassError", "UnknownOptionError", "PassDefinitionError", "PassFailedError",
+    "PassVerificationError",
+]

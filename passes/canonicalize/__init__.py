@@ -1,0 +1,26 @@
+"""Canonicalisation passes: exact rewrites that put a traced graph into a simpler, standard form.
+
+Every pass here is exact (outputs equal within fp32 rounding), keeps the
+`meta` (source locations) of the nodes it keeps, and is registered by name.
+`canonicalize` runs them all, repeating until none changes the graph.
+"""
+
+from graphopt.passmanager import register_pipeline
+
+from .dead_code import EliminateDeadCode
+from .fold_batchnorm import FoldBatchNorm
+from .fold_constants import FoldConstants
+from .merge_reshapes import MergeReshapes
+from .remove_identity import RemoveIdentity
+
+CANONICALIZE = "remove-identity,merge-reshapes,fold-constants,fold-batchnorm,eliminate-dead-code"
+
+register_pipeline(
+    "canonicalize",
+    CANONICALIZE,
+    fixed_point=True,
+    max_iterations=4,
+    doc="run every canonicalisation pass, repeated until none changes the graph",
+)
+
+__all__ = ["EliminateDeadCode", "FoldBatchNorm", "FoldConstants", "MergeReshapes", "RemoveIdentity", "CANONICALIZE"]

@@ -1,0 +1,118 @@
+"""`fold-batchnorm`: fold inference batch norm into the conv / linear / conv_transpose that feeds it."""
+
+from __future__ import annotations
+
+import torch
+
+from graphopt.ir.graph import Graph, Node, Value
+from graphopt.passmanager import AnalysisManager, Pass, PassResult, register_pass
+
+from ._rewrite import drop_unused_weights, is_read
+
+FOLDABLE = ("conv", "conv_transpose", "linear")
+
+
+def foldable_producer(bn: Node) -> Node | None:
+    """The conv/linear whose output only this batch_norm reads, with weight tensors the fold can rewrite."""
+    x = bn.inputs[0]
+    producer = x.producer
+    if producer is None or producer.op not in FOLDABLE:
+        return None
+    if len(x.uses()) != 1 or any(out is x for out in bn.graph.outputs):
+        return None  # another reader needs the un-normalised output
+    weight = producer.inputs[1]
+    bias = producer.inputs[2] if len(producer.inputs) > 2 else None
+    if weight is None or not weight.is_weight or (bias is not None and not bias.is_weight):
+        return None
+    if not weight.dtype.is_floating_point:
+        return None  # already quantized: scaling would need requantization
+    stats = bn.inputs[1:5]
+    if any(v is not None and not v.is_weight for v in stats) or stats[2] is None or stats[3] is None:
+        return None
+    channels = x.shape[1] if x.rank > 1 else None
+    if not isinstance(channels, int) or channels != stats[2].shape[0]:
+        return None
+    if producer.op == "linear" and x.rank != 2:
+        return None  # batch_norm's channel axis 1 is the feature axis only for [N, features]
+    return producer
+
+
+def _scaled_weight(op: str, weight: torch.Tensor, scale: torch.Tensor, groups: int) -> torch.Tensor:
+    """Multiply each output channel of the layer's weight by `scale`."""
+    tail = (1,) * (weight.dim() - 2)
+    if op in ("conv", "linear"):  # weight [C_out, ...]
+        return weight * scale.reshape(-1, 1, *tail)
+    # conv_transpose weight [C_in, C_out/groups, k...]: output channel g*(C_out/groups) + j
+    c_in, c_out_g = weight.shape[0], weight.shape[1]
+    grouped = weight.reshape(groups, c_in // groups, c_out_g, *weight.shape[2:])
+    return (grouped * scale.reshape(groups, 1, c_out_g, *tail)).reshape(weight.shape)
+
+
+def _bias_name(graph: Graph, weight: Value) -> str:
+    # add_weight makes the name unique if it is taken
+    return weight.name[: -len("weight")] + "bias" if weight.name.endswith("weight") else weight.name + ".bias"
+
+
+def _own_weight(graph: Graph, layer: Node, index: int, value: Value, tensor: torch.Tensor) -> None:
+    """Give `layer` input `index` the tensor, rewriting the weight in place only if no one else reads it."""
+    if len(value.uses()) == 1 and not any(out is value for out in graph.outputs):
+        value.set_data(tensor)
+    else:
+        layer.set_input(index, graph.add_weight(value.name + ".bn_folded", tensor, kind="param"))
+
+
+def fold(graph: Graph, bn: Node, layer: Node) -> None:
+    gamma, beta, mean, var = bn.inputs[1:5]
+    weight = layer.inputs[1]
+    bias = layer.inputs[2] if len(layer.inputs) > 2 else None
+    eps = float(bn.attrs.get("eps", 1e-5))
+    # In float64, so the folded tensors are the exactly-rounded fp32 values of the ideal ones.
+    f64 = torch.float64
+    var_t, mean_t = var.data.to(f64), mean.data.to(f64)
+    scale = torch.rsqrt(var_t + eps)
+    if gamma is not None:
+        scale = scale * gamma.data.to(f64)
+    shift = -mean_t * scale
+    if beta is not None:
+        shift = shift + beta.data.to(f64)
+    groups = int(layer.attrs.get("groups", 1)) if layer.op == "conv_transpose" else 1
+    new_weight = _scaled_weight(layer.op, weight.data.to(f64), scale, groups).to(weight.dtype)
+    new_bias = shift if bias is None else bias.data.to(f64) * scale + shift
+    new_bias = new_bias.to(bias.dtype if bias is not None else weight.dtype)
+
+    _own_weight(graph, layer, 1, weight, new_weight)
+    if bias is not None:
+        _own_weight(graph, layer, 2, bias, new_bias)
+    else:
+        created = graph.add_weight(_bias_name(graph, weight), new_bias, kind="param")
+        if len(layer.inputs) > 2:
+            layer.set_input(2, created)
+        else:
+            layer.set_inputs([*layer.inputs, created])
+    # Record the fold on the layer, as a new tuple: meta dicts are shallow-copied by Graph.clone.
+    layer.meta["folded"] = (*layer.meta.get("folded", ()), bn.name)
+    bn.output.replace_all_uses_with(layer.output)
+    graph.erase_node(bn)
+    drop_unused_weights(graph, (gamma, beta, mean, var))
+
+
+@register_pass("fold-batchnorm")
+class FoldBatchNorm(Pass):
+    """Fold each inference batch_norm into the conv/linear/conv_transpose before it (W*scale, b*scale+shift).
+
+    Only when the layer's output has no other reader; a bias is created when
+    the layer has none. A weight shared with another node is copied, never
+    rewritten under the other reader.
+    """
+
+    def run(self, graph: Graph, analyses: AnalysisManager) -> PassResult:
+        folded = 0
+        for bn in graph.find_nodes("batch_norm"):
+            layer = foldable_producer(bn)
+            if layer is not None:
+                fold(graph, bn, layer)
+                folded += 1
+        return PassResult(graph, modified=folded > 0)
+
+
+__all__ = ["FoldBatchNorm", "foldable_producer", "fold", "is_read"]
