@@ -600,9 +600,10 @@ def _pool_geometry(node: Node) -> tuple[list[int], list[int], list[int], list[in
 def _ceil_extra(node: Node, kernel, stride, pad, dil) -> list[int] | None:
     """Right padding that makes floor-mode pooling produce torch's ceil-mode output length.
 
-    ONNX Runtime's ceil_mode does not drop a last window that starts in the right
-    padding, while torch does; padding explicitly and pooling in floor mode
-    gives torch's lengths on every runtime. Needs static spatial dims.
+    torch drops a last window that would start in the right padding; ONNX's
+    shape inference does not (and runtimes have differed), so padding
+    explicitly and pooling in floor mode gives torch's lengths on every
+    runtime and checker. Needs static spatial dims.
     """
     x = node.inputs[0]
     out = node.outputs[0]
@@ -616,6 +617,23 @@ def _ceil_extra(node: Node, kernel, stride, pad, dil) -> list[int] | None:
     return extra
 
 
+def _pad_for_ceil(b: OnnxBuilder, node: Node, x: str, kernel, pad, extra, fill: float, dt) -> tuple[str, list[int]]:
+    """Input and `pads` attribute for a floor-mode pool giving torch's ceil-mode windows.
+
+    The extra right padding goes into the pool's `pads` when it stays below the
+    kernel size (ONNX Runtime rejects more); otherwise an explicit Pad node
+    filled with `fill` comes first and the pool gets no padding.
+    """
+    n = len(kernel)
+    right = [p + e for p, e in zip(pad, extra)]
+    if all(r < k for r, k in zip(right, kernel)):
+        return x, pad + right
+    rank = node.inputs[0].rank
+    pads = [0] * (rank - n) + list(pad) + [0] * (rank - n) + right
+    padded = b.op("Pad", [x, b.i64(pads), _scalar(b, fill, dt)], {"mode": "constant"}, dtype=dt)
+    return padded, [0] * (2 * n)
+
+
 @lowering("max_pool")
 def _max_pool(b, node, ins):
     dt = _out(node).dtype
@@ -624,10 +642,10 @@ def _max_pool(b, node, ins):
     x = ins[0]
     if node.attrs.get("ceil_mode"):
         extra = _ceil_extra(node, kernel, stride, pad, dil)
-        if extra is None:
+        if extra is None:  # symbolic spatial dims: rely on the runtime's ceil_mode
             attrs["ceil_mode"] = 1
         elif any(extra):
-            attrs["pads"] = pad + [p + e for p, e in zip(pad, extra)]
+            x, attrs["pads"] = _pad_for_ceil(b, node, x, kernel, pad, extra, float("-inf"), dt)
     return b.op("MaxPool", [x], attrs, dtype=dt)
 
 
@@ -659,8 +677,8 @@ def _avg_pool_by_sum(b: OnnxBuilder, node: Node, x: str, kernel, stride, pad, in
     if extra is None or not all(isinstance(d, int) for d in spatial + out_spatial):
         raise GraphoptError(f"{node.where()}: ceil-mode or divisor_override average pooling needs static spatial "
                             "dims to export to ONNX")
-    attrs = {"kernel_shape": kernel, "strides": stride, "pads": pad + [p + e for p, e in zip(pad, extra)],
-             "count_include_pad": 1}
+    x, pads = _pad_for_ceil(b, node, x, kernel, pad, extra, 0.0, dt)
+    attrs = {"kernel_shape": kernel, "strides": stride, "pads": pads, "count_include_pad": 1}
     total = b.op("Mul", [b.op("AveragePool", [x], attrs, dtype=dt), _scalar(b, float(math.prod(kernel)), dt)], dtype=dt)
     divisor = node.attrs.get("divisor_override")
     if divisor:
