@@ -5,16 +5,30 @@
     run = gonnx.compile(graph, threads=2)       # ONNX Runtime session, called with torch tensors
     y = run(x)
 
-Importing this package imports onnx and onnxruntime; `import graphopt` never
-does (the dependency is the optional `graphopt[onnx]` extra). The reverse
-direction, ONNX -> graph, is `graphopt.frontends.onnx.load`.
+Importing this package imports onnx; onnxruntime is imported on first use of
+`compile` (so exporting and `graphopt.frontends.onnx` work without it).
+`import graphopt` imports neither: they are the optional `graphopt[onnx]`
+extra. The reverse direction, ONNX -> graph, is `graphopt.frontends.onnx.load`.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 from graphopt.backends.onnx.export import DEFAULT_OPSET, export, save_atomic, to_onnx
 from graphopt.backends.onnx.lower_ops import LOWERINGS, register_lowering
-from graphopt.backends.onnx.runtime import OrtModule, compile, session_options
 
 __all__ = [
     "DEFAULT_OPSET", "export", "to_onnx", "save_atomic", "compile", "OrtModule", "session_options",
     "register_lowering", "LOWERINGS",
 ]
+
+_RUNTIME = ("compile", "OrtModule", "session_options", "OPTIMIZATION_LEVELS")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RUNTIME:  # onnxruntime is heavy and only needed to run models
+        from graphopt.backends.onnx import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'graphopt.backends.onnx' has no attribute '{name}'")

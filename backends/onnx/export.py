@@ -83,7 +83,7 @@ def to_onnx(
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
     small = _initializer_bytes(model) < EXTERNAL_DATA_THRESHOLD
     if tidy:
-        model = _tidy(model, fold=small)
+        model = _tidy(model, fold=small, keep=set(graph.weights))
     if check and small:
         check_model(model)
     return model
@@ -255,13 +255,18 @@ def _initializer_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
-def _tidy(model: onnx.ModelProto, *, fold: bool) -> onnx.ModelProto:
-    """Fold small constant subgraphs, drop dead nodes and sort topologically (onnx-graphsurgeon)."""
+def _tidy(model: onnx.ModelProto, *, fold: bool, keep: set[str]) -> onnx.ModelProto:
+    """Fold small constant subgraphs, drop dead nodes and sort topologically (onnx-graphsurgeon).
+
+    Nodes reading a graph weight are not folded, so every weight keeps its
+    state_dict name in the file (ONNX Runtime folds them at load anyway).
+    """
     import onnx_graphsurgeon as gs
 
     g = gs.import_onnx(model)
     if fold:
-        g.fold_constants(size_threshold=FOLD_SIZE_THRESHOLD, error_ok=False)
+        g.fold_constants(size_threshold=FOLD_SIZE_THRESHOLD, error_ok=False,
+                         should_exclude_node=lambda node: any(t.name in keep for t in node.inputs))
     g.cleanup().toposort()
     tidy = gs.export_onnx(g, do_type_check=True)
     tidy.ir_version = model.ir_version
