@@ -222,7 +222,7 @@ class AnalysisManager:
         self._cache: weakref.WeakKeyDictionary[Graph, dict[str, Any]] = weakref.WeakKeyDictionary()
         # name -> names of analyses that read it while they were computed (they must go when it goes)
         self._dependents: dict[str, set[str]] = {}
-        self._stack: list[str] = []
+        self._stack: list[tuple[str, Graph]] = []  # analyses being computed, innermost last
         self.computations: Counter[str] = Counter()
         self.graph: Graph | None = None  # the graph a pass is working on; the default for get()
 
@@ -232,14 +232,15 @@ class AnalysisManager:
         graph = self._graph(graph)
         name = analysis_name(analysis)
         if self._stack:
-            self._dependents.setdefault(name, set()).add(self._stack[-1])
+            self._dependents.setdefault(name, set()).add(self._stack[-1][0])
         cache = self._cache.setdefault(graph, {})
         if name in cache:
             return cache[name]
         definition = get_analysis(name)
-        if name in self._stack:
-            raise GraphoptError(f"analysis '{name}' depends on itself: {' -> '.join(self._stack + [name])}")
-        self._stack.append(name)
+        if (name, graph) in self._stack:
+            chain = [n for n, _ in self._stack] + [name]
+            raise GraphoptError(f"analysis '{name}' depends on itself: {' -> '.join(chain)}")
+        self._stack.append((name, graph))
         try:
             result = definition.compute(graph, self)
         finally:
@@ -304,7 +305,9 @@ class AnalysisManager:
         return PreservedAnalyses.none()
 
     def _graph(self, graph: Graph | None) -> Graph:
-        graph = graph if graph is not None else self.graph
+        if graph is None:
+            # inside an analysis, the graph it is computed for; otherwise the one being transformed
+            graph = self._stack[-1][1] if self._stack else self.graph
         if graph is None:
             raise GraphoptError("no graph given and the analysis manager is not working on one")
         return graph

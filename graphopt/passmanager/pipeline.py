@@ -5,6 +5,8 @@ Grammar (whitespace around tokens is ignored):
     step     := NAME ("{" [option ("," option)*] "}")?
     option   := KEY "=" value
     value    := BARE | "quoted \\"string\\"" | "[" [value ("," value)*] "]"
+BARE is a run of characters other than whitespace and `,{}[]="'`; anything
+else goes in quotes.
 Printing a parsed pipeline gives the same text back (modulo whitespace and
 number spelling: `ratio=.5` prints as `ratio=0.5`), so a pipeline can be
 logged, stored in a reproducer and replayed.
@@ -68,9 +70,9 @@ class _Parser:
     def bare(self, what: str) -> tuple[str, int]:
         self.skip_ws()
         start = self.pos
-        while self.pos < len(self.text) and self.text[self.pos] not in _SPECIAL:
+        while self.pos < len(self.text) and self.text[self.pos] not in _SPECIAL and not self.text[self.pos].isspace():
             self.pos += 1
-        word = self.text[start:self.pos].strip()
+        word = self.text[start:self.pos]
         if not word:
             found = repr(self.text[start]) if start < len(self.text) else "the end of the text"
             raise self.error(f"expected {what} but found {found}", start)
