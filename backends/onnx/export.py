@@ -133,7 +133,8 @@ def save_atomic(model: onnx.ModelProto, path: Path, *, external_data: bool = Fal
                             location=data_name, size_threshold=1024)
             onnx.checker.check_model(str(staged))
             # data first: the model at `path` must never point at data that is not there yet
-            os.replace(staging / data_name, directory / data_name)
+            if (staging / data_name).exists():  # tensors under 1 KiB stay inline
+                os.replace(staging / data_name, directory / data_name)
         else:
             onnx.save_model(model, staged)
         os.replace(staged, path)
