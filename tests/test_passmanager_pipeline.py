@@ -100,7 +100,12 @@ def test_options_are_typed():
 def test_passes_built_in_python_print_as_pipeline_text():
     pm = PassManager([ToyOptions(ratio=0.75, layers=["fc"]), "eliminate-dead-code", NoOptions])
     assert str(pm) == "toy-options{ratio=0.75,layers=[fc]},eliminate-dead-code,no-options"
-    assert PassManager.parse("toy-options{ratio=0.75,layers=[fc]}").steps[0] == ToyOptions(ratio=0.75, layers=["fc"])
+    parsed = PassManager.parse("toy-options{ratio=0.75,layers=[fc]}").steps[0]
+    assert parsed.option_values() == ToyOptions(ratio=0.75, layers=["fc"]).option_values()
+    # an option changed after construction still prints, so the text describes the pass that runs
+    late = ToyOptions(steps=2)
+    late.flag = True
+    assert str(late) == "toy-options{steps=2,flag=true}"
 
 
 def test_named_pipeline_is_one_step_that_prints_as_its_name():

@@ -137,10 +137,19 @@ class Pass:
         return {key: getattr(self, key) for key in type(self).options}
 
     def pipeline_text(self) -> str:
-        """`name{opt=value,...}` with the options given explicitly; parses back to an equal pass."""
-        if not self._given:
+        """`name{opt=value,...}`: parses back to a pass with the same option values.
+
+        Prints the options given explicitly (in the order given, so parsed text
+        prints back unchanged), then any other option whose value now differs
+        from its default (set after construction).
+        """
+        declared = type(self).options
+        keys = list(self._given) + [
+            k for k, o in declared.items() if k not in self._given and getattr(self, k) != o.default
+        ]
+        if not keys:
             return self.name
-        body = ",".join(f"{key}={format_value(getattr(self, key))}" for key in self._given)
+        body = ",".join(f"{key}={format_value(getattr(self, key))}" for key in keys)
         return f"{self.name}{{{body}}}"
 
     __str__ = pipeline_text
@@ -148,11 +157,6 @@ class Pass:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.option_values().items())
         return f"{type(self).__name__}({opts})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.option_values() == self.option_values()  # type: ignore[attr-defined]
-
-    __hash__ = object.__hash__
 
 
 def _collect_options(cls: type) -> dict[str, Option]:

@@ -1,9 +1,9 @@
 """The registry of passes and named pipelines, and discovery of third-party passes via entry points.
 
 A pipeline names passes by string, so every pass must be findable by name:
-graphopt's own passes register when `graphopt.passes` is imported (done on the
-first lookup), and other distributions add theirs through the
-`graphopt.passes` entry-point group:
+graphopt's own passes register when their modules under `graphopt.passes`
+are imported (all of them, on the first lookup of an unknown name), and other
+distributions add theirs through the `graphopt.passes` entry-point group:
 
     [project.entry-points."graphopt.passes"]
     my-pass = "my_package.passes"              # a module whose import registers passes
@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
+import pkgutil
 import re
 import warnings
 from dataclasses import dataclass
@@ -115,11 +116,24 @@ _loaded_groups: set[str] = set()
 
 
 def ensure_loaded() -> None:
-    """Import graphopt's own passes and the `graphopt.passes` plug-ins, once."""
+    """Import graphopt's own passes and the `graphopt.passes` plug-ins, once.
+
+    Every module and package directly under `graphopt.passes` is imported, so a
+    new pass module registers its passes without an edit anywhere else; one
+    that fails to import warns (naming itself) instead of hiding the others.
+    """
     global _builtin_loaded
     if not _builtin_loaded:
         _builtin_loaded = True
-        importlib.import_module("graphopt.passes")
+        package = importlib.import_module("graphopt.passes")
+        for info in pkgutil.iter_modules(package.__path__):
+            if info.name.startswith("_"):
+                continue
+            try:
+                importlib.import_module(f"graphopt.passes.{info.name}")
+            except Exception as exc:
+                warnings.warn(f"graphopt: could not import pass module graphopt.passes.{info.name}: "
+                              f"{type(exc).__name__}: {exc}", stacklevel=2)
     load_entry_points("graphopt.passes")
 
 
