@@ -1,0 +1,94 @@
+"""Graph -> Relax IRModule, through graphopt's ONNX back-end and TVM's ONNX importer.
+
+Why through ONNX rather than one Relax builder function per canonical op: the
+ONNX lowering is already written and tested op by op against the torch
+back-end on every zoo model, and TVM's ONNX importer is maintained upstream
+against the same opset. A second per-op lowering would double the surface that
+has to follow `graphopt/ir/ops.py`. The cost is that compiling (never loading)
+needs the `onnx` package, and shapes are made static first: MetaSchedule tunes
+static shapes, so every symbol (`batch`, `seq`) is bound to a size here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import tvm
+
+from graphopt.errors import GraphoptError
+from graphopt.ir.graph import Graph
+
+DEFAULT_BIND = {"batch": 1}
+
+
+@dataclass
+class TensorSpec:
+    """Name, static shape and dtype (numpy name) of one model input or output."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class Lowered:
+    """A graph as a Relax module with its weights bound, plus its static input/output signature."""
+
+    mod: tvm.IRModule
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    bind: dict[str, int] = field(default_factory=dict)
+
+
+def static_bind(graph: Graph, bind: Mapping[str, int] | None = None,
+                example_inputs: Sequence[Any] | None = None) -> dict[str, int]:
+    """Sizes for every symbol of `graph`: `bind`, else read off `example_inputs`, else batch=1."""
+    symbols = graph.symbols()
+    sizes = {k: int(v) for k, v in (bind or {}).items()}
+    unknown = sorted(set(sizes) - set(symbols))
+    if unknown:
+        raise GraphoptError(f"bind names {unknown}, which are not symbols of graph '{graph.name}' "
+                            f"(its symbols: {sorted(symbols) or 'none'})")
+    for name, (index, axis) in symbols.items():
+        if name in sizes:
+            continue
+        if example_inputs is not None:
+            sizes[name] = int(example_inputs[index].shape[axis])
+        elif name in DEFAULT_BIND:
+            sizes[name] = DEFAULT_BIND[name]
+    missing = sorted(set(symbols) - set(sizes))
+    if missing:
+        raise GraphoptError(f"TVM compiles static shapes: give a size for {missing}, e.g. "
+                            f"bind={{{', '.join(f'{m!r}: 128' for m in missing)}}} or example_inputs=...")
+    return sizes
+
+
+def to_relax(graph: Graph, bind: Mapping[str, int]) -> Lowered:
+    """Lower `graph` with every symbol bound; weights become constants of `main`."""
+    try:
+        from graphopt.backends.onnx import to_onnx
+        from tvm.relax.frontend.onnx import from_onnx
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise GraphoptError("compiling with TVM lowers through ONNX and needs the onnx package: "
+                            "pip install 'graphopt[onnx,tvm]'") from exc
+    model = to_onnx(graph, dynamic=False, bind=dict(bind))
+    mod = from_onnx(model)  # initializers become relax constants: the weights are bound
+    inputs = [_spec(v) for v in model.graph.input]
+    outputs = [_spec(v) for v in model.graph.output]
+    return Lowered(mod, inputs, outputs, dict(bind))
+
+
+def _spec(value_info) -> TensorSpec:
+    from onnx import helper
+
+    ttype = value_info.type.tensor_type
+    shape = [d.dim_value for d in ttype.shape.dim]
+    if any(d.dim_param for d in ttype.shape.dim):
+        raise GraphoptError(f"'{value_info.name}' kept a symbolic dim after binding: a graphopt bug")
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)).name
+    return TensorSpec(value_info.name, shape, dtype)

@@ -1,0 +1,362 @@
+"""MetaSchedule tuning: tasks, a budget split by where time goes, a database reused across graphs and runs.
+
+The database lives in `work_dir/<target key>/` (default `~/.cache/graphopt/tvm`,
+or `$GRAPHOPT_TVM_CACHE`): records are keyed by the task's TIR (structural hash)
+inside a directory per target, so a pruned model whose channel counts were
+rounded to shared values reuses every task it has in common, and compiling
+the same graph twice measures nothing the second time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import tvm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.analysis import estimate_tir_flops
+
+from graphopt.errors import GraphoptError
+from graphopt.backends.tvm.target import target_key
+
+# A task below this share of the model's FLOPs is left to the default schedule: about
+# 16 s of evolutionary search per task on 2 cores would not pay for itself.
+MIN_TASK_SHARE = 0.005
+
+
+def default_work_dir() -> Path:
+    return Path(os.environ.get("GRAPHOPT_TVM_CACHE") or Path.home() / ".cache" / "graphopt" / "tvm")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much tuning to do: a number of measured trials, a wall-clock limit, or both."""
+
+    trials: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, tune: Any) -> "Budget | None":
+        """None/0/False: no tuning; int: trials; '15min', '90s', '1h' or a timedelta: wall-clock time."""
+        if tune is None or tune is False or (isinstance(tune, int) and not isinstance(tune, bool) and tune == 0):
+            return None
+        if isinstance(tune, Budget):
+            return tune
+        if isinstance(tune, bool):
+            raise GraphoptError("tune=True is ambiguous: give a number of trials (e.g. tune=200) or a time ('10min')")
+        if isinstance(tune, int):
+            if tune < 0:
+                raise GraphoptError(f"tune must be a positive number of trials, not {tune}")
+            return cls(trials=tune)
+        if isinstance(tune, _dt.timedelta):
+            return cls(seconds=tune.total_seconds())
+        if isinstance(tune, str):
+            m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)\s*", tune)
+            if m:
+                scale = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+                return cls(seconds=float(m.group(1)) * scale)
+        raise GraphoptError(f"tune={tune!r}: pass None, a number of trials (int), or a duration such as "
+                            "'15min', '90s' or a datetime.timedelta")
+
+
+@dataclass
+class Task:
+    """One tuning task: a fused TIR function, how often the model calls it, and its cost."""
+
+    name: str
+    weight: int
+    flops: float
+    mod: tvm.IRModule
+    best_seconds: float | None = None   # best measured latency in the database, if any
+    planned: int = 0                    # trials given to it in this run
+    measured: int = 0                   # candidates measured in this run (successfully or not)
+    failed: int = 0
+    first_error: str | None = None
+
+    @property
+    def cost(self) -> float:
+        return self.flops * self.weight
+
+
+class TuningDatabase:
+    """A MetaSchedule JSON database for one target, under `work_dir/<target key>/`."""
+
+    def __init__(self, target: tvm.target.Target, work_dir: str | os.PathLike | None = None) -> None:
+        self.target = target
+        self.root = Path(work_dir) if work_dir is not None else default_work_dir()
+        self.path = self.root / target_key(target)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.db = ms.database.JSONDatabase(
+            path_workload=str(self.path / "database_workload.json"),
+            path_tuning_record=str(self.path / "database_tuning_record.json"),
+            module_equality="structural",
+        )
+
+    def best_seconds(self, mod: tvm.IRModule) -> float | None:
+        """Mean latency of the best record for this workload, or None when it has none."""
+        if not self.db.has_workload(mod):
+            return None
+        records = self.db.get_top_k(self.db.commit_workload(mod), 1)
+        if not records or not records[0].run_secs:
+            return None
+        secs = [float(s) for s in records[0].run_secs]
+        return sum(secs) / len(secs)
+
+    def __len__(self) -> int:
+        return len(self.db)
+
+    def __repr__(self) -> str:
+        return f"TuningDatabase({str(self.path)!r}, records={len(self)})"
+
+
+def extract_tasks(mod: tvm.IRModule, target: tvm.target.Target, database: TuningDatabase) -> list[Task]:
+    """The tuning tasks of a fused module (see build.fuse), with FLOP estimates and the database's best."""
+    tasks = []
+    for ext in ms.relax_integration.extract_tasks(mod, target, module_equality="structural"):
+        dispatched = ext.dispatched[0]
+        try:
+            flops = float(estimate_tir_flops(dispatched))
+        except Exception:  # noqa: BLE001 - an estimate only; unknown counts as free
+            flops = 0.0
+        tasks.append(Task(str(ext.task_name), int(ext.weight), flops, dispatched,
+                          best_seconds=database.best_seconds(dispatched)))
+    return tasks
+
+
+def allocate(tasks: Sequence[Task], trials: int, *, min_share: float = MIN_TASK_SHARE) -> dict[int, list[Task]]:
+    """Split `trials` over the tasks without records, in proportion to FLOPs x calls.
+
+    Returns {trials per task: tasks}; per-task counts are rounded down to powers of two so that
+    each group is one MetaSchedule run. Tasks below `min_share` of the model's FLOPs, and the
+    smallest tasks when the budget cannot give each at least one trial, get none.
+    """
+    total = sum(t.cost for t in tasks) or 1.0
+    todo = sorted((t for t in tasks if t.best_seconds is None and t.cost / total >= min_share),
+                  key=lambda t: t.cost, reverse=True)
+    while todo and len(todo) > trials:
+        todo.pop()
+    groups: dict[int, list[Task]] = {}
+    todo_cost = sum(t.cost for t in todo) or 1.0
+    for t in todo:
+        share = trials * t.cost / todo_cost
+        t.planned = 2 ** int(math.log2(share)) if share >= 1 else 1
+        groups.setdefault(t.planned, []).append(t)
+    return dict(sorted(groups.items(), reverse=True))
+
+
+class Progress:
+    """Prints one line per measured batch: the task, its best latency, and the model's estimated latency."""
+
+    def __init__(self, tasks: Sequence[Task], *, deadline: float | None = None,
+                 out: Callable[[str], None] | None = None) -> None:
+        self.tasks = list(tasks)
+        self.deadline = deadline
+        self.started = time.monotonic()
+        self.out = out
+        self.stopped_by_deadline = False
+
+    def estimate_ms(self) -> float | None:
+        """Sum over tasks of calls x best latency, for tasks that have one (untuned tasks not counted)."""
+        known = [t for t in self.tasks if t.best_seconds is not None]
+        return 1e3 * sum(t.weight * t.best_seconds for t in known) if known else None
+
+    def record(self, task: Task, builder_results, runner_results) -> None:
+        for b, r in zip(builder_results, runner_results):
+            task.measured += 1
+            error = b.error_msg or r.error_msg
+            if error:
+                task.failed += 1
+                task.first_error = task.first_error or str(error).strip().splitlines()[-1][:500]
+                continue
+            secs = [float(s) for s in r.run_secs]
+            mean = sum(secs) / len(secs)
+            if task.best_seconds is None or mean < task.best_seconds:
+                task.best_seconds = mean
+        if self.out is not None:
+            best = f"{task.best_seconds * 1e3:.3f} ms" if task.best_seconds is not None else "no valid candidate"
+            est = self.estimate_ms()
+            tuned = sum(1 for t in self.tasks if t.best_seconds is not None)
+            total = f", est. {est:.2f} ms over them" if est is not None else ""
+            self.out(f"[tvm tune {time.monotonic() - self.started:5.0f}s] {task.name}: {task.measured}/{task.planned} "
+                     f"trials, best {best} x{task.weight} | tuned tasks {tuned}/{len(self.tasks)}{total}")
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+
+def _make_callback(progress: Progress, group: Sequence[Task]):
+    @derived_object
+    class _GraphoptMeasure(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            progress.record(group[task_id], builder_results, runner_results)
+            if progress.past_deadline():
+                progress.stopped_by_deadline = True
+                for i, rec in enumerate(task_scheduler.tasks_):
+                    if not rec.is_terminated:
+                        task_scheduler.terminate_task(i)
+
+    return _GraphoptMeasure()
+
+
+def make_builder(max_workers: int | None = None) -> ms.builder.LocalBuilder:
+    """LocalBuilder whose workers build without importing tvm.s_tir.tensor_intrin (see _build_worker)."""
+    import cloudpickle
+
+    from graphopt.backends.tvm import _build_worker
+
+    # By value: a worker unpickling it must not import graphopt (and with it torch).
+    cloudpickle.register_pickle_by_value(_build_worker)
+    return ms.builder.LocalBuilder(max_workers=max_workers, f_build=_build_worker.build_without_tensor_intrin,
+                                   timeout_sec=60.0)
+
+
+def make_evaluator(number: int = 3, repeat: int = 1, min_repeat_ms: int = 50) -> ms.runner.EvaluatorConfig:
+    return ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                                     enable_cpu_cache_flush=False)
+
+
+def make_strategy(population_size: int = 256, genetic_num_iters: int = 3) -> ms.search_strategy.EvolutionarySearch:
+    """Evolutionary search sized for 2 cores: half the stock population (512), one genetic round fewer."""
+    return ms.search_strategy.EvolutionarySearch(population_size=population_size,
+                                                 genetic_num_iters=genetic_num_iters)
+
+
+@dataclass
+class TuneReport:
+    """What a tuning run did: tasks, measurements, time, and whether the deadline stopped it."""
+
+    tasks: list[Task] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_by_deadline: bool = False
+
+    @property
+    def measured(self) -> int:
+        return sum(t.measured for t in self.tasks)
+
+    @property
+    def tuned_tasks(self) -> list[Task]:
+        return [t for t in self.tasks if t.planned]
+
+    def summary(self) -> str:
+        lines = [f"{'task':48} {'calls':>5} {'GFLOP':>8} {'trials':>7} {'best ms':>9}"]
+        for t in sorted(self.tasks, key=lambda t: -t.cost):
+            best = f"{t.best_seconds * 1e3:9.3f}" if t.best_seconds is not None else "        -"
+            lines.append(f"{t.name[:48]:48} {t.weight:5d} {t.flops / 1e9:8.3f} {t.measured:7d} {best}")
+        return "\n".join(lines)
+
+
+def tune(tasks: list[Task], database: TuningDatabase, budget: Budget, *, runner: Any = None,
+         progress: bool | Callable[[str], None] = True, max_workers: int | None = None,
+         num_trials_per_iter: int = 32, seed: int | None = None, min_share: float = MIN_TASK_SHARE,
+         strategy: Any = None) -> TuneReport:
+    """Tune the tasks that have no record yet, within `budget`, committing results to `database`."""
+    from graphopt.backends.tvm.target import physical_cores
+
+    target = database.target
+    started = time.monotonic()
+    deadline = started + budget.seconds if budget.seconds is not None else None
+    # A time budget without a trial count: give the plan room and let the deadline stop it.
+    trials = budget.trials if budget.trials is not None else 64 * max(1, len(tasks))
+    groups = allocate(tasks, trials, min_share=min_share)
+    out = None if progress is False else (progress if callable(progress) else _stderr)
+    tracker = Progress(tasks, deadline=deadline, out=out)
+    report = TuneReport(tasks=tasks)
+    if not groups:
+        return report
+    cores = int(target.attrs.get("num-cores", 0) or physical_cores())
+    builder = make_builder(max_workers or cores)
+    runner = runner if runner is not None else ms.runner.LocalRunner(evaluator_config=make_evaluator())
+    log_dir = str(database.path)  # MetaSchedule writes its per-task logs to log_dir/logs
+    _import_cpu_tensor_intrin_only(target)
+    if out is not None:
+        planned = sum(t.planned for g in groups.values() for t in g)
+        out(f"[tvm tune] {sum(len(g) for g in groups.values())} of {len(tasks)} tasks to tune, {planned} trials"
+            + (f", stop after {budget.seconds:.0f} s" if deadline else "") + f"; database {database.path}")
+    for per_task, group in groups.items():
+        if tracker.past_deadline():
+            break
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [_Extracted(t, target) for t in group], log_dir,
+            strategy=strategy if strategy is not None else make_strategy(), num_threads=cores, seed=seed)
+        _quiet_console_logging()
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=log_dir,
+            max_trials_global=per_task * len(group), max_trials_per_task=per_task,
+            num_trials_per_iter=min(per_task, num_trials_per_iter),
+            builder=builder, runner=runner, database=database.db,
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                               _make_callback(tracker, group)],
+            task_scheduler="gradient",
+        )
+    report.seconds = time.monotonic() - started
+    report.stopped_by_deadline = tracker.stopped_by_deadline
+    _raise_if_nothing_built(tasks)
+    return report
+
+
+class _Extracted:
+    """The fields of an ExtractedTask that extracted_tasks_to_tune_contexts reads."""
+
+    def __init__(self, task: Task, target: tvm.target.Target) -> None:
+        self.task_name = task.name
+        self.mod = task.mod
+        self.dispatched = [task.mod]
+        self.target = target
+        self.weight = task.weight
+
+
+def _raise_if_nothing_built(tasks: Sequence[Task]) -> None:
+    tried = [t for t in tasks if t.measured]
+    if tried and all(t.failed == t.measured for t in tried):
+        first = next(t for t in tried if t.first_error)
+        raise GraphoptError(f"every tuning candidate failed to build or run ({sum(t.measured for t in tried)} "
+                            f"tried); first error, in task {first.name}: {first.first_error}")
+
+
+def _import_cpu_tensor_intrin_only(target: tvm.target.Target) -> None:
+    """Register the x86 tensor intrinsics without importing tvm.s_tir.tensor_intrin's __init__.
+
+    TuneContext imports the whole `tvm.s_tir.tensor_intrin` package, whose __init__ imports the
+    CUDA, ROCm, Hexagon and Arm intrinsics too: 30-100 s on 2 cores, of which a CPU target
+    uses none. Registering the package as an (unexecuted) module and importing only `x86` makes
+    that import a no-op. Nothing here runs when the package is already imported.
+    """
+    import importlib
+    import importlib.util
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules or target.kind.name != "llvm":
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None:  # pragma: no cover - a TVM without tensor intrinsics
+        return
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    try:
+        importlib.import_module(name + ".x86")
+    except Exception:  # noqa: BLE001 - fall back to the full, slow import
+        del sys.modules[name]
+        sys.modules.pop(name + ".x86", None)
+
+
+def _quiet_console_logging() -> None:
+    """MetaSchedule logs every step at INFO on stdout; keep that in its log files, show our progress instead."""
+    import logging
+
+    # extracted_tasks_to_tune_contexts (re)configures the handlers each time it runs.
+    for handler in logging.getLogger("tvm.s_tir.meta_schedule").handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setLevel(logging.WARNING)
+
+
+def _stderr(line: str) -> None:
+    if line:
+        print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,243 @@
+"""TVM back-end: targets, budgets, tuning with database reuse, artifacts (fresh process, C++), RPC tuning.
+
+Tuning runs use a few trials on two- or three-task graphs; each test's database is its own
+temporary directory, so nothing depends on what an earlier run tuned.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tvm")
+pytest.importorskip("onnx")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import graphopt  # noqa: E402
+from graphopt.errors import GraphoptError  # noqa: E402
+from graphopt.backends import tvm as gtvm  # noqa: E402
+from graphopt.backends.tvm import artifact as tvm_artifact  # noqa: E402
+from graphopt.backends.tvm.tuning import Budget, Task, allocate  # noqa: E402
+
+from conftest import traced_zoo_model  # noqa: E402
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, hidden: int = 128, out: int = 16) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(64, hidden)
+        self.b = torch.nn.Linear(hidden, out)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def mlp_graph(hidden: int = 128, out: int = 16):
+    model = MLP(hidden, out).eval()
+    x = torch.randn(4, 64)
+    return model, (x,), graphopt.trace(model, (x,), dynamic="batch")
+
+
+# ------------------------------------------------------------------ targets and budgets
+def test_detect_target_fills_host_cpu_and_cores():
+    target = gtvm.detect_target()
+    config = json.loads(str(target))
+    assert config["kind"] == "llvm"
+    assert config["mcpu"] == gtvm.host_mcpu()
+    assert config["num-cores"] >= 1
+    explicit = json.loads(str(gtvm.detect_target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 4})))
+    assert (explicit["mcpu"], explicit["num-cores"]) == ("skylake-avx512", 4)
+
+
+def test_flag_string_targets_are_rejected_with_the_json_form():
+    with pytest.raises(GraphoptError, match="JSON dict"):
+        gtvm.detect_target("llvm -mcpu=znver4")
+
+
+@pytest.mark.parametrize("tune, expected", [
+    (None, None), (0, None), (12, Budget(trials=12)), ("90s", Budget(seconds=90.0)),
+    ("15min", Budget(seconds=900.0)), ("1h", Budget(seconds=3600.0)),
+])
+def test_budget_parse(tune, expected):
+    assert Budget.parse(tune) == expected
+
+
+@pytest.mark.parametrize("bad", [True, -3, "fast", 1.5])
+def test_budget_parse_rejects_ambiguous_values(bad):
+    with pytest.raises(GraphoptError):
+        Budget.parse(bad)
+
+
+def test_allocate_weights_trials_by_flops_and_skips_tiny_and_tuned_tasks():
+    big = Task("conv_big", weight=2, flops=4e9, mod=None)
+    mid = Task("conv_mid", weight=1, flops=1e9, mod=None)
+    tiny = Task("add", weight=1, flops=1e5, mod=None)
+    done = Task("conv_done", weight=1, flops=3e9, mod=None, best_seconds=1e-3)
+    groups = allocate([big, mid, tiny, done], trials=90)
+    planned = {t.name: t.planned for g in groups.values() for t in g}
+    assert planned == {"conv_big": 64, "conv_mid": 8}  # 80 and 10 rounded down to powers of two
+    assert list(groups) == [64, 8]                      # the heaviest group first
+    assert tiny.planned == 0 and done.planned == 0
+
+
+# ------------------------------------------------------------------ tuning and the database
+def test_tuning_reuses_the_database_across_compiles_and_graphs(tmp_path):
+    model, inputs, graph = mlp_graph()
+    lines: list[str] = []
+    tuned = gtvm.compile(graph, example_inputs=inputs, work_dir=tmp_path, tune=4, progress=lines.append)
+    torch.testing.assert_close(tuned(*inputs), model(*inputs), atol=1e-4, rtol=1e-4)
+    assert tuned.report.measured > 0
+    assert all(t.best_seconds is not None for t in tuned.report.tasks)
+    assert any("best" in line and "ms" in line for line in lines)
+
+    # The same graph again: every task has a record, nothing is measured, no untuned warning.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gtvm.UntunedWarning)
+        again = gtvm.compile(graph, example_inputs=inputs, work_dir=tmp_path, tune=4, progress=False)
+        applied = gtvm.compile(graph, example_inputs=inputs, work_dir=tmp_path, progress=False)
+    assert again.report.measured == 0 and applied.report.measured == 0
+    torch.testing.assert_close(applied(*inputs), model(*inputs), atol=1e-4, rtol=1e-4)
+
+    # A variant with a different output layer (as a pruned head would be): the first layer's
+    # task is shared and reused; only the new task is measured.
+    _, v_inputs, variant = mlp_graph(out=8)
+    reused = gtvm.compile(variant, example_inputs=v_inputs, work_dir=tmp_path, tune=4, progress=False)
+    measured = {t.name for t in reused.report.tasks if t.measured}
+    shared = {t.name for t in reused.report.tasks if not t.measured}
+    assert len(measured) == 1 and len(shared) == 1
+    assert len(tuned.database) > 0
+
+
+def test_untuned_build_warns_and_names_the_remedies(tmp_path):
+    _, inputs, graph = mlp_graph()
+    with pytest.warns(gtvm.UntunedWarning, match=r"tune=.*onnx"):
+        gtvm.compile(graph, example_inputs=inputs, work_dir=tmp_path, progress=False)
+
+
+def test_static_shapes_are_checked_at_call_time(tmp_path):
+    _, inputs, graph = mlp_graph()
+    with pytest.warns(gtvm.UntunedWarning):
+        module = gtvm.compile(graph, bind={"batch": 4}, work_dir=tmp_path, progress=False)
+    with pytest.raises(GraphoptError, match=r"float32\[4, 64\]"):
+        module(torch.randn(3, 64))
+
+
+# ------------------------------------------------------------------ artifacts
+@pytest.fixture(scope="module")
+def resnet_artifact(tmp_path_factory):
+    """A tiny ResNet-18 compiled (untuned), saved, with its inputs and torch's outputs."""
+    model, inputs, graph = traced_zoo_model("resnet18")
+    root = tmp_path_factory.mktemp("tvm_artifact")
+    with pytest.warns(gtvm.UntunedWarning):
+        module = gtvm.compile(graph, example_inputs=inputs, work_dir=root / "db", progress=False)
+    directory = Path(module.save(root / "resnet18"))
+    with torch.no_grad():
+        expected = model(*inputs).numpy()
+    return directory, [x.numpy() for x in inputs], expected
+
+
+def test_saved_artifact_has_library_and_manifest(resnet_artifact):
+    directory, inputs, _ = resnet_artifact
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert (directory / manifest["library"]).is_file()
+    assert manifest["inputs"] == [{"name": "x", "shape": list(inputs[0].shape), "dtype": "float32"}]
+    assert manifest["outputs"][0]["dtype"] == "float32"
+    assert manifest["target"]["kind"] == "llvm" and "mcpu" in manifest["target"]
+    assert {"tvm", "tvm_ffi", "graphopt"} <= set(manifest["versions"])
+    assert manifest["passes"] == "canonicalize"
+    assert not list(directory.glob(".*"))  # no temporary files left behind
+
+
+def test_artifact_loads_in_a_fresh_process_without_torch(resnet_artifact, tmp_path):
+    directory, inputs, expected = resnet_artifact
+    np.savez(tmp_path / "in.npz", x=inputs[0])
+    # graphopt/__init__ imports torch, so the loader module is imported from its file; and
+    # tvm_ffi imports torch whenever it is installed, so the child blocks it first: the
+    # check is that neither the loader nor TVM's runtime needs it.
+    script = textwrap.dedent(f"""
+        import importlib.util, sys
+        import numpy as np
+        sys.modules["torch"] = None
+        spec = importlib.util.spec_from_file_location("graphopt_tvm_artifact", {str(tvm_artifact.__file__)!r})
+        artifact = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(artifact)
+        model = artifact.load({str(directory)!r})
+        out = model(np.load({str(tmp_path / 'in.npz')!r})["x"])
+        np.save({str(tmp_path / 'out.npy')!r}, out)
+        assert sys.modules.get("torch") is None, "torch was imported"
+        assert not any(m.startswith("graphopt") for m in sys.modules), "graphopt was imported"
+        print("ok", type(model).__name__)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ok LoadedModel" in done.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_artifact_runs_as_a_script(resnet_artifact, tmp_path):
+    directory, inputs, expected = resnet_artifact
+    np.savez(tmp_path / "in.npz", x=inputs[0])
+    done = subprocess.run([sys.executable, tvm_artifact.__file__, str(directory), "--inputs", str(tmp_path / "in.npz"),
+                           "--outputs", str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(out[out.files[0]], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_load_in_process_matches(resnet_artifact):
+    directory, inputs, expected = resnet_artifact
+    loaded = gtvm.load(directory)
+    np.testing.assert_allclose(loaded(*inputs), expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="takes 1 inputs"):
+        loaded()
+
+
+def test_load_rejects_a_directory_without_manifest(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a graphopt TVM artifact"):
+        gtvm.load(tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
+def test_cpp_runner_runs_the_artifact(resnet_artifact, tmp_path):
+    from graphopt.backends.tvm.cpp_runner import build_runner
+
+    directory, inputs, expected = resnet_artifact
+    binary = build_runner(tmp_path / "graphopt_tvm_run")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    inputs[0].tofile(tmp_path / "in" / "input_0.bin")
+    done = subprocess.run([str(binary), str(directory), str(tmp_path / "in"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("fc: float32[")
+    out = np.fromfile(tmp_path / "out" / "output_0.bin", dtype=np.float32).reshape(expected.shape)
+    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ RPC
+def test_rpc_tuning_on_a_loopback_tracker_with_two_servers(tmp_path):
+    pytest.importorskip("tornado")  # the tracker needs it
+    model, inputs, graph = mlp_graph(hidden=96)
+    with gtvm.LocalCluster(servers=2, key="graphopt-test") as cluster:
+        runner = gtvm.rpc_runner(cluster.tracker_address, "graphopt-test")
+        module = gtvm.compile(graph, example_inputs=inputs, work_dir=tmp_path, tune=2, runner=runner,
+                              progress=False)
+    assert module.report.measured > 0
+    assert all(t.failed == 0 for t in module.report.tasks), [t.first_error for t in module.report.tasks]
+    torch.testing.assert_close(module(*inputs), model(*inputs), atol=1e-4, rtol=1e-4)
+
+
+def test_rpc_runner_reports_an_unreachable_tracker():
+    with pytest.raises(GraphoptError, match="cannot reach the RPC tracker"):
+        gtvm.rpc_runner("127.0.0.1:1", "nobody")
