@@ -82,8 +82,7 @@ def test_zoo_model_inputs_are_named_and_dynamic(zoo_name):
         dims = info.type.tensor_type.shape.dim
         for d, want in zip(dims, value.shape):
             assert (d.dim_param == str(want)) if not isinstance(want, int) else d.dim_value == want
-    assert {i.name for i in model.graph.initializer} >= {n for n, v in graph.params().items()
-                                                          if v.uses() and v.rank != 2}
+    assert {i.name for i in model.graph.initializer} >= {n for n, v in graph.params().items() if v.uses()}
 
 
 # ---------------------------------------------------------------- files

@@ -97,13 +97,16 @@ def test_matmul_and_bias_add_become_one_linear():
 
 
 def test_graphopt_export_round_trips_weight_names():
-    """graphopt stores a linear weight transposed as '<name>.T'; importing restores the name."""
+    """graphopt writes a linear as MatMul(x, Transpose(W)); importing gives linear(x, W) back, W by name."""
     from conftest import traced_zoo_model
 
     model, inputs, graph = traced_zoo_model("llama")
     again = fonnx.load(gonnx.to_onnx(graph))
     used = {n for n, v in graph.params().items() if v.uses()}
     assert used <= set(again.params())
+    assert len(again.find_nodes("linear")) == len(graph.find_nodes("linear"))
+    for node in again.find_nodes("linear"):
+        assert node.inputs[1].data is not None and not node.inputs[1].meta.get("onnx_transposed")
     with torch.no_grad():
         torch.testing.assert_close(first(to_module(again)(*inputs)), first(model(*inputs)), **TOL)
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from graphopt.backends.onnx.export import DEFAULT_OPSET, export, save_atomic, to_onnx
+from graphopt.backends.onnx.export import DEFAULT_OPSET, LoweredModel, export, lower, save_atomic, to_onnx
 from graphopt.backends.onnx.lower_ops import LOWERINGS, register_lowering
 
 __all__ = [
-    "DEFAULT_OPSET", "export", "to_onnx", "save_atomic", "compile", "OrtModule", "session_options",
+    "DEFAULT_OPSET", "export", "to_onnx", "lower", "LoweredModel", "save_atomic", "compile", "OrtModule", "session_options",
     "register_lowering", "LOWERINGS",
 ]
 

@@ -4,8 +4,10 @@ Lowering functions (lower_ops.py) only talk to this class. It owns three
 concerns they should not repeat:
 - naming: every tensor gets a unique, readable name derived from the IR node
   it implements, so a failing ONNX node points back to the graphopt node;
-- constants: small constants are interned as initializers, casts of constants
-  are done here in numpy rather than left as Cast nodes;
+- constants and weights: small constants are interned as initializers (casts
+  of constants are done here rather than left as Cast nodes); weights are
+  only referenced (`weights`: name -> the graph's own tensor), so exporting a
+  large model copies each weight once, straight into its final place;
 - symbolic dims: a dim such as `batch`, `3*batch` or `floor(seq/2) + 1` is
   turned into Shape -> arithmetic nodes over the graph inputs, once per
   expression, so the exported model runs on every batch size and length.
@@ -27,10 +29,11 @@ from graphopt.ir.graph import Graph, Node, Value
 from graphopt.backends.onnx.dtypes import tensor_proto, to_onnx_dtype, to_torch_tensor
 
 INT64_MAX = 2**63 - 1
+SMALL_CONST = 64  # elements: graph constants up to this size are stored with the graph, not as weights
 
 
 class OnnxBuilder:
-    """Collects the nodes and initializers of one exported graph."""
+    """Collects the nodes, small initializers and weight references of one exported graph."""
 
     def __init__(self, graph: Graph, opset: int, *, bind: Mapping[str, int] | None = None,
                  input_names: Sequence[str] | None = None) -> None:
@@ -49,7 +52,7 @@ class OnnxBuilder:
         self._dim_cache: dict[tuple[str, str], str] = {}
         self._cached: set[str] = set()  # tensors other lowerings may reuse: never renamed
         self._names: dict[int, str] = {}  # id(IR value) -> ONNX tensor name
-        self._weights_emitted: dict[str, str] = {}
+        self.weights: dict[str, torch.Tensor] = {}  # ONNX name -> tensor, for initializers attached at the end
         self.fused_attention = True
         self._symbols = graph.symbols()
         for value in graph.all_values():
@@ -79,14 +82,18 @@ class OnnxBuilder:
 
     # ------------------------------------------------------------- values
     def name_of(self, value: Value) -> str:
-        """The ONNX tensor holding an IR value; weights become initializers on first use."""
+        """The ONNX tensor holding an IR value; weights become initializers (by name) on first use."""
         found = self._names.get(id(value))
         if found is not None:
             return found
         if value.is_weight:
-            if value.data is None:
-                raise GraphoptError(f"weight %{value.name} has no data to export")
-            self._append_initializer(tensor_proto(value.name, value.data))
+            if value.data is None or value.data.device.type == "meta":
+                raise GraphoptError(f"weight %{value.name} has no data to export (read by {self.where()})")
+            if value.kind == "const" and value.data.numel() <= SMALL_CONST:
+                self._append_initializer(tensor_proto(value.name, value.data))
+            else:
+                self.weights[value.name] = value.data
+                self._emitted.add(value.name)
             self._names[id(value)] = value.name
             self.dtypes[value.name] = value.dtype
             return value.name
@@ -97,7 +104,7 @@ class OnnxBuilder:
         self.dtypes.setdefault(name, dtype or value.dtype)
 
     def is_initializer(self, name: str) -> bool:
-        return name in self._init_by_name
+        return name in self._init_by_name or name in self.weights
 
     def add_initializer(self, name_hint: str, tensor: torch.Tensor) -> str:
         name = self.fresh(name_hint)
@@ -149,7 +156,7 @@ class OnnxBuilder:
         if src == dtype:
             return name
         init = self._init_by_name.get(name)
-        if init is not None and len(init.dims) <= 1 and _numel(init.dims) <= 64:
+        if init is not None and len(init.dims) <= 1 and _numel(init.dims) <= SMALL_CONST:
             return self.const(to_torch_tensor(init).to(dtype), dtype, hint=f"{name}_{str(dtype)[6:]}")
         return self.op("Cast", [name], {"to": to_onnx_dtype(dtype)}, dtype=dtype)
 

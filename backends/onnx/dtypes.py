@@ -42,18 +42,21 @@ def to_torch_dtype(elem_type: int) -> torch.dtype:
 
 
 def tensor_proto(name: str, tensor: torch.Tensor) -> onnx.TensorProto:
-    """An initializer holding `tensor`, written as raw bytes (fast, and exact for bf16)."""
+    """An initializer holding `tensor`."""
+    return fill_tensor_proto(onnx.TensorProto(), name, tensor)
+
+
+def fill_tensor_proto(proto: onnx.TensorProto, name: str, tensor: torch.Tensor) -> onnx.TensorProto:
+    """Write `tensor` into `proto` as raw bytes (one copy; exact for bf16, which numpy lacks)."""
     if tensor.device.type == "meta":
         raise GraphoptError(f"weight '{name}' lives on the meta device and has no data to export")
     t = tensor.detach().cpu().contiguous()
-    proto = onnx.TensorProto()
     proto.name = name
     proto.data_type = to_onnx_dtype(t.dtype)
     proto.dims.extend(t.shape)
-    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: ship the bit pattern
-        proto.raw_data = t.view(torch.int16).numpy().tobytes()
-    else:
-        proto.raw_data = np.ascontiguousarray(t.numpy()).tobytes()
+    if t.dtype == torch.bfloat16:  # ship the bit pattern
+        t = t.view(torch.int16)
+    proto.raw_data = memoryview(np.ascontiguousarray(t.numpy())).cast("B").tobytes() if t.numel() else b""
     return proto
 
 

@@ -1,12 +1,17 @@
-"""Graph -> ONNX ModelProto, and writing it to disk atomically (external data past 2 GB).
+"""Graph -> ONNX model: lowering, tidying, checking, and writing files atomically (external data past 2 GB).
 
 The model has the graph's inputs and outputs by name, its dynamic axes as
 `dim_param`s named after the graph's symbols (`batch`, `seq`), and its
-weights as initializers under their state_dict names. After lowering, the
-model is tidied with onnx-graphsurgeon (small constant subgraphs folded,
-dead nodes removed, topological order) and must pass `onnx.checker` with
-full type and shape inference: a model that fails is a graphopt bug, and is
-reported as such rather than written.
+weights as initializers under their state_dict names.
+
+Lowering produces a *skeleton*: the model without weight data, the weights
+declared as extra graph inputs. Tidying (onnx-graphsurgeon: small constant
+subgraphs folded, dead nodes removed, topological order) and `onnx.checker`
+(full type and shape inference) run on the skeleton, so they never copy or
+serialise the weights; a model that fails the checker is a graphopt bug and
+is reported as such. The weights are attached at the end, each copied once:
+into the ModelProto (`to_onnx`), into a `.data` file (`export` of a large
+model), or handed to ONNX Runtime without serialising them (`compile`).
 """
 
 from __future__ import annotations
@@ -14,28 +19,87 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import onnx
+import torch
 from onnx import helper
 
 from graphopt.errors import GraphoptError
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph, Value
 from graphopt.backends.onnx.builder import OnnxBuilder
-from graphopt.backends.onnx.dtypes import to_onnx_dtype
+from graphopt.backends.onnx.dtypes import fill_tensor_proto, to_onnx_dtype
 from graphopt.backends.onnx.lower_ops import LOWERINGS
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
-PROTOBUF_LIMIT = 2**31 - 1
-# Leave room for the graph itself under protobuf's 2 GiB message limit.
+# protobuf cannot serialise a message of 2 GiB or more; leave room for the graph itself
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 FOLD_SIZE_THRESHOLD = 1 << 16  # bytes: fold shape arithmetic, never materialise big tensors
+DATA_ALIGNMENT = 64
 
 
-def to_onnx(
+@dataclass
+class LoweredModel:
+    """A lowered graph: the model without weight data, and the weights it references by name."""
+
+    skeleton: onnx.ModelProto  # weights appear as graph inputs (type and shape only)
+    weights: dict[str, torch.Tensor]  # the graph's own tensors, not copies
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.weights.values())
+
+    def inline(self) -> onnx.ModelProto:
+        """The complete model with every weight as an initializer holding its data."""
+        model = self._without_weight_inputs()
+        for name, tensor in self.weights.items():
+            fill_tensor_proto(model.graph.initializer.add(), name, tensor)
+        return model
+
+    def with_external_data(self, location: str, directory: Path | None) -> onnx.ModelProto:
+        """The model with weights stored externally at `location` (relative to the model file).
+
+        With a `directory`, the data are written there into `location`; without,
+        only the references are made (for ONNX Runtime's in-memory initializers).
+        """
+        model = self._without_weight_inputs()
+        offset = 0
+        handle = open(directory / location, "wb") if directory is not None else None
+        try:
+            for name, tensor in self.weights.items():
+                data = _raw_bytes(tensor)
+                proto = model.graph.initializer.add()
+                proto.name = name
+                proto.data_type = to_onnx_dtype(tensor.dtype)
+                proto.dims.extend(tensor.shape)
+                proto.data_location = onnx.TensorProto.EXTERNAL
+                for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(data)))):
+                    entry = proto.external_data.add()
+                    entry.key, entry.value = key, value
+                if handle is not None:
+                    handle.write(data)
+                    pad = -len(data) % DATA_ALIGNMENT
+                    handle.write(b"\0" * pad)
+                    offset += len(data) + pad
+        finally:
+            if handle is not None:
+                handle.close()
+        return model
+
+    def _without_weight_inputs(self) -> onnx.ModelProto:
+        model = onnx.ModelProto()
+        model.CopyFrom(self.skeleton)  # small: no weight data in it
+        keep = [i for i in model.graph.input if i.name not in self.weights]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        return model
+
+
+def lower(
     graph: Graph,
     *,
     opset: int = DEFAULT_OPSET,
@@ -46,14 +110,8 @@ def to_onnx(
     fused_attention: bool = True,
     tidy: bool = True,
     check: bool = True,
-) -> onnx.ModelProto:
-    """Lower `graph` to an in-memory ONNX model.
-
-    `dynamic=False` exports static shapes: every symbol must then be given a
-    size in `bind` (e.g. `{"batch": 1}`); `bind` also fixes some symbols of a
-    dynamic export. At opset >= 23, `sdpa` becomes the fused ONNX `Attention`
-    op unless `fused_attention=False`; below, it is lowered to MatMul/Softmax.
-    """
+) -> LoweredModel:
+    """Lower `graph` to a checked ONNX skeleton plus weight references (see `to_onnx` for the options)."""
     _check_opset(opset)
     symbols = graph.symbols()
     bind = dict(bind or {})
@@ -71,22 +129,50 @@ def to_onnx(
 
     b = OnnxBuilder(graph, opset, bind=bind, input_names=input_names)
     b.fused_attention = fused_attention
-    inputs = [_value_info(b, name, v) for name, v in zip(b.input_names, graph.inputs)]
+    inputs = [_value_info(b, name, v.dtype, v.shape) for name, v in zip(b.input_names, graph.inputs)]
     for node in graph.nodes:
         _lower_node(b, node)
     b.current = None
     outputs = _bind_outputs(b, graph, output_names or [v.name for v in graph.outputs])
+    weight_inputs = [_value_info(b, name, t.dtype, tuple(t.shape)) for name, t in b.weights.items()]
 
-    graph_proto = helper.make_graph(b.nodes, graph.name, inputs, outputs, b.initializers)
-    model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="graphopt", producer_version=_version())
-    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
-    small = _initializer_bytes(model) < EXTERNAL_DATA_THRESHOLD
+    graph_proto = helper.make_graph(b.nodes, graph.name, inputs + weight_inputs, outputs, b.initializers)
+    skeleton = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", opset)],
+                                 producer_name="graphopt", producer_version=_version())
+    skeleton.ir_version = helper.find_min_ir_version_for(list(skeleton.opset_import))
     if tidy:
-        model = _tidy(model, fold=small, keep=set(graph.weights))
-    if check and small:
-        check_model(model)
-    return model
+        skeleton = _tidy(skeleton)
+    used = {name for node in skeleton.graph.node for name in node.input} | {o.name for o in skeleton.graph.output}
+    weights = {name: t for name, t in b.weights.items() if name in used}
+    if len(weights) != len(b.weights):  # a weight only dead code read
+        keep = [i for i in skeleton.graph.input if i.name in weights or i.name not in b.weights]
+        del skeleton.graph.input[:]
+        skeleton.graph.input.extend(keep)
+    if check:
+        check_model(skeleton)
+    return LoweredModel(skeleton, weights)
+
+
+def to_onnx(
+    graph: Graph,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic: bool = True,
+    bind: Mapping[str, int] | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    fused_attention: bool = True,
+) -> onnx.ModelProto:
+    """Lower `graph` to an in-memory ONNX model with its weights inline.
+
+    `dynamic=False` exports static shapes: every symbol must then be given a
+    size in `bind` (e.g. `{"batch": 1}`); `bind` also fixes some symbols of a
+    dynamic export. At opset >= 23, `sdpa` becomes the fused ONNX `Attention`
+    op unless `fused_attention=False`; below, it is lowered to MatMul/Softmax.
+    A model over 2 GB cannot be serialised from memory: write it with `export`.
+    """
+    return lower(graph, opset=opset, dynamic=dynamic, bind=bind, input_names=input_names,
+                 output_names=output_names, fused_attention=fused_attention).inline()
 
 
 def export(
@@ -110,51 +196,67 @@ def export(
     (`external_data=None`), or always/never with True/False.
     """
     path = Path(path)
-    model = to_onnx(graph, opset=opset, dynamic=dynamic, bind=bind, input_names=input_names,
+    lowered = lower(graph, opset=opset, dynamic=dynamic, bind=bind, input_names=input_names,
                     output_names=output_names, fused_attention=fused_attention)
     if external_data is None:
-        external_data = _initializer_bytes(model) >= EXTERNAL_DATA_THRESHOLD
-    save_atomic(model, path, external_data=external_data)
+        external_data = lowered.weight_bytes >= EXTERNAL_DATA_THRESHOLD
+    with _staging(path) as staging:
+        if external_data:
+            data_name = f"{path.name}.data"
+            model = lowered.with_external_data(data_name, staging)
+            onnx.save_model(model, staging / path.name)
+            onnx.checker.check_model(str(staging / path.name))
+            # data first: the model at `path` must never point at data that is not there yet
+            os.replace(staging / data_name, path.parent / data_name)
+        else:
+            onnx.save_model(lowered.inline(), staging / path.name)
+        os.replace(staging / path.name, path)
     return path
 
 
-def save_atomic(model: onnx.ModelProto, path: Path, *, external_data: bool = False) -> None:
-    """Save `model` to `path` through a temporary directory beside it, then os.replace."""
+def save_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Save a ModelProto to `path` through a temporary file beside it, then os.replace."""
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise GraphoptError(f"cannot write {path}: directory {directory} does not exist")
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory))
-    try:
-        staged = staging / path.name
-        if external_data:
-            data_name = f"{path.name}.data"
-            onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-            onnx.checker.check_model(str(staged))
-            # data first: the model at `path` must never point at data that is not there yet
-            if (staging / data_name).exists():  # tensors under 1 KiB stay inline
-                os.replace(staging / data_name, directory / data_name)
-        else:
-            onnx.save_model(model, staged)
-        os.replace(staged, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _staging(path) as staging:
+        onnx.save_model(model, staging / path.name)
+        os.replace(staging / path.name, path)
+    return path
 
 
 def check_model(model: onnx.ModelProto) -> None:
     """onnx.checker with full (strict) type and shape inference; failures are graphopt bugs."""
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise GraphoptError(f"the exported ONNX model of graph '{model.graph.name}' failed onnx.checker "
                             f"(a graphopt exporter bug, please report it): {exc}") from exc
-    except onnx.shape_inference.InferenceError as exc:
-        raise GraphoptError(f"the exported ONNX model of graph '{model.graph.name}' failed ONNX shape/type "
-                            f"inference (a graphopt exporter bug, please report it): {exc}") from exc
 
 
 # --------------------------------------------------------------- internals
+class _staging:
+    """A temporary directory beside `path` (same filesystem, so os.replace is atomic), always removed."""
+
+    def __init__(self, path: Path) -> None:
+        self.directory = path.parent if str(path.parent) else Path(".")
+        if not self.directory.is_dir():
+            raise GraphoptError(f"cannot write {path}: directory {self.directory} does not exist")
+        self.name = path.name
+
+    def __enter__(self) -> Path:
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.name}.", suffix=".tmp", dir=self.directory))
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+    t = tensor.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return memoryview(t.numpy()).cast("B")
+
+
 def _check_opset(opset: int) -> None:
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:
@@ -173,16 +275,12 @@ def _check_names(what: str, names: Sequence[str] | None, count: int) -> list[str
     return names
 
 
-def _dims(b: OnnxBuilder, value: Value) -> list:
-    out = []
-    for d in value.shape:
+def _value_info(b: OnnxBuilder, name: str, dtype: torch.dtype, shape) -> onnx.ValueInfoProto:
+    dims = []
+    for d in shape:
         d = b.resolve(d)
-        out.append(d if isinstance(d, int) else D.dim_str(d))
-    return out
-
-
-def _value_info(b: OnnxBuilder, name: str, value: Value) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, to_onnx_dtype(value.dtype), _dims(b, value))
+        dims.append(d if isinstance(d, int) else D.dim_str(d))
+    return helper.make_tensor_value_info(name, to_onnx_dtype(dtype), dims)
 
 
 def _lower_node(b: OnnxBuilder, node) -> None:
@@ -218,7 +316,7 @@ def _bind_outputs(b: OnnxBuilder, graph: Graph, names: Sequence[str]) -> list[on
     that tensor is also a graph input, an initializer, or another output."""
     infos = []
     produced = {o for n in b.nodes for o in n.output}
-    existing = produced | set(b.input_names) | set(b._init_by_name)
+    existing = produced | set(b.input_names) | set(b._init_by_name) | set(b.weights)
     done: set[str] = set()
     for value, want in zip(graph.outputs, names):
         have = b.name_of(value)
@@ -233,8 +331,10 @@ def _bind_outputs(b: OnnxBuilder, graph: Graph, names: Sequence[str]) -> list[on
                 b.nodes.append(helper.make_node("Identity", [have], [want], name=b.fresh(f"{want}:output")))
             existing.add(want)
             b._used.add(want)
+        elif have in b.weights or have in b._init_by_name:
+            raise GraphoptError(f"graph output %{value.name} is a weight; give it another name with output_names")
         done.add(want)
-        infos.append(_value_info(b, want, value))
+        infos.append(_value_info(b, want, value.dtype, value.shape))
     return infos
 
 
@@ -252,22 +352,17 @@ def _rename_everywhere(b: OnnxBuilder, old: str, new: str) -> None:
             b._names[key] = new
 
 
-def _initializer_bytes(model: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) for t in model.graph.initializer)
-
-
-def _tidy(model: onnx.ModelProto, *, fold: bool, keep: set[str]) -> onnx.ModelProto:
+def _tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold small constant subgraphs, drop dead nodes and sort topologically (onnx-graphsurgeon).
 
-    Nodes reading a graph weight are not folded, so every weight keeps its
-    state_dict name in the file (ONNX Runtime folds them at load anyway).
+    Weights are graph inputs of the skeleton, so nothing that reads one is
+    folded: every weight keeps its state_dict name in the file (ONNX Runtime
+    folds what it can when it loads the model).
     """
     import onnx_graphsurgeon as gs
 
     g = gs.import_onnx(model)
-    if fold:
-        g.fold_constants(size_threshold=FOLD_SIZE_THRESHOLD, error_ok=False,
-                         should_exclude_node=lambda node: any(t.name in keep for t in node.inputs))
+    g.fold_constants(size_threshold=FOLD_SIZE_THRESHOLD, error_ok=False)
     g.cleanup().toposort()
     tidy = gs.export_onnx(g, do_type_check=True)
     tidy.ir_version = model.ir_version

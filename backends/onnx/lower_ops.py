@@ -351,16 +351,10 @@ def _conv_transpose(b, node, ins):
 
 
 def _transposed_weight(b: OnnxBuilder, node: Node, name: str) -> str:
-    """W^T for x @ W^T. A weight read only by linear nodes is stored transposed as '<name>.T'
-    (no run-time Transpose, and the name still says where it came from); otherwise a Transpose node."""
+    """W^T for x @ W^T, as a Transpose node: the file keeps W under its own name, and ONNX Runtime
+    folds the transpose into a constant when it loads the model."""
     w = node.inputs[1]
-    if w.is_weight and w.data is not None and w.rank == 2 and all(n.op == "linear" and i == 1 for n, i in w.uses()):
-        key = f"{w.name}.T"
-        if key not in b._weights_emitted:
-            b._weights_emitted[key] = b.add_initializer(key, w.data.detach().t().contiguous())
-        return b._weights_emitted[key]
-    perm = list(range(w.rank))[::-1]
-    return b.op("Transpose", [name], {"perm": perm}, dtype=w.dtype)
+    return b.op("Transpose", [name], {"perm": list(range(w.rank))[::-1]}, dtype=w.dtype)
 
 
 @lowering("linear")

@@ -1,6 +1,6 @@
 """Run a graph with ONNX Runtime behind the torch back-end's calling convention.
 
-`compile(graph)` exports the graph in memory and opens an InferenceSession;
+`compile(graph)` lowers the graph in memory and opens an InferenceSession;
 the returned `OrtModule` is called with torch tensors (positionally, in graph
 input order) and returns torch tensors (one tensor, or a tuple for several
 outputs), so tests and benchmarks can swap it for `to_module(graph)`.
@@ -8,9 +8,6 @@ outputs), so tests and benchmarks can swap it for `to_module(graph)`.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,8 +17,7 @@ import torch
 
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
-from graphopt.backends.onnx.dtypes import to_onnx_dtype, to_torch_dtype
-from graphopt.backends.onnx.export import DEFAULT_OPSET, EXTERNAL_DATA_THRESHOLD, save_atomic, to_onnx
+from graphopt.backends.onnx.export import DEFAULT_OPSET, LoweredModel, lower
 
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -36,13 +32,22 @@ if hasattr(ort.GraphOptimizationLevel, "ORT_ENABLE_LAYOUT"):
 class OrtModule:
     """An ONNX Runtime session called like a torch module: torch tensors in, torch tensors out."""
 
-    def __init__(self, model: onnx.ModelProto, session: ort.InferenceSession, *, keep_alive: Any = None) -> None:
-        self.model = model
+    def __init__(self, session: ort.InferenceSession, *, model: onnx.ModelProto | None = None,
+                 lowered: LoweredModel | None = None, keep_alive: Any = None) -> None:
         self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
-        self._input_types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
-        self._keep_alive = keep_alive  # a temporary directory holding a >2 GB model's files
+        self._model = model
+        self._lowered = lowered
+        self._input_types = {i.name: _ORT_TYPES.get(i.type) for i in session.get_inputs()}
+        self._keep_alive = keep_alive  # e.g. a temporary directory holding a model's files
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The ONNX model the session runs (built with its weights inline on first access)."""
+        if self._model is None and self._lowered is not None:
+            self._model = self._lowered.inline()
+        return self._model
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if len(args) != len(self.input_names):
@@ -57,15 +62,23 @@ class OrtModule:
     def _feed(self, name: str, arg: Any) -> np.ndarray:
         tensor = arg if isinstance(arg, torch.Tensor) else torch.as_tensor(arg)
         want = self._input_types.get(name)
-        if want is not None and to_onnx_dtype(tensor.dtype) != want:
-            raise GraphoptError(f"input '{name}' must be {to_torch_dtype(want)}, got {tensor.dtype}")
+        if want is not None and tensor.dtype != want:
+            raise GraphoptError(f"input '{name}' must be {want}, got {tensor.dtype}")
         if tensor.dtype == torch.bfloat16:
             raise GraphoptError(f"input '{name}' is bfloat16, which ONNX Runtime's Python API cannot take from numpy")
         return tensor.detach().cpu().contiguous().numpy()
 
     def __repr__(self) -> str:
         providers = ", ".join(self.session.get_providers())
-        return f"<OrtModule '{self.model.graph.name}' inputs={self.input_names} outputs={self.output_names} on {providers}>"
+        return f"<OrtModule inputs={self.input_names} outputs={self.output_names} on {providers}>"
+
+
+_ORT_TYPES = {
+    "tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(double)": torch.float64,
+    "tensor(bfloat16)": torch.bfloat16, "tensor(int64)": torch.int64, "tensor(int32)": torch.int32,
+    "tensor(int16)": torch.int16, "tensor(int8)": torch.int8, "tensor(uint8)": torch.uint8,
+    "tensor(bool)": torch.bool,
+}
 
 
 def session_options(threads: int | None = None, optimization_level: str = "all") -> ort.SessionOptions:
@@ -100,21 +113,37 @@ def compile(  # noqa: A001 - the back-end verb, as in torch.compile
     core); `optimization_level` is one of "disable", "basic", "extended",
     "all"; `providers` defaults to the CPU provider. Other keywords go to
     `to_onnx` (bind, fused_attention, ...).
+
+    A graph's weights are handed to ONNX Runtime as in-memory initializers,
+    never serialised, so compiling a model of any size costs one copy of its
+    weights (ONNX Runtime's own).
     """
-    model = graph if isinstance(graph, onnx.ModelProto) else to_onnx(graph, opset=opset, **export_options)
     opts = session_options(threads, optimization_level)
     providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
-    keep_alive = None
-    if sum(len(t.raw_data) for t in model.graph.initializer) >= EXTERNAL_DATA_THRESHOLD:
-        # too big to serialise in one message: go through files
-        keep_alive = tempfile.TemporaryDirectory(prefix="graphopt-ort-")
-        path = Path(keep_alive.name) / "model.onnx"
-        save_atomic(model, path, external_data=True)
-        source: Any = os.fspath(path)
-    else:
-        source = model.SerializeToString()
+    if isinstance(graph, onnx.ModelProto):
+        return OrtModule(_session(graph.SerializeToString(), opts, providers, graph.graph.name), model=graph)
+    lowered = lower(graph, opset=opset, **export_options)
+    model = lowered.with_external_data("graphopt-in-memory", None)
+    names, values = [], []
+    for name, tensor in lowered.weights.items():
+        names.append(name)
+        values.append(_ort_value(tensor))
+    if names:
+        opts.add_external_initializers(names, values)
+    session = _session(model.SerializeToString(), opts, providers, graph.name)
+    return OrtModule(session, lowered=lowered)
+
+
+def _ort_value(tensor: torch.Tensor) -> ort.OrtValue:
+    t = tensor.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: hand over the bits with the ONNX type
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(t.view(torch.int16).numpy(),
+                                                               onnx.TensorProto.BFLOAT16)
+    return ort.OrtValue.ortvalue_from_numpy(t.numpy())
+
+
+def _session(source: Any, opts: ort.SessionOptions, providers: list[str], name: str) -> ort.InferenceSession:
     try:
-        session = ort.InferenceSession(source, sess_options=opts, providers=providers)
+        return ort.InferenceSession(source, sess_options=opts, providers=providers)
     except Exception as exc:
-        raise GraphoptError(f"ONNX Runtime could not load the model of graph '{model.graph.name}': {exc}") from exc
-    return OrtModule(model, session, keep_alive=keep_alive)
+        raise GraphoptError(f"ONNX Runtime could not load the model of graph '{name}': {exc}") from exc

@@ -178,6 +178,7 @@ class OnnxImportContext:
         self.current: onnx.NodeProto | None = None
         self._materialized: dict[str, Value] = {}
         self.fused: dict[str, Value] = {}  # outputs of nodes a converter already folded into an earlier node
+        self.transposed_weights: dict[str, str] = {}  # Transpose output -> the 2-d weight it transposes
         self.graph_outputs: set[str] = set()
         self._scalar_cache: dict[tuple, Value] = {}
 

@@ -588,14 +588,10 @@ def _single_use(ctx, name: str) -> bool:
 
 
 def _linear_weight(ctx, name: str, k: Known, transposed: bool) -> Value:
-    """A linear weight [out, in]. ONNX stores x @ W with W [in, out]: the data is transposed under the same
-    name, except that '<name>.T' (graphopt's own export of a linear weight) gets its original name back."""
-    tensor = k.tensor()
+    """A linear weight [out, in]. ONNX's x @ W holds W as [in, out]: its data is transposed under the same name."""
     if not transposed:
         return ctx.value(name)
-    if name.endswith(".T") and name[:-2] not in ctx.knowns and name[:-2] not in ctx.graph.weights:
-        return ctx.weight(name[:-2], tensor.t().contiguous())
-    value = ctx.weight(name, tensor.t().contiguous())
+    value = ctx.weight(name, k.tensor().t().contiguous())
     value.meta["onnx_transposed"] = True
     return value
 
@@ -605,8 +601,9 @@ def _matmul(ctx, node):
     a = _v(ctx, node, 0)
     b_name = node.input[1]
     k = _const_2d(ctx, b_name)
-    if k is not None and a.rank >= 2 and _single_use(ctx, b_name):
-        weight = _linear_weight(ctx, b_name, k, transposed=True)
+    plain = ctx.transposed_weights.get(b_name)
+    if plain is not None or (k is not None and a.rank >= 2 and _single_use(ctx, b_name)):
+        weight = ctx.value(plain) if plain is not None else _linear_weight(ctx, b_name, k, transposed=True)
         add, bias = _bias_add(ctx, node.output[0], int(weight.shape[0]))
         out = ctx.emit1("linear", [a, weight, bias])
         if add is not None:  # MatMul + Add(bias) is one linear: the Add is taken in here
@@ -820,6 +817,13 @@ def _unsqueeze(ctx, node):
 
 @register_onnx_op("Transpose")
 def _transpose(ctx, node):
+    k = ctx.known(node.input[0])
+    reader = ctx.only_consumer(node.output[0])
+    if (k is not None and k.is_initializer and len(k.shape) == 2 and list(_attr(node, "perm") or [1, 0]) == [1, 0]
+            and reader is not None and reader.op_type == "MatMul" and reader.input[1] == node.output[0]):
+        # x @ W^T (graphopt's own export of a linear): the MatMul becomes linear(x, W), W keeps its name
+        ctx.transposed_weights[node.output[0]] = node.input[0]
+        return None
     x = _v(ctx, node, 0)
     perm = _attr(node, "perm") or list(range(x.rank))[::-1]
     if list(perm) == list(range(x.rank)):
