@@ -185,6 +185,26 @@ def test_pass_definition_errors_are_aimed_at_the_author():
         register_pass("no-run")(type("NoRun", (Pass,), {}))
 
 
+def test_bounded_tolerance_may_come_from_an_inherited_method():
+    from graphopt.passmanager import Tolerance
+
+    class Quantize(Pass):
+        verify_tolerance = "bounded"
+        bits: int = 8
+
+        def tolerance(self):
+            return Tolerance("bounded", 0.0, 2.0 ** -self.bits)
+
+        def run(self, graph, analyses):
+            return PassResult(graph, False)
+
+    class Quantize4(Quantize):
+        bits: int = 4
+
+    assert Quantize4().tolerance() == Tolerance("bounded", 0.0, 1 / 16)
+    assert Quantize(bits=2).tolerance().atol == 0.25
+
+
 def test_classvar_annotations_are_not_options():
     class WithConstants(Pass):
         table: ClassVar[dict] = {}

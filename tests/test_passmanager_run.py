@@ -246,6 +246,13 @@ def test_structural_verification_after_each_pass(traced):
     PassManager.parse("break-types", verify_each=False).run(graph)
 
 
+def test_ill_formed_input_is_reported_before_any_pass_runs(traced):
+    broken = traced[0].clone()
+    broken.nodes[0].outputs[0].shape = (7,)
+    with pytest.raises(graphopt.VerificationError, match="failed verification"):
+        PassManager.parse("crash").run(broken)
+
+
 def test_pass_must_return_a_pass_result(traced):
     with pytest.raises(PassFailedError, match="must return PassResult"):
         PassManager.parse("bad-return", reproducer_dir=None).run(traced[0])

@@ -19,14 +19,14 @@ import warnings
 import weakref
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, Union
 
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
 from graphopt.passmanager.errors import did_you_mean
 
 AnalysisFn = Callable[..., Any]
-AnalysisKey = "str | AnalysisFn"
+AnalysisKey = Union[str, AnalysisFn]  # a registered name, or the registered function/class itself
 
 
 @dataclass(frozen=True)

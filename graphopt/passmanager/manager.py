@@ -48,8 +48,8 @@ class PassManager:
         new_graph, report = pm.run(graph, example_inputs)
         print(report)
 
-    `verify_each` runs the structural verifier (`graph.verify()`) after every
-    pass that modified the graph, as MLIR does; comparing outputs numerically
+    `verify_each` runs the structural verifier (`graph.verify()`) on the input
+    and after every pass that modified the graph, as MLIR does; comparing outputs numerically
     is the `Verify` instrument's job. `reproducer_dir` is where crash
     reproducers go (a fresh temporary directory by default, None to disable).
     """
@@ -117,6 +117,8 @@ class PassManager:
         analyses = analyses or AnalysisManager(example_inputs=example_inputs)
         if analyses.example_inputs is None:
             analyses.example_inputs = example_inputs
+        if self.verify_each:
+            graph.verify()  # an ill-formed input is the caller's problem, not the first pass's
         report = PipelineReport(str(self))
         ctx = RunContext(str(self), graph, analyses, example_inputs, step_count=len(self.steps))
         working = graph.clone()

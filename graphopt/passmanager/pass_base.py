@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 from graphopt.ir.graph import Graph
 from graphopt.passmanager.analysis import AnalysisManager, PreservedAnalyses, as_preserved
 from graphopt.passmanager.errors import PassDefinitionError, PipelineError, UnknownOptionError, did_you_mean
-from graphopt.passmanager.options import MISSING, Option, OptionSpec, check_supported, format_value
+from graphopt.passmanager.options import MISSING, Option, OptionSpec, check_supported, coerce, format_value
 
 ToleranceKind = Literal["exact", "bounded", "shape"]
 _RESERVED = frozenset({
@@ -91,7 +91,7 @@ class Pass:
                 f"pass class {cls.__qualname__}: verify_tolerance must be 'exact', 'bounded' or 'shape', "
                 f"not {cls.verify_tolerance!r}"
             )
-        if cls.verify_tolerance == "bounded" and (cls.rtol is None or cls.atol is None) and "tolerance" not in cls.__dict__:
+        if cls.verify_tolerance == "bounded" and (cls.rtol is None or cls.atol is None) and cls.tolerance is Pass.tolerance:
             raise PassDefinitionError(
                 f"pass class {cls.__qualname__} declares verify_tolerance='bounded' but no rtol/atol; "
                 "set both class attributes (or override tolerance())"
@@ -182,8 +182,6 @@ def _collect_options(cls: type) -> dict[str, Option]:
             setattr(cls, key, default)
         if default is not MISSING:
             try:
-                from graphopt.passmanager.options import coerce
-
                 default = coerce(tp, default)
             except (TypeError, ValueError) as exc:
                 raise PassDefinitionError(f"pass class {cls.__qualname__}, option '{key}': bad default: {exc}") from None

@@ -7,7 +7,7 @@ import torch
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.passmanager import AnalysisManager, Pass, PassResult, register_pass
 
-from ._rewrite import drop_unused_weights, is_read
+from ._rewrite import drop_unused_weights
 
 FOLDABLE = ("conv", "conv_transpose", "linear")
 
@@ -115,4 +115,4 @@ class FoldBatchNorm(Pass):
         return PassResult(graph, modified=folded > 0)
 
 
-__all__ = ["FoldBatchNorm", "foldable_producer", "fold", "is_read"]
+__all__ = ["FoldBatchNorm", "foldable_producer", "fold"]
