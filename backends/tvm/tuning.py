@@ -30,6 +30,8 @@ from graphopt.backends.tvm.target import target_key
 # A task below this share of the model's FLOPs is left to the default schedule: about
 # 16 s of evolutionary search per task on 2 cores would not pay for itself.
 MIN_TASK_SHARE = 0.005
+# Under a time budget, the most trials one task may get (the deadline usually comes first).
+TIME_BUDGET_TRIALS_PER_TASK = 256
 
 
 def default_work_dir() -> Path:
@@ -263,9 +265,18 @@ def tune(tasks: list[Task], database: TuningDatabase, budget: Budget, *, runner:
     target = database.target
     started = time.monotonic()
     deadline = started + budget.seconds if budget.seconds is not None else None
-    # A time budget without a trial count: give the plan room and let the deadline stop it.
-    trials = budget.trials if budget.trials is not None else 64 * max(1, len(tasks))
-    groups = allocate(tasks, trials, min_share=min_share)
+    if budget.trials is not None:
+        groups = allocate(tasks, budget.trials, min_share=min_share)
+    else:
+        # A time budget: one MetaSchedule run over every task worth tuning. Its gradient task
+        # scheduler gives each task one round first, then the rounds go where the measured
+        # latency x calls is falling fastest; the deadline ends it.
+        groups = allocate(tasks, TIME_BUDGET_TRIALS_PER_TASK * max(1, len(tasks)), min_share=min_share)
+        eligible = [t for g in groups.values() for t in g]
+        for t in eligible:
+            t.planned = TIME_BUDGET_TRIALS_PER_TASK
+        groups = {TIME_BUDGET_TRIALS_PER_TASK: eligible} if eligible else {}
+        num_trials_per_iter = min(num_trials_per_iter, 16)
     out = None if progress is False else (progress if callable(progress) else _stderr)
     tracker = Progress(tasks, deadline=deadline, out=out)
     report = TuneReport(tasks=tasks)
