@@ -294,6 +294,16 @@ def test_verify_synthesises_inputs_when_none_are_given(traced):
     assert "canonicalize/fold-batchnorm" in verify.checked
 
 
+def test_verify_on_a_meta_device_graph_checks_structure_only():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Dropout())
+    graph = graphopt.trace(model.eval(), (torch.empty(2, 3, 8, 8, device="meta"),))
+    verify = Verify()
+    new, report = PassManager.parse("canonicalize", instruments=[verify]).run(graph)
+    assert report.modified and not new.find_nodes("batch_norm") and verify.checked == []
+    assert new.node("0").inputs[1].data.device.type == "meta"
+
+
 def test_dump_ir_writes_only_after_changes(traced, tmp_path):
     graph, inputs = traced
     dump = DumpIR(tmp_path / "ir", before=True)
