@@ -67,10 +67,11 @@ def main() -> None:
     parser.add_argument("--opset", type=int, default=gonnx.DEFAULT_OPSET)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, "
-          f"{args.threads} threads, batch 1, median of {args.runs} runs after {args.warmup} warm-up, opset {args.opset}")
+    print(f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, {args.threads} threads, "
+          f"batch 1, median of {args.runs} runs after {args.warmup} warm-up, opset {args.opset}")
     print()
-    print("| model | size | input | torch eager (ms) | ONNX Runtime (ms) | speed-up | export + session | max abs diff |")
+    print("| model | size | input | torch eager (ms) | ONNX Runtime (ms) | speed-up | export + session "
+          "| max abs diff |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         print(bench(name, args.size, args.runs, args.warmup, args.threads, args.opset), flush=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
@@ -374,7 +373,7 @@ def test_reshape_keeps_shape_tensors_constant():
 def test_symbolic_dim_arithmetic_is_exact():
     """floor/ceil/products of symbols are computed from input shapes at run time."""
     g = Graph("dims")
-    x = g.add_input("x", [B, S], torch.float32)
+    g.add_input("x", [B, S], torch.float32)
     shape = [D.floordiv(S - 1, 2) + 1, D.ceildiv(S, 3), B * S]
     g.outputs = [g.create_node("full", [], {"shape": shape, "value": 1.0, "dtype": torch.float32}).output]
     run = gonnx.compile(g)
@@ -382,6 +381,3 @@ def test_symbolic_dim_arithmetic_is_exact():
         out = run(torch.zeros(3, s))
         assert list(out.shape) == [(s - 1) // 2 + 1, math.ceil(s / 3), 3 * s]
 
-
-def _ids(cases: list[Any]) -> list[str]:  # pragma: no cover - pytest id helper
-    return [_id(c) for c in cases]

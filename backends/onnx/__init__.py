@@ -19,7 +19,8 @@ from graphopt.backends.onnx.export import DEFAULT_OPSET, LoweredModel, export, l
 from graphopt.backends.onnx.lower_ops import LOWERINGS, register_lowering
 
 __all__ = [
-    "DEFAULT_OPSET", "export", "to_onnx", "lower", "LoweredModel", "save_atomic", "compile", "OrtModule", "session_options",
+    "DEFAULT_OPSET", "export", "to_onnx", "lower", "LoweredModel", "save_atomic",
+    "compile", "OrtModule", "session_options",
     "register_lowering", "LOWERINGS",
 ]
 

@@ -64,5 +64,8 @@ def to_torch_tensor(proto: onnx.TensorProto, base_dir: str | None = None) -> tor
     """A torch tensor with the data of an ONNX initializer (external data read from `base_dir`)."""
     array = onnx.numpy_helper.to_array(proto, base_dir or "")
     if proto.data_type == TensorProto.BFLOAT16:  # numpy (ml_dtypes) bfloat16: reinterpret the bits
-        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(np.array(array, copy=True))
+        array = np.ascontiguousarray(array).view(np.int16)
+    if not array.flags.writeable or not array.flags.c_contiguous:  # torch wants memory it may write
+        array = np.array(array, copy=True)
+    tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if proto.data_type == TensorProto.BFLOAT16 else tensor

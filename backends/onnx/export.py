@@ -29,7 +29,7 @@ from onnx import helper
 
 from graphopt.errors import GraphoptError
 from graphopt.ir import dims as D
-from graphopt.ir.graph import Graph, Value
+from graphopt.ir.graph import Graph
 from graphopt.backends.onnx.builder import OnnxBuilder
 from graphopt.backends.onnx.dtypes import fill_tensor_proto, to_onnx_dtype
 from graphopt.backends.onnx.lower_ops import LOWERINGS

@@ -23,7 +23,7 @@ import torch
 from graphopt.errors import GraphoptError
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Node
-from graphopt.ir.ops import _pair_list, result_dtype
+from graphopt.ir.ops import result_dtype
 from graphopt.backends.onnx.builder import INT64_MAX, OnnxBuilder
 from graphopt.backends.onnx.dtypes import tensor_proto
 
@@ -58,6 +58,13 @@ def _casted(b: OnnxBuilder, node: Node, ins: list, dtype: torch.dtype) -> list[s
 
 def _scalar(b: OnnxBuilder, number, dtype: torch.dtype) -> str:
     return b.const(number, dtype)
+
+
+def _per_axis(value, n: int) -> list:
+    """An attribute given once or per spatial axis, as one entry per axis."""
+    if isinstance(value, (list, tuple)):
+        return list(value) if len(value) == n else list(value) * (n // max(len(value), 1))
+    return [value] * n
 
 
 def _axes_list(axes, rank: int) -> list[int]:
@@ -191,8 +198,8 @@ def _hardtanh(b, node, ins):
 def _clamp(b, node, ins):
     dt = _out(node).dtype
     lo, hi = node.attrs.get("min"), node.attrs.get("max")
-    return b.op("Clip", [ins[0], None if lo is None else _scalar(b, lo, dt), None if hi is None else _scalar(b, hi, dt)],
-                dtype=dt)
+    bounds = [None if v is None else _scalar(b, v, dt) for v in (lo, hi)]
+    return b.op("Clip", [ins[0], *bounds], dtype=dt)
 
 
 @lowering("leaky_relu")
@@ -323,9 +330,9 @@ def _where(b, node, ins):
 
 # --------------------------------------------------------------- dense ops
 def _conv_attrs(node: Node, n: int) -> dict:
-    stride = _pair_list(node.attrs.get("stride", 1), n)
-    pad = _pair_list(node.attrs.get("padding", 0), n)
-    dil = _pair_list(node.attrs.get("dilation", 1), n)
+    stride = _per_axis(node.attrs.get("stride", 1), n)
+    pad = _per_axis(node.attrs.get("padding", 0), n)
+    dil = _per_axis(node.attrs.get("dilation", 1), n)
     return {"strides": [int(s) for s in stride], "pads": [int(p) for p in pad] * 2,
             "dilations": [int(d) for d in dil], "group": int(node.attrs.get("groups", 1))}
 
@@ -344,7 +351,7 @@ def _conv_transpose(b, node, ins):
     n = w.rank - 2
     attrs = _conv_attrs(node, n)
     attrs["kernel_shape"] = [int(k) for k in w.shape[2:]]
-    opad = [int(p) for p in _pair_list(node.attrs.get("output_padding", 0), n)]
+    opad = [int(p) for p in _per_axis(node.attrs.get("output_padding", 0), n)]
     if any(opad):
         attrs["output_padding"] = opad
     return b.op("ConvTranspose", [i for i in ins[:3] if i is not None], attrs, dtype=_out(node).dtype)
@@ -449,7 +456,8 @@ def _batch_norm(b, node, ins):
     channels = node.inputs[3].shape
     w = _ones_or(b, w, channels, 1.0, dt)
     bias = _ones_or(b, bias, channels, 0.0, dt)
-    return b.op("BatchNormalization", [x, w, bias, mean, var], {"epsilon": float(node.attrs.get("eps", 1e-5))}, dtype=dt)
+    eps = float(node.attrs.get("eps", 1e-5))
+    return b.op("BatchNormalization", [x, w, bias, mean, var], {"epsilon": eps}, dtype=dt)
 
 
 @lowering("layer_norm")
@@ -585,9 +593,9 @@ def _pad(b, node, ins):
 def _pool_geometry(node: Node) -> tuple[list[int], list[int], list[int], list[int]]:
     kernel = [int(k) for k in node.attrs["kernel"]]
     n = len(kernel)
-    stride = [int(s) for s in _pair_list(node.attrs.get("stride") or kernel, n)]
-    pad = [int(p) for p in _pair_list(node.attrs.get("padding", 0), n)]
-    dil = [int(d) for d in _pair_list(node.attrs.get("dilation", 1), n)]
+    stride = [int(s) for s in _per_axis(node.attrs.get("stride") or kernel, n)]
+    pad = [int(p) for p in _per_axis(node.attrs.get("padding", 0), n)]
+    dil = [int(d) for d in _per_axis(node.attrs.get("dilation", 1), n)]
     return kernel, stride, pad, dil
 
 
@@ -762,7 +770,7 @@ def _resize(b, node, ins):
     if size is not None:
         sizes = b.shape([*x_v.shape[:2], *size])
         return b.op("Resize", [ins[0], "", "", sizes], attrs, dtype=dt)
-    scales = [1.0, 1.0] + [float(s) for s in _pair_list(scale, n)]
+    scales = [1.0, 1.0] + [float(s) for s in _per_axis(scale, n)]
     return b.op("Resize", [ins[0], "", b.const(scales, torch.float32, hint="scales")], attrs, dtype=dt)
 
 

@@ -2,8 +2,10 @@
 
 Why a model from another framework goes through the same IR: once imported,
 it can be verified, pruned and compiled exactly like a traced torch model.
-Initializers become `param` weights under their ONNX names; each `dim_param`
-becomes a symbol (`batch`, `seq`), so the graph stays dynamic.
+Initializers become weights under their ONNX names (floating-point tensors
+`param`s, BatchNormalization statistics `buffer`s, scalars and integer tables
+`const`s); each `dim_param` becomes a symbol (`batch`, `seq`), so the graph
+stays dynamic.
 
 Shape arithmetic is evaluated while importing, not imported. Exporters write
 dynamic reshapes as Shape -> Gather -> Concat -> Reshape; the importer keeps
@@ -362,8 +364,8 @@ def load(source: "str | os.PathLike | bytes | onnx.ModelProto", *, name: str | N
 
     model, base_dir, label = _read(source)
     if check:
-        try:
-            onnx.checker.check_model(model)
+        try:  # a file is checked by path: that works past protobuf's 2 GB limit
+            onnx.checker.check_model(str(source) if base_dir else model)
         except Exception as exc:
             raise GraphoptError(f"{label} is not a valid ONNX model: {exc}".rstrip()) from exc
     graph = Graph(name or model.graph.name or "onnx_model")

@@ -694,7 +694,8 @@ def _instance_norm(ctx, node):
     channels = x.shape[1]
     if not isinstance(channels, int):
         raise GraphoptError(f"{ctx.where()}: InstanceNormalization needs a static channel count")
-    return ctx.emit1("group_norm", [x, scale, bias], {"num_groups": channels, "eps": float(_attr(node, "epsilon", 1e-5))})
+    eps = float(_attr(node, "epsilon", 1e-5))
+    return ctx.emit1("group_norm", [x, scale, bias], {"num_groups": channels, "eps": eps})
 
 
 def _trailing_shape(ctx, x: Value, axis: int) -> list[int]:
@@ -859,7 +860,7 @@ def _split(ctx, node):
     return list(ctx.emit("split", [x], {"sizes": list(sizes), "axis": axis}).outputs)
 
 
-def _clamp_index(v, size, *, end: bool):
+def _clamp_index(v, size):
     """ONNX Slice bounds: negatives count from the end, then clamp to [0, size]."""
     if isinstance(v, int):
         if v >= _HUGE:
@@ -890,7 +891,7 @@ def _slice(ctx, node):
         if not isinstance(step, int) or step < 1:
             raise GraphoptError(f"{ctx.where()}: Slice with step {step} is not supported (only positive steps)")
         size = y.shape[axis]
-        start, end = _clamp_index(s, size, end=False), _clamp_index(e, size, end=True)
+        start, end = _clamp_index(s, size), _clamp_index(e, size)
         if start == 0 and step == 1 and D.dims_equal(end, size):
             continue
         y = ctx.emit1("slice", [y], {"axis": axis, "start": start, "end": end, "step": int(step)})
