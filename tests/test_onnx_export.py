@@ -7,6 +7,7 @@ with the other zoo tests) and exported once per module.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import subprocess
 import sys
@@ -150,6 +151,19 @@ def test_external_data(tmp_path):
     assert any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"x": torch.randn(2, 256).numpy()})[0].shape == (2, 3)
+
+
+def test_large_models_get_external_data_automatically(tmp_path, monkeypatch):
+    """Past the protobuf limit (lowered here to 1 KiB) weights go to '<name>.data' without being asked."""
+    export_module = importlib.import_module("graphopt.backends.onnx.export")  # the module, not the function
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_THRESHOLD", 1024)
+    gonnx.export(_small_graph(features=256), tmp_path / "big.onnx")
+    gonnx.export(_small_graph(features=4), tmp_path / "small.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data", "small.onnx"]
+    from graphopt.frontends.onnx import load
+
+    graph = load(tmp_path / "big.onnx")  # the importer reads the external data back
+    assert graph.weights["fc.weight"].shape == (3, 256)
 
 
 def test_export_into_missing_directory_fails_clearly(tmp_path):
