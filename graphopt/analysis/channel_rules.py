@@ -94,6 +94,22 @@ def _role(b: Builder, value: Value | None, axis: int, role: str) -> Space | None
     return b.space(value, (axis,), role) if value is not None else None
 
 
+def _link(b: Builder, w: Value | None, w_axis: int, v: Value | None, v_axis: int, role: str) -> None:
+    """Tie a weight axis to a tensor axis, giving the weight the tensor's atoms when it has some.
+
+    Rules run in topological order, so the tensor side usually has its space already;
+    reusing its atoms saves a union per weight.
+    """
+    if w is None or v is None:
+        return
+    if b.spaces.get((id(v), (v_axis % v.rank,))) is not None:
+        _couple_axis(b, w, w_axis, v, v_axis)
+        _role(b, w, w_axis, role)
+    else:
+        _role(b, w, w_axis, role)
+        _couple_axis(b, w, w_axis, v, v_axis)
+
+
 def _couple_axis(b: Builder, a: Value | None, axis_a: int, c: Value | None, axis_c: int) -> None:
     b.identity(a, c, [axis_a], [axis_c])
 
@@ -106,15 +122,13 @@ def _conv(b: Builder, node: Node) -> None:
     transposed = node.op == "conv_transpose"
     out_axis, in_axis = (1, 0) if transposed else (0, 1)
     if groups == 1:
-        _role(b, w, out_axis, "producer")
-        _role(b, w, in_axis, "consumer")
-        _couple_axis(b, w, out_axis, out, 1)
-        _couple_axis(b, w, in_axis, x, 1)
+        _link(b, w, out_axis, out, 1, "producer")
+        _link(b, w, in_axis, x, 1, "consumer")
     else:
         # grouped: a conv group's input and output channels are one unit
         cin, cout = x.shape[1], out.shape[1]
         sx, so = b.space(x, (1,)), b.space(out, (1,))
-        if sx is not None and so is not None:
+        if sx is not None and so is not None and b.once("groups", id(sx), id(so)):
             per_in, per_out = cin // groups, cout // groups
             for g in range(groups):
                 b.union_all(np.concatenate([sx.atoms[g * per_in:(g + 1) * per_in],
@@ -124,11 +138,9 @@ def _conv(b: Builder, node: Node) -> None:
             if sw is not None and sx is not None:
                 b.union(sw.atoms, sx.atoms)
         else:
-            _role(b, w, 0, "producer")
-            _couple_axis(b, w, 0, out, 1)
+            _link(b, w, 0, out, 1, "producer")
     if bias is not None:
-        _role(b, bias, 0, "producer")
-        _couple_axis(b, bias, 0, out, 1)
+        _link(b, bias, 0, out, 1, "producer")
 
 
 @register_channel_rule("linear")
@@ -136,13 +148,9 @@ def _linear(b: Builder, node: Node) -> None:
     x, w = node.inputs[0], node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     out = node.output
-    _role(b, w, 0, "producer")
-    _role(b, w, 1, "consumer")
-    _couple_axis(b, w, 0, out, -1)
-    _couple_axis(b, w, 1, x, -1)
-    if bias is not None:
-        _role(b, bias, 0, "producer")
-        _couple_axis(b, bias, 0, out, -1)
+    _link(b, w, 1, x, -1, "consumer")
+    _link(b, w, 0, out, -1, "producer")
+    _link(b, bias, 0, out, -1, "producer")
     lead = list(range(x.rank - 1))
     b.identity(x, out, lead, lead)
 
@@ -151,8 +159,7 @@ def _linear(b: Builder, node: Node) -> None:
 def _embedding(b: Builder, node: Node) -> None:
     idx, w = node.inputs
     out = node.output
-    _role(b, w, 1, "producer")
-    _couple_axis(b, w, 1, out, -1)  # rows are vocabulary entries, picked by data: never channels
+    _link(b, w, 1, out, -1, "producer")  # rows are vocabulary entries, picked by data: never channels
 
 
 def _axes_by_letter(equation: str, operands: list[Value], out: Value) -> list[dict[str, int]]:
@@ -230,6 +237,8 @@ def _sdpa(b: Builder, node: Node) -> None:
         spaces = {name: b.space(t, (t.rank - 3, t.rank - 1)) for name, t in (("q", q), ("k", k), ("v", v), ("o", out))}
         if any(s is None for s in spaces.values()) or hq % hkv:
             return
+        if not b.once("sdpa", *(id(s) for s in spaces.values())):
+            return
         group = hq // hkv
         # a head is one unit: q/out heads of a kv group and that kv head, all their dims
         for j in range(hkv):
@@ -256,8 +265,7 @@ def _batch_norm(b: Builder, node: Node) -> None:
     out = node.output
     for p, role in ((w, "producer"), (bias, "producer"), (mean, "stat"), (var, "stat")):
         if p is not None:
-            _role(b, p, 0, role)
-            _couple_axis(b, p, 0, out, 1)
+            _link(b, p, 0, out, 1, role)
     b.identity(x, out, list(range(x.rank)), list(range(x.rank)))
     if w is None or bias is None:
         for s in b.spaces_of(out):
@@ -271,8 +279,7 @@ def _norm_last(b: Builder, node: Node, params: list[Value | None]) -> None:
     normalized = set(range(x.rank - k, x.rank))
     for p in params:
         if p is not None and k == 1:
-            _role(b, p, 0, "producer")
-            _couple_axis(b, p, 0, out, -1)
+            _link(b, p, 0, out, -1, "producer")
     for s in b.spaces_of(out):
         if set(s.axes) & normalized:
             if k != 1:
@@ -297,10 +304,9 @@ def _group_norm(b: Builder, node: Node) -> None:
     b.identity(x, out, list(range(x.rank)), list(range(x.rank)))
     for p in (w, bias):
         if p is not None:
-            _role(b, p, 0, "producer")
-            _couple_axis(b, p, 0, out, 1)
+            _link(b, p, 0, out, 1, "producer")
     so = b.space(out, (1,))
-    if so is not None:
+    if so is not None and b.once("group_norm", id(so)):
         groups = node.attrs["num_groups"]
         per = so.size // groups
         for g in range(groups):  # statistics are per norm group: whole groups go together
@@ -485,21 +491,16 @@ def _coarse_blocks(src: list, dst: list) -> list[tuple[list[int], list[int]]] | 
 def _couple_through_blocks(b: Builder, s: Space, dst: Value, touched, side: int) -> None:
     src = s.value
     src_axes = [a for blk in touched for a in blk[side]]
-    dst_axes = [a for blk in touched for a in blk[1 - side] if isinstance(dst.shape[a], int) and dst.shape[a] > 1]
     if not all(isinstance(dst.shape[a], int) for blk in touched for a in blk[1 - side]):
         return
-    d = b.space(dst, dst_axes)
-    if d is None:
-        return
-    # enumerate full coordinates of the touched src axes; flat index per block maps to dst
+    dst_axes = [a for blk in touched for a in blk[1 - side] if dst.shape[a] > 1]
+    # enumerate full coordinates of the touched src axes; the flat index within a block is kept
     sizes = [src.shape[a] for a in src_axes]
     coords = np.indices(sizes).reshape(len(sizes), -1)
     total = coords.shape[1]
-    # src atom of each coordinate: project onto s.axes
-    src_key = np.zeros(total, dtype=np.int64)
+    src_key = np.zeros(total, dtype=np.int64)  # the src atom of each coordinate (projected onto s.axes)
     for axis, size in zip(s.axes, s.sizes):
         src_key = src_key * size + coords[src_axes.index(axis)]
-    # dst coordinate: per block, flat index over src block axes -> unravel over dst block axes
     dst_coord: dict[int, np.ndarray] = {}
     for blk in touched:
         flat = np.zeros(total, dtype=np.int64)
@@ -508,10 +509,19 @@ def _couple_through_blocks(b: Builder, s: Space, dst: Value, touched, side: int)
         dst_sizes = [dst.shape[a] for a in blk[1 - side]]
         for axis, part in zip(blk[1 - side], np.unravel_index(flat, dst_sizes) if dst_sizes else []):
             dst_coord[axis] = part
+    dst_sorted = sorted(dst_axes)
     dst_key = np.zeros(total, dtype=np.int64)
-    for axis, size in zip(d.axes, d.sizes):
-        dst_key = dst_key * size + dst_coord[axis]
-    b.union(s.offset + src_key, d.offset + dst_key)
+    for axis in dst_sorted:
+        dst_key = dst_key * dst.shape[axis] + dst_coord[axis]
+    bijective = set(s.axes) >= {a for a in src_axes if src.shape[a] > 1}
+    if bijective and (id(dst), tuple(dst_sorted)) not in b.spaces:
+        ids = np.empty(total, dtype=np.int64)
+        ids[dst_key] = s.atoms[src_key]
+        b.space(dst, dst_sorted, ids=ids)
+        return
+    d = b.space(dst, dst_sorted)
+    if d is not None and b.once("reshape", id(s), id(d)):
+        b.union(s.atoms[src_key], d.atoms[dst_key])
 
 
 @register_channel_rule("expand")
@@ -579,17 +589,17 @@ def _offset_link(b: Builder, part: Value, whole: Value, axis: int, start: int) -
 
 
 def _offset_couple(b: Builder, s: Space, other: Value, axis: int, start: int, *, from_whole: bool) -> None:
-    d = b.space(other, s.axes)
-    if d is None:
-        return
     i = s.axes.index(axis)
-    if from_whole:
-        whole, part = s, d
-    else:
-        whole, part = d, s
-    length = part.sizes[i]
     index = [slice(None)] * len(s.axes)
-    index[i] = slice(start, start + length)
+    if from_whole and (id(other), s.axes) not in b.spaces:  # a new part: reuse the whole's atoms
+        index[i] = slice(start, start + other.shape[axis])
+        b.space(other, s.axes, ids=s.grid()[tuple(index)])
+        return
+    d = b.space(other, s.axes)
+    if d is None or not b.once("offset", id(s), id(d), axis, start):
+        return
+    whole, part = (s, d) if from_whole else (d, s)
+    index[i] = slice(start, start + part.sizes[i])
     b.union(whole.grid()[tuple(index)], part.grid())
 
 

@@ -42,8 +42,9 @@ class Space:
     value: Value
     axes: tuple[int, ...]
     sizes: tuple[int, ...]
-    offset: int  # first atom id
+    offset: int  # first atom id (or, with `ids`, a key shared by spaces with the same atoms)
     role: str = ""  # for weights: "producer", "consumer" or "stat"
+    ids: np.ndarray | None = None  # explicit atom ids, row-major: a permutation of another space's atoms
 
     @property
     def size(self) -> int:
@@ -51,6 +52,8 @@ class Space:
 
     @property
     def atoms(self) -> np.ndarray:
+        if self.ids is not None:
+            return self.ids
         return np.arange(self.offset, self.offset + self.size)
 
     def grid(self) -> np.ndarray:
@@ -78,15 +81,29 @@ class ChannelGroup:
     spaces: list[Space]
     labels: list[np.ndarray]
     num_channels: int
-    units: list[np.ndarray]
+    unit_of: np.ndarray  # channel -> unit id (units are numbered 0..num_units-1)
     prunable: bool = True
     reasons: list[str] = field(default_factory=list)
     exact: bool = True  # removal equals zeroing the producers (see `inexact`)
     inexact: list[str] = field(default_factory=list)
 
     @property
+    def num_units(self) -> int:
+        return int(self.unit_of.max()) + 1 if self.unit_of.size else 0
+
+    @property
+    def units(self) -> list[np.ndarray]:
+        """Channel ids of each unit, ascending."""
+        cached = self.__dict__.get("_units")
+        if cached is None:
+            order = np.argsort(self.unit_of, kind="stable")
+            bounds = np.flatnonzero(np.diff(self.unit_of[order])) + 1
+            cached = self.__dict__["_units"] = np.split(order, bounds) if order.size else []
+        return cached
+
+    @property
     def unit_size(self) -> int:
-        return int(min(len(u) for u in self.units)) if self.units else 0
+        return int(np.bincount(self.unit_of).min()) if self.unit_of.size else 0
 
     @property
     def kind(self) -> str:
@@ -107,7 +124,7 @@ class ChannelGroup:
 
     def summary(self) -> str:
         params = sorted({s.value.name for s in self.spaces if s.value.kind == "param"})
-        head = f"group {self.id}: {self.num_channels} channels in {len(self.units)} units of {self.unit_size} ({self.kind})"
+        head = f"group {self.id}: {self.num_channels} channels in {self.num_units} units of {self.unit_size} ({self.kind})"
         status = "prunable" if self.prunable else "not prunable: " + "; ".join(self.reasons)
         if self.prunable and not self.exact:
             status += " (not mask-exact: " + "; ".join(self.inexact) + ")"
@@ -135,10 +152,18 @@ class Builder:
         self.gates: list[tuple[Space, str]] = []  # spaces behind a zero-to-nonzero op, checked later
         self._dirty: list[Value] = []
         self.current: Node | None = None
+        self.created = 0  # spaces created so far: the fixed point is reached when this stops growing
+        self._done: set[tuple] = set()
 
     # ------------------------------------------------------------ spaces
-    def space(self, value: Value | None, axes: Iterable[int], role: str = "") -> Space | None:
-        """The space of `value` over `axes`, created if new; None where it cannot hold channels."""
+    def space(self, value: Value | None, axes: Iterable[int], role: str = "", *, ids: np.ndarray | None = None) -> Space | None:
+        """The space of `value` over `axes`, created if new; None where it cannot hold channels.
+
+        `ids`: for a new space that corresponds one to one with existing atoms (an
+        identity, permutation, reshape or slice of another space), those atoms in
+        row-major order, instead of fresh atoms joined by unions. Most couplings are
+        such bijections, so this keeps the union-find small.
+        """
         if value is None:
             return None
         axes = tuple(sorted({a % value.rank for a in axes})) if value.rank else ()
@@ -155,8 +180,14 @@ class Builder:
             if role and not found.role:
                 found.role = role
             return found
-        space = Space(value, axes, sizes, self.next_atom, role)
-        self.next_atom += space.size
+        if ids is not None and ids.size == int(np.prod(sizes)):
+            if ids.ndim != 1 or not ids.flags.c_contiguous:
+                ids = np.ascontiguousarray(ids).ravel()
+            space = Space(value, axes, sizes, -1 - len(self.spaces), role, ids)
+        else:
+            space = Space(value, axes, sizes, self.next_atom, role)
+            self.next_atom += space.size
+        self.created += 1
         if self.next_atom > self.max_atoms:
             where = self.current.where() if self.current is not None else "the graph"
             raise ChannelAnalysisError(
@@ -185,6 +216,13 @@ class Builder:
         self.union(a.atoms, first_b[key_a])
 
     # ------------------------------------------------------------ unions
+    def once(self, *key) -> bool:
+        """True the first time `key` is seen: rules re-run as spaces appear, unions need doing once."""
+        if key in self._done:
+            return False
+        self._done.add(key)
+        return True
+
     def union(self, left: np.ndarray, right: np.ndarray) -> None:
         left = np.asarray(left, dtype=np.int64).ravel()
         right = np.asarray(right, dtype=np.int64).ravel()
@@ -207,6 +245,10 @@ class Builder:
         """
         if src is None or dst_value is None:
             return None
+        images = [axis_map.get(a) for a in src.axes]
+        existing = self.spaces.get((id(dst_value), tuple(sorted(d % dst_value.rank for d in images if d is not None))))
+        if existing is not None and not self.once("couple", frozenset((id(src), id(existing))), soft):
+            return existing
         kept = [(a, axis_map.get(a)) for a in src.axes]
         dst_axes = [d for _, d in kept if d is not None]
         if not dst_axes:
@@ -214,6 +256,13 @@ class Builder:
         for a, d in kept:
             if d is not None and dst_value.shape[d] != src.value.shape[a]:
                 return None  # sizes differ (e.g. broadcast of size 1 on dst): nothing to couple
+        order = sorted(((d, i) for i, (_, d) in enumerate(kept) if d is not None))
+        dropped = [i for i, (_, d) in enumerate(kept) if d is None]
+        is_new = (id(dst_value), tuple(sorted(dst_axes))) not in self.spaces
+        if is_new and not soft and not dropped:  # a bijection onto a new space: reuse the atoms
+            perm = [i for _, i in order]
+            ids = src.atoms if perm == sorted(perm) else np.transpose(src.grid(), perm)
+            return self.space(dst_value, dst_axes, role, ids=ids)
         dst = self.space(dst_value, dst_axes, role)
         if dst is None:
             return None
@@ -222,8 +271,6 @@ class Builder:
             return dst
         grid = src.grid()  # axes in src order
         # move src axes into dst axis order, projecting away unmapped ones
-        order = sorted(((d, i) for i, (_, d) in enumerate(kept) if d is not None))
-        dropped = [i for i, (_, d) in enumerate(kept) if d is None]
         perm = [i for _, i in order] + dropped
         moved = np.transpose(grid, perm)
         dst_grid = dst.grid()
@@ -267,7 +314,7 @@ class Builder:
         while pending:
             node = pending.pop(0)
             queued.discard(id(node))
-            before = self.next_atom
+            before = self.created
             self.current = node
             counts[id(node)] = counts.get(id(node), 0) + 1
             if counts[id(node)] > 64:
@@ -280,7 +327,7 @@ class Builder:
                     self.barrier(v, reason)
             else:
                 rule(self, node)
-            if self.next_atom != before:
+            if self.created != before:
                 dirty, self._dirty = self._dirty, []
                 for value in dirty:
                     for other in nodes_by_value.get(id(value), []):
@@ -297,6 +344,11 @@ class Builder:
                           "graphopt.analysis.register_channel_rule")
                 for v in list(node.inputs) + node.outputs:
                     self.barrier(v, reason)
+
+
+def _atoms_key(space: Space) -> tuple:
+    """Equal for spaces that hold the same atoms in the same order."""
+    return (space.offset if space.ids is None else id(space.ids), space.size)
 
 
 def _project_keys(space: Space, axes: Sequence[int]) -> np.ndarray:
@@ -339,8 +391,12 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
             i = parent[i]
         return i
 
+    distinct: dict[tuple, np.ndarray] = {}
     for i, s in enumerate(spaces):
-        labs = np.unique(labels[s.offset:s.offset + s.size])
+        key = _atoms_key(s)
+        labs = distinct.get(key)
+        if labs is None:
+            labs = distinct[key] = np.unique(labels[s.atoms])
         owners = space_of_label[labs]
         for owner in np.unique(owners[owners >= 0]):
             ra, rb = find(i), find(int(owner))
@@ -357,14 +413,15 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
     inputs = {id(v) for v in graph.inputs}
     groups: list[ChannelGroup] = []
     group_of_space: dict[int, ChannelGroup] = {}
-    for root in sorted(members, key=lambda r: min(spaces[i].offset for i in members[r])):
+    created = {id(sp): i for i, sp in enumerate(spaces)}
+    for root in sorted(members, key=lambda r: min(members[r])):
         group_spaces = [spaces[i] for i in members[root]]
-        group_spaces.sort(key=lambda s: (0 if s.role == "producer" else 1, s.offset))
-        raw = [labels[s.offset:s.offset + s.size] for s in group_spaces]
+        group_spaces.sort(key=lambda sp: (0 if sp.role == "producer" else 1, created[id(sp)]))
+        raw = [labels[s.atoms] for s in group_spaces]
         uniq, inverse = np.unique(np.concatenate(raw), return_inverse=True)
         # number channels in order of first appearance in the first producer space
         first = group_spaces[0]
-        order = np.unique(labels[first.offset:first.offset + first.size], return_index=True)
+        order = np.unique(labels[first.atoms], return_index=True)
         rank = np.full(uniq.size, -1, dtype=np.int64)
         seen_first = np.searchsorted(uniq, order[0][np.argsort(order[1])])
         rank[seen_first] = np.arange(seen_first.size)
@@ -374,7 +431,7 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
         split_points = np.cumsum([r.size for r in raw])[:-1]
         group_labels = np.split(chan, split_points)
         group = ChannelGroup(len(groups), group_spaces, group_labels, int(uniq.size),
-                             units=_units(group_spaces, group_labels, int(uniq.size)))
+                             unit_of=_units(group_spaces, group_labels, int(uniq.size)))
         for s in group_spaces:
             group_of_space[id(s)] = group
             if id(s.value) in outputs:
@@ -392,14 +449,15 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
                     group.exact = False
         if not group.producers():
             _block(group, "no parameter produces these channels")
-        if len(group.units) < 2:
+        if group.num_units < 2:
             _block(group, "a single removable unit (removing it would remove everything)")
         groups.append(group)
 
     for dst, src in builder.soft:
         g_dst, g_src = group_of_space.get(id(dst)), group_of_space.get(id(src))
         if g_dst is not None and g_dst is not g_src:
-            _block(g_dst, f"broadcasts into the channels of %{src.value.name} (group {g_src.id if g_src else '?'})")
+            _block(g_dst, f"broadcasts into the channels of group {g_src.id if g_src else '?'} "
+                          f"(e.g. %{src.value.name}); prune it together with that group's dims")
     for space, reason in builder.gates:
         group = group_of_space.get(id(space))
         if group is not None and reason not in group.inexact:
@@ -414,7 +472,7 @@ def _block(group: ChannelGroup, reason: str) -> None:
         group.reasons.append(reason)
 
 
-def _units(spaces: list[Space], labels: list[np.ndarray], n: int) -> list[np.ndarray]:
+def _units(spaces: list[Space], labels: list[np.ndarray], n: int) -> np.ndarray:
     """Smallest removable channel sets, so every multi-axis tensor stays a product of its axes.
 
     In a joint space such as (3, heads, head_dim), removing channels must leave a
@@ -439,25 +497,36 @@ def _units(spaces: list[Space], labels: list[np.ndarray], n: int) -> list[np.nda
             if rc != root:
                 parent[rc] = root
 
+    seen: set[tuple] = set()
     for s, lab in zip(spaces, labels):
-        if len(s.axes) < 2:
+        if len(s.axes) < 2 or _atoms_key(s) + s.sizes in seen:
             continue
+        seen.add(_atoms_key(s) + s.sizes)  # spaces sharing atoms have the same labels
         grid = lab.reshape(s.sizes)
         best: list[np.ndarray] | None = None
         best_classes = 0
         for i, size in enumerate(s.sizes):
             if size < 2:
                 continue
-            slabs = [np.unique(np.take(grid, c, axis=i)) for c in range(size)]
+            slabs = _slab_labels(grid, i)
             classes = _count_classes(slabs)
             if classes > best_classes:
                 best, best_classes = slabs, classes
         for chans in best if best is not None else [np.unique(lab)]:
             join(chans)
-    roots = np.array([find(i) for i in range(n)])
-    order = np.argsort(roots, kind="stable")
-    bounds = np.flatnonzero(np.diff(roots[order])) + 1
-    return [np.sort(u) for u in np.split(order, bounds)] if n else []
+    roots = np.fromiter((find(i) for i in range(n)), dtype=np.int64, count=n)
+    _, unit_of = np.unique(roots, return_inverse=True)
+    return unit_of.astype(np.int64)
+
+
+def _slab_labels(grid: np.ndarray, axis: int) -> list[np.ndarray]:
+    """The distinct labels in each slab of `grid` along `axis`."""
+    moved = np.moveaxis(grid, axis, 0).reshape(grid.shape[axis], -1)
+    n = int(grid.max()) + 1
+    pairs = np.unique(np.arange(moved.shape[0])[:, None] * n + moved)
+    slab, label = np.divmod(pairs, n)
+    bounds = np.flatnonzero(np.diff(slab)) + 1
+    return np.split(label, bounds)
 
 
 def _count_classes(slabs: list[np.ndarray]) -> int:
