@@ -18,6 +18,19 @@ from graphopt.backends.tvm.target import detect_target, host_mcpu
 from graphopt.backends.tvm.tuning import Budget, TuneReport, TuningDatabase
 
 __all__ = [
-    "compile", "TvmModule", "UntunedWarning", "load", "LoadedModel", "detect_target", "host_mcpu",
-    "Budget", "TuningDatabase", "TuneReport", "rpc_runner", "LocalCluster", "to_relax", "static_bind", "TensorSpec",
+    "Budget",
+    "LoadedModel",
+    "LocalCluster",
+    "TensorSpec",
+    "TuneReport",
+    "TuningDatabase",
+    "TvmModule",
+    "UntunedWarning",
+    "compile",
+    "detect_target",
+    "host_mcpu",
+    "load",
+    "rpc_runner",
+    "static_bind",
+    "to_relax",
 ]

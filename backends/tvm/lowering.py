@@ -11,8 +11,9 @@ static shapes, so every symbol (`batch`, `seq`) is bound to a size here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tvm

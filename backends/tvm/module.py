@@ -5,19 +5,26 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax
-
-from graphopt.errors import GraphoptError
-from graphopt.ir.graph import Graph
 from graphopt.backends.tvm import artifact as _artifact
 from graphopt.backends.tvm.build import build, fuse, prepare
 from graphopt.backends.tvm.lowering import TensorSpec, static_bind, to_relax
 from graphopt.backends.tvm.target import detect_target
-from graphopt.backends.tvm.tuning import Budget, TuneReport, TuningDatabase, extract_tasks, tune as _tune
+from graphopt.backends.tvm.tuning import (
+    Budget,
+    TuneReport,
+    TuningDatabase,
+    extract_tasks,
+)
+from graphopt.backends.tvm.tuning import tune as _tune
+from tvm import relax
+
+from graphopt.errors import GraphoptError
+from graphopt.ir.graph import Graph
 
 DEFAULT_PIPELINE = "canonicalize"
 
@@ -116,6 +123,7 @@ def compile(graph: Graph, target: Any = None, tune: Any = None, work_dir: Any = 
     target = detect_target(target)
     if pipeline:
         import graphopt.passes.canonicalize  # noqa: F401 - registers the canonicalisation passes
+
         from graphopt.passmanager import PassManager
 
         graph, _ = PassManager.parse(pipeline).run(graph)

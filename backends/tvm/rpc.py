@@ -52,7 +52,7 @@ def rpc_runner(tracker: str, key: str, *, max_workers: int | None = None, sessio
     host, port = parse_tracker(tracker)
     try:
         count = servers_for(tracker, key)
-    except Exception as exc:  # noqa: BLE001 - any connection failure means the same to the user
+    except Exception as exc:
         raise GraphoptError(f"cannot reach the RPC tracker at {tracker}: {exc}") from exc
     if count == 0:
         raise GraphoptError(f"no RPC server is registered under key {key!r} at tracker {tracker}; start one with "
@@ -81,8 +81,10 @@ class LocalCluster:
     def tracker_address(self) -> str:
         return f"127.0.0.1:{self.tracker.port}"
 
-    def __enter__(self) -> "LocalCluster":
-        from tvm.rpc.tracker import Tracker  # needs tornado, which only the tracker side uses
+    def __enter__(self) -> LocalCluster:
+        from tvm.rpc.tracker import (
+            Tracker,  # needs tornado, which only the tracker side uses
+        )
 
         try:
             self.tracker = Tracker("127.0.0.1", port=9190, port_end=9290, silent=True)

@@ -15,23 +15,22 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import tvm
+from graphopt.backends.tvm.target import target_key
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import estimate_tir_flops
 
 from graphopt.errors import GraphoptError
-from graphopt.backends.tvm.target import target_key
 
 # A task below this share of the model's FLOPs is left to the default schedule: about
 # 16 s of evolutionary search per task on 2 cores would not pay for itself.
 MIN_TASK_SHARE = 0.005
-# Under a time budget, the most trials one task may get (the deadline usually comes first).
-TIME_BUDGET_TRIALS_PER_TASK = 256
 
 
 def default_work_dir() -> Path:
@@ -46,7 +45,7 @@ class Budget:
     seconds: float | None = None
 
     @classmethod
-    def parse(cls, tune: Any) -> "Budget | None":
+    def parse(cls, tune: Any) -> Budget | None:
         """None/0/False: no tuning; int: trials; '15min', '90s', '1h' or a timedelta: wall-clock time."""
         if tune is None or tune is False or (isinstance(tune, int) and not isinstance(tune, bool) and tune == 0):
             return None
@@ -211,7 +210,6 @@ def _make_callback(progress: Progress, group: Sequence[Task]):
 def make_builder(max_workers: int | None = None) -> ms.builder.LocalBuilder:
     """LocalBuilder whose workers build without importing tvm.s_tir.tensor_intrin (see _build_worker)."""
     import cloudpickle
-
     from graphopt.backends.tvm import _build_worker
 
     # By value: a worker unpickling it must not import graphopt (and with it torch).
@@ -267,61 +265,58 @@ def tune(tasks: list[Task], database: TuningDatabase, budget: Budget, *, runner:
     deadline = started + budget.seconds if budget.seconds is not None else None
     if budget.trials is not None:
         groups = allocate(tasks, budget.trials, min_share=min_share)
+        plan = [(t, per_task) for per_task, group in groups.items() for t in group]
+        rounds = 1
     else:
-        # A time budget: one MetaSchedule run over every task worth tuning. Its gradient task
-        # scheduler gives each task one round first, then the rounds go where the measured
-        # latency x calls is falling fastest; the deadline ends it.
-        groups = allocate(tasks, TIME_BUDGET_TRIALS_PER_TASK * max(1, len(tasks)), min_share=min_share)
-        eligible = [t for g in groups.values() for t in g]
-        for t in eligible:
-            t.planned = TIME_BUDGET_TRIALS_PER_TASK
-        groups = {TIME_BUDGET_TRIALS_PER_TASK: eligible} if eligible else {}
+        # A time budget: rounds of `num_trials_per_iter` trials over every task worth tuning,
+        # heaviest first, until the deadline. Later rounds start from the database's best.
+        groups = allocate(tasks, 1 << 30, min_share=min_share)
         num_trials_per_iter = min(num_trials_per_iter, 16)
+        plan = sorted(((t, num_trials_per_iter) for g in groups.values() for t in g), key=lambda p: -p[0].cost)
+        rounds = 1 << 30
     out = None if progress is False else (progress if callable(progress) else _stderr)
     tracker = Progress(tasks, deadline=deadline, out=out)
     report = TuneReport(tasks=tasks)
-    if not groups:
+    if not plan:
         return report
     cores = int(target.attrs.get("num-cores", 0) or physical_cores())
     builder = make_builder(max_workers or cores)
     runner = runner if runner is not None else ms.runner.LocalRunner(evaluator_config=make_evaluator())
-    log_dir = str(database.path)  # MetaSchedule writes its per-task logs to log_dir/logs
+    log_dir = str(database.path)
     _import_cpu_tensor_intrin_only(target)
     if out is not None:
-        planned = sum(t.planned for g in groups.values() for t in g)
-        out(f"[tvm tune] {sum(len(g) for g in groups.values())} of {len(tasks)} tasks to tune, {planned} trials"
-            + (f", stop after {budget.seconds:.0f} s" if deadline else "") + f"; database {database.path}")
-    for per_task, group in groups.items():
+        trials = "until the deadline" if deadline else f"{sum(n for _, n in plan)} trials"
+        out(f"[tvm tune] {len(plan)} of {len(tasks)} tasks to tune, {trials}"
+            + (f" ({budget.seconds:.0f} s)" if deadline else "") + f"; database {database.path}")
+    # One MetaSchedule run per task and round: its scheduler joins a task's measurements only
+    # after every task of a run has been sent once, so a run over many tasks reports nothing,
+    # and cannot be stopped, for as long as the slowest searches take.
+    for round_index in range(rounds):
+        for task, per_task in plan:
+            if tracker.past_deadline():
+                break
+            task.planned = per_task * (round_index + 1)
+            context = ms.TuneContext(
+                mod=task.mod, target=target, space_generator="post-order-apply",
+                search_strategy=strategy if strategy is not None else make_strategy(), task_name=task.name,
+                logger=_task_logger(database.path, task.name), rand_state=-1 if seed is None else seed,
+                num_threads=cores).clone()
+            ms.tune.tune_tasks(
+                tasks=[context], task_weights=[float(task.weight)], work_dir=log_dir,
+                max_trials_global=per_task, max_trials_per_task=per_task,
+                num_trials_per_iter=min(per_task, num_trials_per_iter),
+                builder=builder, runner=runner, database=database.db,
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                   _make_callback(tracker, [task])],
+                task_scheduler="round-robin",
+            )
         if tracker.past_deadline():
+            tracker.stopped_by_deadline = True
             break
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [_Extracted(t, target) for t in group], log_dir,
-            strategy=strategy if strategy is not None else make_strategy(), num_threads=cores, seed=seed)
-        _quiet_console_logging()
-        ms.tune.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=log_dir,
-            max_trials_global=per_task * len(group), max_trials_per_task=per_task,
-            num_trials_per_iter=min(per_task, num_trials_per_iter),
-            builder=builder, runner=runner, database=database.db,
-            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
-                               _make_callback(tracker, group)],
-            task_scheduler="gradient",
-        )
     report.seconds = time.monotonic() - started
     report.stopped_by_deadline = tracker.stopped_by_deadline
     _raise_if_nothing_built(tasks)
     return report
-
-
-class _Extracted:
-    """The fields of an ExtractedTask that extracted_tasks_to_tune_contexts reads."""
-
-    def __init__(self, task: Task, target: tvm.target.Target) -> None:
-        self.task_name = task.name
-        self.mod = task.mod
-        self.dispatched = [task.mod]
-        self.target = target
-        self.weight = task.weight
 
 
 def _raise_if_nothing_built(tasks: Sequence[Task]) -> None:
@@ -358,14 +353,25 @@ def _import_cpu_tensor_intrin_only(target: tvm.target.Target) -> None:
         sys.modules.pop(name + ".x86", None)
 
 
-def _quiet_console_logging() -> None:
-    """MetaSchedule logs every step at INFO on stdout; keep that in its log files, show our progress instead."""
+def _task_logger(directory: Path, name: str):
+    """A logger writing one task's MetaSchedule log to directory/logs/<task>.log, and nothing to the console.
+
+    MetaSchedule's own helper (get_loggers_from_work_dir) reconfigures the logging tree with
+    dictConfig on every call, and fails on handlers it did not name (pytest's, for one).
+    """
+    import hashlib
     import logging
 
-    # extracted_tasks_to_tune_contexts (re)configures the handlers each time it runs.
-    for handler in logging.getLogger("tvm.s_tir.meta_schedule").handlers:
-        if type(handler) is logging.StreamHandler:
-            handler.setLevel(logging.WARNING)
+    key = hashlib.sha1(str(directory).encode()).hexdigest()[:8]
+    logger = logging.getLogger(f"graphopt.tvm.tune.{key}.{name}")
+    if not logger.handlers:
+        (directory / "logs").mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(directory / "logs" / f"{name[:100]}.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+    return logger
 
 
 def _stderr(line: str) -> None:
