@@ -75,6 +75,20 @@ def test_zoo_model_on_onnxruntime_other_sizes(zoo_name):
         assert_matches(compiled_zoo_model(zoo_name)(*other), model(*other))
 
 
+@pytest.mark.parametrize("name", ["llama", "vit", "bert"])
+def test_transformers_with_fused_ops_at_opset_23(name):
+    """Attention, RMSNormalization and Gelu as single ONNX ops, on another batch and sequence length."""
+    model, inputs, graph = traced_zoo_model(name)
+    run = gonnx.compile(graph, opset=23, threads=2)
+    assert run.model.opset_import[0].version == 23
+    onnx_ops = {n.op_type for n in run.model.graph.node}
+    assert ("Attention" in onnx_ops) == bool(graph.find_nodes("sdpa"))
+    assert ("Gelu" in onnx_ops) == bool(graph.find_nodes("gelu"))
+    other = resize_inputs(inputs, models_zoo.spec(name).dynamic_axes, {"batch": 3, "seq": 9})
+    with torch.no_grad():
+        assert_matches(run(*other), model(*other))
+
+
 def test_zoo_model_inputs_are_named_and_dynamic(zoo_name):
     _, _, graph = traced_zoo_model(zoo_name)
     model = compiled_zoo_model(zoo_name).model
