@@ -82,6 +82,17 @@ def test_imported_model_exports_again_and_runs_on_onnxruntime(zoo_name):
     assert got.shape[0] == 3 and got.shape[1:] == want.shape[1:] or got.shape == (3, 11, *want.shape[2:])
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v3", "unet", "bert"])
+def test_torch_onnx_export_at_opset_11(name):
+    """Older exporter output: axes as attributes, Resize-11, Clip with inputs, Pad-11."""
+    model, inputs = models_zoo.get(name, "tiny")
+    graph = fonnx.load(torch_onnx_bytes(model, inputs, models_zoo.spec(name).dynamic_axes, opset=11))
+    assert graph.meta["onnx_opset"] == 11
+    other = resize_inputs(inputs, models_zoo.spec(name).dynamic_axes, {"batch": 3, "seq": 11})
+    with torch.no_grad():
+        torch.testing.assert_close(first(to_module(graph)(*other)), first(model(*other)), **TOL)
+
+
 def test_import_keeps_weight_names():
     model, _, _, graph = zoo_via_torch_onnx("resnet18")
     linear = graph.find_nodes("linear")[0]
