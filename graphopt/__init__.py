@@ -13,10 +13,15 @@ _install_source_layout(_Path(__file__).resolve().parent)
 from graphopt.errors import GraphoptError, ShapeError, UnsupportedOpError, VerificationError  # noqa: E402
 from graphopt.frontends.torch import register_torch_op, trace  # noqa: E402
 from graphopt.ir import Graph, Node, Value  # noqa: E402
+from graphopt.passmanager import (  # noqa: E402
+    Pass, PassManager, PassResult, PreservedAnalyses, register_analysis, register_pass,
+)
+from graphopt import analysis  # noqa: E402,F401 - registers the channel-groups and cost analyses
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Graph", "Node", "Value", "trace", "register_torch_op",
+    "Pass", "PassResult", "PassManager", "PreservedAnalyses", "register_pass", "register_analysis",
     "GraphoptError", "ShapeError", "UnsupportedOpError", "VerificationError", "__version__",
 ]

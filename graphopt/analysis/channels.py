@@ -578,3 +578,17 @@ def analyse_with_stats(graph: Graph, **kwargs) -> ChannelAnalysis:
     seconds = time.perf_counter() - start
     atoms = sum(s.size for g in builder_groups for s in g.spaces)
     return ChannelAnalysis(builder_groups, seconds, atoms)
+
+
+def _channel_groups_analysis(graph: Graph, analyses) -> list[ChannelGroup]:
+    """Coupled channel groups, cached for passes until a pass that does not preserve them runs."""
+    return channel_groups(graph)
+
+
+def _register() -> None:
+    from graphopt.passmanager.analysis import register_analysis
+
+    register_analysis("channel-groups", _channel_groups_analysis)
+
+
+_register()

@@ -10,6 +10,7 @@ is what the tests check on every zoo model.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable
 
 import numpy as np
@@ -23,6 +24,20 @@ from graphopt.ir.graph import Graph, Value
 
 class RemovalError(GraphoptError):
     """The requested channels cannot be removed as asked; the message says which tensor objects."""
+
+
+def _bind(group: ChannelGroup, graph: Graph) -> ChannelGroup:
+    """The group with its spaces on `graph`'s values: a group found on a graph applies to its clones."""
+    if all(s.value.graph is graph for s in group.spaces):
+        return group
+    by_name = {v.name: v for v in graph.all_values()}
+    spaces = []
+    for s in group.spaces:
+        value = by_name.get(s.value.name)
+        if value is None or tuple(value.shape[a] for a in s.axes) != s.sizes:
+            raise RemovalError(f"group {group.id} does not fit graph '{graph.name}': no matching %{s.value.name}")
+        spaces.append(dataclasses.replace(s, value=value))
+    return dataclasses.replace(group, spaces=spaces)
 
 
 def _kept_coords(space: Space, labels: np.ndarray, removed: np.ndarray) -> list[np.ndarray]:
@@ -63,6 +78,7 @@ def remove_channels(graph: Graph, group: ChannelGroup, channels: Iterable[int]) 
         raise RemovalError(f"group {group.id} is not prunable: {'; '.join(group.reasons)}")
     _check_units(group, removed)
 
+    group = _bind(group, graph)
     new_sizes: dict[int, dict[int, int]] = {}  # id(value) -> axis -> new size
     weight_keep: dict[int, tuple[Value, dict[int, np.ndarray]]] = {}
     for space, labels in zip(group.spaces, group.labels):
@@ -135,6 +151,7 @@ def remove_channels(graph: Graph, group: ChannelGroup, channels: Iterable[int]) 
 def mask_channels(graph: Graph, group: ChannelGroup, channels: Iterable[int]) -> Graph:
     """Zero the producers (weights, biases, norm affine) of `channels` in place: removal's reference."""
     removed = np.unique(np.asarray(list(channels), dtype=np.int64))
+    group = _bind(group, graph)
     for space, labels in group.producers():
         mask = np.isin(labels, removed).reshape(space.sizes)
         value = space.value
