@@ -103,9 +103,6 @@ class OnnxBuilder:
         self._names[id(value)] = name
         self.dtypes.setdefault(name, dtype or value.dtype)
 
-    def is_initializer(self, name: str) -> bool:
-        return name in self._init_by_name or name in self.weights
-
     def add_initializer(self, name_hint: str, tensor: torch.Tensor) -> str:
         name = self.fresh(name_hint)
         self._append_initializer(tensor_proto(name, tensor))
@@ -237,9 +234,6 @@ class OnnxBuilder:
             self._dim_cache[key] = self.op("Concat", pieces, {"axis": 0}, dtype=torch.int64, hint="shape")
             self._cached.add(self._dim_cache[key])
         return self._dim_cache[key]
-
-    def is_static(self, d: D.Dim) -> bool:
-        return isinstance(self.resolve(D.canon(d)), int)
 
     def _emit_expr(self, expr: sympy.Expr) -> str:
         hint = f"dim_{_safe(expr)}"
