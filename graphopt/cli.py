@@ -85,10 +85,27 @@ def _leaves(out) -> list[torch.Tensor]:
 
 
 def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
-    """Print the IR of a zoo model."""
+    """Print the IR of a zoo model, or its channel groups (`--groups`), optionally as a picture."""
     model, inputs = _load_zoo(args.model, args.size)
     graph = graphopt.trace(model, inputs, dynamic=models_zoo.spec(args.model).dynamic_axes)
-    sys.stdout.write(graph.format(source=args.source, weights=not args.no_weights) + "\n")
+    if not (args.groups or args.picture):
+        sys.stdout.write(graph.format(source=args.source, weights=not args.no_weights) + "\n")
+        return 0
+    from graphopt.analysis import analyse_with_stats
+    from graphopt.analysis.channel_view import group_rows, write_picture
+
+    result = analyse_with_stats(graph)
+    table = Table(title=f"{args.model}: {len(result.groups)} channel groups, {len(result.prunable())} prunable "
+                        f"({result.seconds * 1e3:.0f} ms)")
+    rows = group_rows(result.groups)
+    for column in rows[0] if rows else ():
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
+    if args.picture:
+        path = write_picture(graph, result.groups, args.picture)
+        console.print(f"wrote {path}")
     return 0
 
 
@@ -119,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--size", default="tiny")
     inspect.add_argument("--source", action="store_true", help="annotate nodes with module path and file:line")
     inspect.add_argument("--no-weights", action="store_true", help="omit the weight declarations")
+    inspect.add_argument("--groups", action="store_true", help="show the coupled channel groups instead of the IR")
+    inspect.add_argument("--picture", metavar="FILE", help="write the graph coloured by channel group (.dot, .svg, .png)")
     inspect.set_defaults(func=cmd_inspect)
 
     zoo = sub.add_parser("zoo", help="list the reference models")

@@ -217,3 +217,29 @@ def test_channel_groups_is_a_cached_pass_analysis():
     analyses = AnalysisManager()
     first = analyses.get("channel-groups", graph)
     assert analyses.get("channel-groups", graph) is first
+
+
+def test_docs_analysis_examples_run():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "analysis.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 2
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"docs/analysis.md[block {i}]", "exec"), {"__name__": "docs_example"})
+
+
+def test_picture_and_table(tmp_path):
+    from graphopt.analysis.channel_view import group_rows, to_dot, write_picture
+
+    _, _, graph = traced_zoo_model("resnet18")
+    groups = channel_groups(graph)
+    rows = group_rows(groups)
+    assert [r["group"] for r in rows] == [str(g.id) for g in groups]
+    assert any(r["status"].startswith("kept: reaches graph input") for r in rows)
+    dot = to_dot(graph, groups)
+    assert dot.startswith("digraph") and "layer1.0.conv1" in dot and "fillcolor=\"#" in dot
+    path = write_picture(graph, groups, tmp_path / "graph.dot")
+    assert path.read_text() == dot
+    assert [p.name for p in tmp_path.iterdir()] == ["graph.dot"]  # no temporary file left behind
