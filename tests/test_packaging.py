@@ -59,3 +59,8 @@ def test_every_package_in_the_tree_is_in_the_wheel(wheel: Path):
         for init in (REPO / folder).rglob("__init__.py"):
             rel = init.relative_to(REPO / folder).as_posix()
             assert f"{installed}/{rel}" in names, f"{folder}/{rel} is not packaged: list it in pyproject.toml"
+
+
+def test_tvm_runner_source_ships(wheel: Path):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "graphopt/backends/tvm/runner/graphopt_tvm_run.cc" in names
