@@ -41,41 +41,65 @@ def _timed(fn, *args, repeat: int = 5) -> float:
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
-    """Trace a zoo model, lower it back to torch, check it, and print what happened."""
+    """Trace a zoo model, canonicalise it, analyse its channels, lower it, check it, and report."""
     model, inputs = _load_zoo(args.model, args.size)
     spec = models_zoo.spec(args.model)
     console.print(f"[bold]graphopt demo[/bold]: {args.model} ({args.size}) - {spec.description}")
 
     start = time.perf_counter()
-    graph = graphopt.trace(model, inputs, dynamic=spec.dynamic_axes)
+    traced = graphopt.trace(model, inputs, dynamic=spec.dynamic_axes)
     trace_s = time.perf_counter() - start
-    graph.verify()
+    traced.verify()
+
+    pipeline = graphopt.PassManager.parse("canonicalize")
+    graph, report = pipeline.run(traced, example_inputs=inputs)  # verified against the traced graph
+    console.print(f"[bold]pipeline[/bold] {pipeline}")
+    sys.stdout.write(f"{report}\n")
+
+    from graphopt.analysis import analyse_with_stats
+
+    channels = analyse_with_stats(graph)
     module = to_module(graph)
     with torch.no_grad():
         expected, got = model(*inputs), module(*inputs)
     torch.testing.assert_close(got, expected)
     max_diff = max((g - e).abs().max().item() for g, e in zip(_leaves(got), _leaves(expected)))
 
-    table = Table(title=f"{args.model}: trace -> IR -> torch")
+    table = Table(title=f"{args.model}: trace -> canonicalize -> torch")
     table.add_column("step")
     table.add_column("result", justify="right")
     table.add_row("trace (torch.export + import)", f"{trace_s:.2f} s")
-    table.add_row("IR nodes", str(len(graph.nodes)))
+    table.add_row("IR nodes traced -> canonical", f"{len(traced.nodes)} -> {len(graph.nodes)}")
     table.add_row("parameters", f"{graph.num_params():,}")
     table.add_row("dynamic axes", ", ".join(sorted(graph.symbols())) or "none")
+    table.add_row("channel groups (prunable)", f"{len(channels.groups)} ({len(channels.prunable())})")
     table.add_row("max |graphopt - torch|", f"{max_diff:.2e}")
     table.add_row("torch eager latency (median)", f"{_timed(model, *inputs) * 1e3:.2f} ms")
     table.add_row("graphopt torch module latency", f"{_timed(module, *inputs) * 1e3:.2f} ms")
+    ort = _onnx_runtime(graph)
+    if ort is not None:
+        with torch.no_grad():
+            torch.testing.assert_close(ort(*inputs), expected, atol=1e-4, rtol=1e-4)
+        table.add_row("ONNX Runtime latency (checked, 1e-4)", f"{_timed(ort, *inputs) * 1e3:.2f} ms")
     console.print(table)
 
     ops = Counter(node.op for node in graph.nodes)
-    op_table = Table(title="ops in the graph")
+    op_table = Table(title="ops in the canonical graph")
     op_table.add_column("op")
     op_table.add_column("count", justify="right")
     for op, count in ops.most_common():
         op_table.add_row(op, str(count))
     console.print(op_table)
     return 0
+
+
+def _onnx_runtime(graph):
+    """An ONNX Runtime callable for the graph, or None when the [onnx] extra is not installed."""
+    try:
+        from graphopt.backends import onnx as onnx_backend
+    except ImportError:
+        return None
+    return onnx_backend.compile(graph)
 
 
 def _leaves(out) -> list[torch.Tensor]:
