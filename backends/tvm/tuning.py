@@ -194,15 +194,13 @@ class Progress:
 
 
 def _make_callback(progress: Progress, group: Sequence[Task]):
+    # Records progress only: each run is one task with a small budget, and the deadline is
+    # checked between runs. (Terminating tasks from here races with the scheduler's own
+    # termination of a finished task, which TVM treats as a fatal error.)
     @derived_object
     class _GraphoptMeasure(ms.measure_callback.PyMeasureCallback):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
             progress.record(group[task_id], builder_results, runner_results)
-            if progress.past_deadline():
-                progress.stopped_by_deadline = True
-                for i, rec in enumerate(task_scheduler.tasks_):
-                    if not rec.is_terminated:
-                        task_scheduler.terminate_task(i)
 
     return _GraphoptMeasure()
 
