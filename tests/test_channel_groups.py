@@ -243,3 +243,10 @@ def test_picture_and_table(tmp_path):
     path = write_picture(graph, groups, tmp_path / "graph.dot")
     assert path.read_text() == dot
     assert [p.name for p in tmp_path.iterdir()] == ["graph.dot"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("name,width", [("vit", 16), ("bert", 16), ("llama", 16)])
+def test_head_groups_report_head_width(name, width):
+    _, _, graph = traced_zoo_model(name)
+    heads = [g for g in channel_groups(graph) if g.kind == "heads"]
+    assert heads and all(g.width == width for g in heads), [g.summary() for g in heads]

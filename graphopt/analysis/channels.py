@@ -106,12 +106,18 @@ class ChannelGroup:
         return int(np.bincount(self.unit_of).min()) if self.unit_of.size else 0
 
     @property
+    def width(self) -> int:
+        """Positions per channel along the narrowest weight: head_dim for attention heads, the
+        per-group width for grouped convs, 1 for plain channels."""
+        widths = [lab.size // np.unique(lab).size for _, lab in self.weights() if lab.size]
+        return min(widths) if widths else 1
+
+    @property
     def kind(self) -> str:
-        if any(len(s.axes) > 1 and s.value.rank == 4 and not s.value.is_weight for s in self.spaces) and self.unit_size > 1:
-            return "heads"
-        if self.unit_size > 1:
-            return "grouped"
-        return "channels"
+        if self.width == 1:
+            return "channels"
+        joint = any(len(s.axes) > 1 and not s.value.is_weight for s in self.spaces)
+        return "heads" if joint else "conv groups"
 
     def weights(self) -> list[tuple[Space, np.ndarray]]:
         return [(s, lab) for s, lab in zip(self.spaces, self.labels) if s.value.is_weight]
@@ -124,7 +130,8 @@ class ChannelGroup:
 
     def summary(self) -> str:
         params = sorted({s.value.name for s in self.spaces if s.value.kind == "param"})
-        head = f"group {self.id}: {self.num_channels} channels in {self.num_units} units of {self.unit_size} ({self.kind})"
+        width = f" of width {self.width}" if self.width > 1 else ""
+        head = f"group {self.id}: {self.num_channels} {self.kind}{width} in {self.num_units} units of {self.unit_size}"
         status = "prunable" if self.prunable else "not prunable: " + "; ".join(self.reasons)
         if self.prunable and not self.exact:
             status += " (not mask-exact: " + "; ".join(self.inexact) + ")"
