@@ -5,3 +5,4 @@ registry imports it on the first lookup).
 """
 
 from . import canonicalize  # noqa: F401  (registers the canonicalisation passes and the `canonicalize` pipeline)
+from . import prune  # noqa: F401  (registers the `prune` pass)

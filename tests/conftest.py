@@ -35,6 +35,24 @@ def traced_zoo_model(name: str):
     return model, inputs, graph
 
 
+@pytest.fixture(autouse=True)
+def _restore_registries():
+    """Ops, rules, converters and kernels a test registers do not leak into the tests after it
+    (several tests check that every registered op is covered by a back-end)."""
+    from graphopt.analysis import channel_rules
+    from graphopt.backends.torch import kernels
+    from graphopt.frontends import torch as torch_frontend
+    from graphopt.frontends import torch_ops  # noqa: F401 - registers the built-in converters first
+    from graphopt.ir import ops
+
+    registries = [ops.OPS, channel_rules._RULES, torch_frontend._CONVERTERS, kernels.KERNELS]
+    saved = [dict(r) for r in registries]
+    yield
+    for registry, snapshot in zip(registries, saved):
+        registry.clear()
+        registry.update(snapshot)
+
+
 @pytest.fixture(params=models_zoo.list_models())
 def zoo_name(request) -> str:
     return request.param

@@ -47,6 +47,9 @@ def _kept_coords(space: Space, labels: np.ndarray, removed: np.ndarray) -> list[
     for i in range(len(space.sizes)):
         others = tuple(j for j in range(len(space.sizes)) if j != i)
         per_axis.append(np.flatnonzero(keep.any(axis=others) if others else keep))
+    if any(coords.size == 0 for coords in per_axis):
+        raise RemovalError(f"removing these channels would leave {space.describe()} empty; keep at least one "
+                           "of its channels")
     box = np.zeros(space.sizes, dtype=bool)
     box[np.ix_(*per_axis)] = True
     if not np.array_equal(box, keep):
