@@ -17,11 +17,13 @@ from graphopt.passmanager import (  # noqa: E402
     Pass, PassManager, PassResult, PreservedAnalyses, register_analysis, register_pass,
 )
 from graphopt import analysis  # noqa: E402,F401 - registers the channel-groups and cost analyses
+from graphopt.api import OptimizedModel, optimize  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Graph", "Node", "Value", "trace", "register_torch_op",
     "Pass", "PassResult", "PassManager", "PreservedAnalyses", "register_pass", "register_analysis",
+    "optimize", "OptimizedModel",
     "GraphoptError", "ShapeError", "UnsupportedOpError", "VerificationError", "__version__",
 ]

@@ -1,0 +1,41 @@
+"""`graphopt.optimize` on every zoo model with both back-ends."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphopt
+from graphopt import models_zoo
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_optimize_prunes_every_zoo_model(zoo_name, backend):
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    model, inputs = models_zoo.get(zoo_name, "tiny")
+    result = graphopt.optimize(model, inputs, prune=0.5, backend=backend,
+                               dynamic=models_zoo.spec(zoo_name).dynamic_axes)
+    report = result.report
+    assert report.params_after < report.params_before and report.macs_after < report.macs_before
+    assert "prune{ratio=0.5}" in report.pipeline and "MACs" in str(report)
+    with torch.no_grad():
+        out = result(*inputs)
+        assert out.shape == model(*inputs).shape
+        torch.testing.assert_close(result.torch_module()(*inputs), out, atol=1e-4, rtol=1e-4)
+
+
+def test_optimize_without_pruning_is_exact():
+    model, inputs = models_zoo.get("mobilenet_v3", "tiny")
+    result = graphopt.optimize(model, inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(result(*inputs), model(*inputs))
+    assert result.report.params_after <= result.report.params_before  # BN folded into convs
+
+
+def test_optimize_rejects_bad_arguments():
+    model, inputs = models_zoo.get("resnet18", "tiny")
+    with pytest.raises(graphopt.GraphoptError, match="unknown backend 'tvmm'"):
+        graphopt.optimize(model, inputs, backend="tvmm")
+    with pytest.raises(graphopt.GraphoptError, match="prune must be a ratio"):
+        graphopt.optimize(model, inputs, prune="half")
