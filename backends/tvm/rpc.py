@@ -12,6 +12,7 @@ locally and uploaded; the servers must match the target (same CPU).
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -32,6 +33,8 @@ def parse_tracker(address: str) -> tuple[str, int]:
 def servers_for(tracker: str, key: str) -> int:
     """How many servers are registered with the tracker under `key` (free or busy)."""
     host, port = parse_tracker(tracker)
+    # connect_tracker retries for 60 s; a closed port should fail now.
+    socket.create_connection((host, port), timeout=5).close()
     summary = rpc.connect_tracker(host, port).summary()
     for item in summary.get("queue_info", {}).items():
         name, info = item
