@@ -7,7 +7,9 @@ knowledge of them, and it always checks each pass (`verify=True`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
@@ -47,6 +49,20 @@ class OptimizedModel:
         with torch.no_grad():
             return self._runner(*inputs)
 
+    @property
+    def recipe(self):
+        """The pruning recipe (`graphopt.passes.prune.PruneRecipe`), or None if nothing was pruned."""
+        recipes = self.graph.meta.get("prune_recipes") or []
+        if len(recipes) > 1:
+            raise GraphoptError("several prune passes ran; their recipes are in graph.meta['prune_recipes']")
+        return recipes[0] if recipes else None
+
+    def save_recipe(self, path: str | os.PathLike) -> Path:
+        """Write the pruning recipe as JSON: with the original model it rebuilds this one exactly."""
+        if self.recipe is None:
+            raise GraphoptError("nothing was pruned, so there is no recipe to save")
+        return self.recipe.save(path)
+
     def torch_module(self) -> torch.nn.Module:
         """A trainable torch module of the optimized graph (fresh weights copy), e.g. to fine-tune."""
         from graphopt.backends.torch import to_module
@@ -72,6 +88,7 @@ def optimize(
     example_inputs: Sequence[Any] | torch.Tensor,
     *,
     prune: float | Mapping[str, Any] | None = None,
+    recipe: str | os.PathLike | Any | None = None,
     backend: Literal["torch", "onnx"] = "torch",
     verify: bool = True,
     dynamic: Any = "batch",
@@ -79,6 +96,7 @@ def optimize(
     """Trace `model`, canonicalise it, optionally prune it, and lower it to `backend`.
 
     `prune`: a ratio (`0.5`) or `Prune` options (`{"ratio": 0.5, "scope": "global", "round_to": 8}`).
+    `recipe`: a saved pruning recipe (path or `PruneRecipe`) to replay instead of pruning afresh.
     With `verify`, every pass is checked against the graph before it on the example inputs
     (exact for canonicalisation, output shapes for pruning).
     """
@@ -93,6 +111,14 @@ def optimize(
     if prune is not None:
         manager.add(_prune_step(prune))
     optimized, pass_report = manager.run(graph, inputs)
+    if recipe is not None:
+        if prune is not None:
+            raise GraphoptError("give either prune= or recipe=, not both")
+        from graphopt.passes.prune import PruneRecipe, apply_recipe
+
+        loaded = recipe if isinstance(recipe, PruneRecipe) else PruneRecipe.load(recipe)
+        apply_recipe(optimized, loaded)
+        optimized.meta["prune_recipes"] = [loaded]
 
     bindings = bindings_from_inputs(graph, inputs)
     before, after = estimate_cost(graph, bindings=bindings), estimate_cost(optimized, bindings=bindings)

@@ -39,3 +39,27 @@ def test_optimize_rejects_bad_arguments():
         graphopt.optimize(model, inputs, backend="tvmm")
     with pytest.raises(graphopt.GraphoptError, match="prune must be a ratio"):
         graphopt.optimize(model, inputs, prune="half")
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vit", "llama", "densenet"])
+def test_recipe_round_trip_rebuilds_the_pruned_model(name, tmp_path):
+    """prune -> save recipe -> original model + recipe in a new call -> identical outputs."""
+    model, inputs = models_zoo.get(name, "tiny")
+    dynamic = models_zoo.spec(name).dynamic_axes
+    pruned = graphopt.optimize(model, inputs, prune={"ratio": 0.5, "scope": "global"}, dynamic=dynamic)
+    path = pruned.save_recipe(tmp_path / "recipe.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["recipe.json"]
+
+    fresh, _ = models_zoo.get(name, "tiny")  # same architecture and seed: the original checkpoint
+    replayed = graphopt.optimize(fresh, inputs, recipe=path, dynamic=dynamic)
+    assert str(replayed.graph) == str(pruned.graph)
+    with torch.no_grad():
+        assert torch.equal(replayed(*inputs), pruned(*inputs))
+
+
+def test_recipe_refuses_another_model(tmp_path):
+    model, inputs = models_zoo.get("resnet18", "tiny")
+    path = graphopt.optimize(model, inputs, prune=0.5).save_recipe(tmp_path / "r.json")
+    other, other_inputs = models_zoo.get("resnet50", "tiny")
+    with pytest.raises(graphopt.GraphoptError, match="recipe was made for a graph with structure"):
+        graphopt.optimize(other, other_inputs, recipe=path)

@@ -2,5 +2,6 @@
 
 from .criteria import CRITERIA, get_criterion, register_criterion
 from .prune_pass import GroupDecision, Prune, PruneReport
+from .recipe import PruneRecipe, apply_recipe, structure_hash
 
-__all__ = ["Prune", "PruneReport", "GroupDecision", "CRITERIA", "get_criterion", "register_criterion"]
+__all__ = ["Prune", "PruneReport", "GroupDecision", "PruneRecipe", "apply_recipe", "structure_hash", "CRITERIA", "get_criterion", "register_criterion"]

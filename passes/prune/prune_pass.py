@@ -24,7 +24,10 @@ from graphopt.analysis.removal import remove_channels
 from graphopt.ir.graph import Graph
 from graphopt.passmanager import AnalysisManager, Pass, PassResult, option, register_pass
 
+from graphopt import __version__
+
 from .criteria import get_criterion
+from .recipe import PruneRecipe, anchor_of, structure_hash
 
 
 @dataclass
@@ -77,7 +80,9 @@ class Prune(Pass):
             raise ValueError(f"prune: ratio must be in [0, 1), got {self.ratio}")
         start = time.perf_counter()
         cost_before = analyses.get("cost", graph)
+        structure = structure_hash(graph)
         groups = [g for g in analyses.get("channel-groups", graph) if g.prunable and not self._ignored(g)]
+        recipe = PruneRecipe(structure, graphopt_version=__version__)
         criterion = get_criterion(self.criterion)
         scores = {g.id: _unit_scores(g, criterion(g)) for g in groups}
         keep = self._local(groups) if self.scope == "local" else self._global(groups, scores)
@@ -92,6 +97,7 @@ class Prune(Pass):
                 continue
             n_keep = group.num_units - len(drop)
             channels = np.concatenate([group.units[u] for u in drop])
+            recipe.groups.append({"anchor": anchor_of(group), "removed": sorted(int(c) for c in channels)})
             remove_channels(graph, group, channels)
             params = sorted({s.value.name for s in group.spaces if s.value.kind == "param"})
             decisions.append(GroupDecision(group.id, group.kind, n_keep * group.unit_size, group.num_channels,
@@ -104,6 +110,7 @@ class Prune(Pass):
         report = PruneReport(decisions, cost_before.total_params, cost_after.total_params,
                              cost_before.total_macs, cost_after.total_macs, time.perf_counter() - start)
         graph.meta.setdefault("prune_reports", []).append(report)
+        graph.meta.setdefault("prune_recipes", []).append(recipe)
         return PassResult(graph, modified=True)
 
     # ------------------------------------------------------------ decisions
