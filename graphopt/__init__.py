@@ -21,9 +21,17 @@ from graphopt.api import OptimizedModel, optimize  # noqa: E402
 
 __version__ = "0.1.0"
 
+
+def load(path, device: str = "cpu"):
+    """Load a compiled artifact (TVM: model.so + manifest.json); imports tvm only when called."""
+    from graphopt.backends.tvm.artifact import load as _load
+
+    return _load(path, device)
+
+
 __all__ = [
     "Graph", "Node", "Value", "trace", "register_torch_op",
     "Pass", "PassResult", "PassManager", "PreservedAnalyses", "register_pass", "register_analysis",
-    "optimize", "OptimizedModel",
+    "optimize", "OptimizedModel", "load",
     "GraphoptError", "ShapeError", "UnsupportedOpError", "VerificationError", "__version__",
 ]

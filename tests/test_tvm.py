@@ -203,6 +203,13 @@ def test_load_in_process_matches(resnet_artifact):
         loaded()
 
 
+def test_top_level_load_runs_the_artifact(resnet_artifact):
+    import graphopt
+
+    directory, inputs, expected = resnet_artifact
+    np.testing.assert_allclose(graphopt.load(directory)(*inputs), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_load_rejects_a_directory_without_manifest(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a graphopt TVM artifact"):
         gtvm.load(tmp_path)
