@@ -13,7 +13,6 @@ share of FLOPs, and one markdown row for docs/benchmarks.md. The tuning database
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -23,17 +22,11 @@ import torch
 
 import graphopt
 from graphopt import models_zoo
+from graphopt.timing import median_seconds
 
 
 def median_ms(fn, args, repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn(*args)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(fn, *args, repeat=repeat, warmup=warmup)
 
 
 def main() -> None:

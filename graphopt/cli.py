@@ -19,6 +19,7 @@ import graphopt
 from graphopt import models_zoo
 from graphopt.backends.torch import to_module
 from graphopt.errors import GraphoptError
+from graphopt.timing import median_seconds
 
 
 def _load_zoo(name: str, size: str):
@@ -29,15 +30,9 @@ def _load_zoo(name: str, size: str):
 
 
 def _timed(fn, *args, repeat: int = 5) -> float:
-    """Median seconds of `fn(*args)` after one warm-up call."""
+    """Median seconds of `fn(*args)` after one warm-up call, without autograd."""
     with torch.no_grad():
-        fn(*args)
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn(*args)
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        return median_seconds(fn, *args, repeat=repeat, warmup=1)
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:

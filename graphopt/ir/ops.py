@@ -12,7 +12,7 @@ from __future__ import annotations
 import string
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
