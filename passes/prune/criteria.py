@@ -16,7 +16,46 @@ import torch
 from graphopt.analysis.channels import ChannelGroup, Space
 from graphopt.errors import GraphoptError
 
-Criterion = Callable[[ChannelGroup], np.ndarray]
+Criterion = Callable[..., np.ndarray]  # fn(group) or fn(group, context) -> one score per channel
+
+
+class CriterionContext:
+    """What data-driven criteria need beyond the weights: the graph and calibration inputs.
+
+    Gradients are computed once per graph and shared by every group.
+    """
+
+    def __init__(self, graph, inputs) -> None:
+        self.graph = graph
+        self.inputs = inputs
+        self._grads: dict[str, torch.Tensor] | None = None
+
+    def gradients(self) -> dict[str, torch.Tensor]:
+        """d(loss)/d(weight) for every parameter, loss = mean squared output (no labels needed)."""
+        if self._grads is None:
+            if self.inputs is None:
+                raise GraphoptError("this criterion needs calibration inputs: pass example inputs to the pass "
+                                    "manager (or calibration_data to graphopt.optimize)")
+            from graphopt.backends.torch import to_module
+
+            module = to_module(self.graph)
+            params = dict(module.named_parameters())
+            loss = 0.0
+            batches = self.inputs if isinstance(self.inputs, list) else [self.inputs]
+            for batch in batches:
+                out = module(*batch)
+                leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+                loss = loss + sum(t.float().pow(2).mean() for t in leaves if t.is_floating_point())
+            loss.backward()
+            by_path = {path: p.grad for path, p in params.items() if p.grad is not None}
+            self._grads = {name: by_path[_path(name)] for name in self.graph.params() if _path(name) in by_path}
+        return self._grads
+
+
+def _path(name: str) -> str:
+    from graphopt.backends.torch import _attr_path
+
+    return ".".join(_attr_path(name))
 CRITERIA: dict[str, Criterion] = {}
 
 
@@ -62,6 +101,22 @@ def l1(group: ChannelGroup) -> np.ndarray:
 def l2(group: ChannelGroup) -> np.ndarray:
     """Euclidean norm of every producer weight of the channel taken together."""
     return _norm(group, 2.0)
+
+
+@register_criterion("taylor")
+def taylor(group: ChannelGroup, context: CriterionContext) -> np.ndarray:
+    """First-order Taylor (Molchanov et al.): (sum of weight x gradient over the channel)^2."""
+    grads = context.gradients()
+    total = np.zeros(group.num_channels)
+    for space, labels in group.producers():
+        grad = grads.get(space.value.name)
+        if grad is None:
+            continue
+        product = (space.value.data.detach().double() * grad.detach().double())
+        others = [a for a in range(product.dim()) if a not in space.axes]
+        per_position = (product.sum(dim=others) if others else product).reshape(-1).numpy()
+        total += np.bincount(labels, weights=per_position, minlength=group.num_channels)
+    return total ** 2
 
 
 @register_criterion("bn_scale")

@@ -12,6 +12,7 @@ counts multiples of 8 or 16 so kernels stay fast.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from graphopt.passmanager import AnalysisManager, Pass, PassResult, option, regi
 
 from graphopt import __version__
 
-from .criteria import get_criterion
+from .criteria import CriterionContext, get_criterion
 from .recipe import PruneRecipe, anchor_of, structure_hash
 
 
@@ -69,7 +70,7 @@ class Prune(Pass):
     requires = ("channel-groups",)
 
     ratio: float = option(0.5, "fraction of each group's units to remove (local), or of all units (global)")
-    criterion: str = option("l2", "importance: l1, l2, bn_scale (or a registered criterion)")
+    criterion: str = option("l2", "importance: l1, l2, bn_scale, taylor (needs example inputs), or a registered one")
     scope: Literal["local", "global"] = option("local", "rank units within each group or across groups")
     round_to: int = option(1, "keep channel counts (in positions) multiples of this")
     min_keep: float = option(0.1, "global scope: fraction of each group always kept")
@@ -84,7 +85,9 @@ class Prune(Pass):
         groups = [g for g in analyses.get("channel-groups", graph) if g.prunable and not self._ignored(g)]
         recipe = PruneRecipe(structure, graphopt_version=__version__)
         criterion = get_criterion(self.criterion)
-        scores = {g.id: _unit_scores(g, criterion(g)) for g in groups}
+        context = CriterionContext(graph, analyses.example_inputs)
+        takes_context = len(inspect.signature(criterion).parameters) > 1
+        scores = {g.id: _unit_scores(g, criterion(g, context) if takes_context else criterion(g)) for g in groups}
         keep = self._local(groups) if self.scope == "local" else self._global(groups, scores)
 
         decisions = []
