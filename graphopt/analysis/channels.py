@@ -328,10 +328,7 @@ class Builder:
                 raise ChannelAnalysisError(f"channel rules did not settle at {node.where()}")
             rule = rule_for(node.op)
             if rule is None:
-                reason = (f"op '{node.op}' ({node.where()}) has no channel rule; register one with "
-                          "graphopt.analysis.register_channel_rule")
-                for v in list(node.inputs) + node.outputs:
-                    self.barrier(v, reason)
+                self._block_unruled(node)
             else:
                 rule(self, node)
             if self.created != before:
@@ -347,10 +344,13 @@ class Builder:
         # spaces created after a barrier was set on their value are blocked too
         for node in self.graph.nodes:
             if rule_for(node.op) is None:
-                reason = (f"op '{node.op}' ({node.where()}) has no channel rule; register one with "
-                          "graphopt.analysis.register_channel_rule")
-                for v in list(node.inputs) + node.outputs:
-                    self.barrier(v, reason)
+                self._block_unruled(node)
+
+    def _block_unruled(self, node: Node) -> None:
+        reason = (f"op '{node.op}' ({node.where()}) has no channel rule; register one with "
+                  "graphopt.analysis.register_channel_rule")
+        for v in list(node.inputs) + node.outputs:
+            self.barrier(v, reason)
 
 
 def _atoms_key(space: Space) -> tuple:
@@ -390,13 +390,7 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
 
     # groups: spaces connected through shared channel labels
     space_of_label = np.full(int(labels.max()) + 1 if labels.size else 0, -1, dtype=np.int64)
-    parent = list(range(len(spaces)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    joined = _UnionFind()
 
     distinct: dict[tuple, np.ndarray] = {}
     for i, s in enumerate(spaces):
@@ -405,15 +399,12 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
         if labs is None:
             labs = distinct[key] = np.unique(labels[s.atoms])
         owners = space_of_label[labs]
-        for owner in np.unique(owners[owners >= 0]):
-            ra, rb = find(i), find(int(owner))
-            if ra != rb:
-                parent[ra] = rb
+        joined.join([i, *np.unique(owners[owners >= 0]).tolist()])
         space_of_label[labs] = i
 
     members: dict[int, list[int]] = {}
     for i in range(len(spaces)):
-        members.setdefault(find(i), []).append(i)
+        members.setdefault(joined.find(i), []).append(i)
 
     ignored = set(ignore)
     outputs = {id(v) for v in graph.outputs}
@@ -487,22 +478,7 @@ def _units(spaces: list[Space], labels: list[np.ndarray], n: int) -> np.ndarray:
     channels that share a slab guarantees that; of the axes, the one that leaves
     the most classes (the heads) is used.
     """
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
-    def join(chans: np.ndarray) -> None:
-        root = find(int(chans[0]))
-        for c in chans[1:]:
-            rc = find(int(c))
-            if rc != root:
-                parent[rc] = root
+    joined = _UnionFind()
 
     seen: set[tuple] = set()
     for s, lab in zip(spaces, labels):
@@ -520,8 +496,8 @@ def _units(spaces: list[Space], labels: list[np.ndarray], n: int) -> np.ndarray:
             if classes > best_classes:
                 best, best_classes = slabs, classes
         for chans in best if best is not None else [np.unique(lab)]:
-            join(chans)
-    roots = np.fromiter((find(i) for i in range(n)), dtype=np.int64, count=n)
+            joined.join(chans.tolist())
+    roots = np.fromiter((joined.find(i) for i in range(n)), dtype=np.int64, count=n)
     _, unit_of = np.unique(roots, return_inverse=True)
     return unit_of.astype(np.int64)
 
@@ -538,22 +514,39 @@ def _slab_labels(grid: np.ndarray, axis: int) -> list[np.ndarray]:
 
 def _count_classes(slabs: list[np.ndarray]) -> int:
     """How many channel classes remain once the channels sharing a slab are joined."""
-    parent: dict[int, int] = {}
+    joined = _UnionFind()
+    for chans in slabs:
+        joined.join(chans.tolist())
+    return joined.num_classes()
 
-    def find(i: int) -> int:
+
+class _UnionFind:
+    """Disjoint sets over ints, created on first mention (small, in-Python: the big atom
+    union-find goes through scipy in `_components`)."""
+
+    def __init__(self) -> None:
+        self._parent: dict[int, int] = {}
+
+    def find(self, i: int) -> int:
+        parent = self._parent
         parent.setdefault(i, i)
         while parent[i] != i:
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
 
-    for chans in slabs:
-        root = find(int(chans[0]))
-        for c in chans[1:]:
-            rc = find(int(c))
-            if rc != root:
-                parent[rc] = root
-    return len({find(c) for c in list(parent)})
+    def join(self, items: list[int]) -> None:
+        """Put all `items` in one set."""
+        if not items:
+            return
+        root = self.find(int(items[0]))
+        for item in items[1:]:
+            other = self.find(int(item))
+            if other != root:
+                self._parent[other] = root
+
+    def num_classes(self) -> int:
+        return len({self.find(i) for i in list(self._parent)})
 
 
 @dataclass

@@ -84,12 +84,15 @@ def remove_channels(graph: Graph, group: ChannelGroup, channels: Iterable[int]) 
     group = _bind(group, graph)
     new_sizes: dict[int, dict[int, int]] = {}  # id(value) -> axis -> new size
     weight_keep: dict[int, tuple[Value, dict[int, np.ndarray]]] = {}
+    kept_by_value: dict[int, dict[int, np.ndarray]] = {}  # tensors without data: kept positions per axis
     for space, labels in zip(group.spaces, group.labels):
         kept = _kept_coords(space, labels, removed)
         for axis, coords in zip(space.axes, kept):
             new_sizes.setdefault(id(space.value), {})[axis] = len(coords)
             if space.value.is_weight:
                 weight_keep.setdefault(id(space.value), (space.value, {}))[1][axis] = coords
+            else:
+                kept_by_value.setdefault(id(space.value), {})[axis] = coords
 
     for value, axes in weight_keep.values():
         tensor = value.data
@@ -100,12 +103,6 @@ def remove_channels(graph: Graph, group: ChannelGroup, channels: Iterable[int]) 
     def new_shape(value: Value) -> list:
         sizes = new_sizes.get(id(value), {})
         return [sizes.get(a, d) for a, d in enumerate(value.shape)]
-
-    kept_by_value: dict[int, dict[int, np.ndarray]] = {}
-    for space, labels in zip(group.spaces, group.labels):
-        if not space.value.is_weight:
-            for axis, coords in zip(space.axes, _kept_coords(space, labels, removed)):
-                kept_by_value.setdefault(id(space.value), {})[axis] = coords
 
     for node in graph.nodes:
         out = node.outputs[0]

@@ -174,6 +174,10 @@ class ImportContext:
         val = (node or self.current).meta["val"]
         if index is not None:
             val = val[index]
+        return self.shape_of(val)
+
+    def shape_of(self, val: torch.Tensor) -> tuple:
+        """A traced (fake) tensor's shape as Dims, symbols renamed to the graph's axis names."""
         return tuple(self.rename(d.node.expr) if isinstance(d, torch.SymInt) else int(d) for d in val.shape)
 
     def out_dtype(self, node: torch.fx.Node | None = None) -> torch.dtype:
@@ -442,7 +446,7 @@ def _check_types(ctx: ImportContext, fx: torch.fx.Node, result) -> None:
     for i, (value, val) in enumerate(pairs):
         if value is None:  # an output the canonical op does not produce (e.g. batch-norm statistics)
             continue
-        expected = tuple(ctx.rename(d.node.expr) if isinstance(d, torch.SymInt) else int(d) for d in val.shape)
+        expected = ctx.shape_of(val)
         if not D.shapes_equal(value.shape, expected) or value.dtype != val.dtype:
             raise GraphoptError(
                 f"importing node '{fx.name}' ({op_name(fx.target)}) gave %{value.name}: {value.type_str()}, "
