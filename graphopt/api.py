@@ -8,9 +8,9 @@ knowledge of them, and it always checks each pass (`verify=True`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
 
@@ -29,9 +29,11 @@ class OptimizeReport:
     macs_before: int
     macs_after: int
     backend: str
+    prune: list[Any] = field(default_factory=list)  # PruneReport per prune step: per-group kept/total
 
     def __str__(self) -> str:
-        return (f"pipeline: {self.pipeline}  (backend: {self.backend})\n{self.passes}\n"
+        pruned = "".join(f"{r.summary()}\n" for r in self.prune)
+        return (f"pipeline: {self.pipeline}  (backend: {self.backend})\n{self.passes}\n{pruned}"
                 f"params {self.params_before:,} -> {self.params_after:,} "
                 f"({self.params_after / max(self.params_before, 1):.1%}), "
                 f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_after / max(self.macs_before, 1):.1%})")
@@ -51,11 +53,11 @@ class OptimizedModel:
 
     @property
     def recipe(self):
-        """The pruning recipe (`graphopt.passes.prune.PruneRecipe`), or None if nothing was pruned."""
+        """The pruning recipe (`graphopt.passes.prune.PruneRecipe`, every prune step in order), or None."""
+        from graphopt.passes.prune import PruneRecipe
+
         recipes = self.graph.meta.get("prune_recipes") or []
-        if len(recipes) > 1:
-            raise GraphoptError("several prune passes ran; their recipes are in graph.meta['prune_recipes']")
-        return recipes[0] if recipes else None
+        return PruneRecipe.chain(recipes) if recipes else None
 
     def save_recipe(self, path: str | os.PathLike) -> Path:
         """Write the pruning recipe as JSON: with the original model it rebuilds this one exactly."""
@@ -73,14 +75,25 @@ class OptimizedModel:
         return f"<OptimizedModel {self.graph.name}: {self.report.params_after:,} params, backend {self.report.backend}>"
 
 
-def _prune_step(prune: float | Mapping[str, Any]) -> Any:
+def _prune_steps(prune: float | Mapping[str, Any], steps: int) -> list[Any]:
+    """The Prune pass of each step: `steps` equal steps that compound to the requested amount."""
     from graphopt.passes.prune import Prune
 
     if isinstance(prune, (int, float)) and not isinstance(prune, bool):
-        return Prune(ratio=float(prune))
-    if isinstance(prune, Mapping):
-        return Prune(**dict(prune))
-    raise GraphoptError(f"prune must be a ratio or a dict of Prune options, not {type(prune).__name__}")
+        options: dict[str, Any] = {"ratio": float(prune)}
+    elif isinstance(prune, Mapping):
+        options = dict(prune)
+    else:
+        raise GraphoptError(f"prune must be a ratio or a dict of Prune options, not {type(prune).__name__}")
+    if not isinstance(steps, int) or steps < 1:
+        raise GraphoptError(f"steps must be a positive integer, not {steps!r}")
+    if steps > 1:  # keep (1 - ratio) overall: keep (1 - ratio) ** (1 / steps) at each step
+        for key in ("target_macs", "target_params"):
+            if options.get(key) is not None:
+                options[key] = options[key] ** (1.0 / steps)
+        ratio = options.get("ratio", Prune.options["ratio"].default)
+        options["ratio"] = 1.0 - (1.0 - ratio) ** (1.0 / steps)
+    return [Prune(**options) for _ in range(steps)]
 
 
 def optimize(
@@ -89,31 +102,55 @@ def optimize(
     *,
     prune: float | Mapping[str, Any] | None = None,
     recipe: str | os.PathLike | Any | None = None,
+    calibration_data: Iterable[Any] | None = None,
+    loss: Callable[[Any, Any], torch.Tensor] | None = None,
+    steps: int = 1,
+    finetune: Callable[[torch.nn.Module, int], Any] | None = None,
     backend: Literal["torch", "onnx"] = "torch",
     verify: bool = True,
     dynamic: Any = "batch",
 ) -> OptimizedModel:
     """Trace `model`, canonicalise it, optionally prune it, and lower it to `backend`.
 
-    `prune`: a ratio (`0.5`) or `Prune` options (`{"ratio": 0.5, "scope": "global", "round_to": 8}`).
+    `prune`: a ratio (`0.5`) or `Prune` options (`{"ratio": 0.5, "scope": "global", "round_to": 8}`,
+    `{"target_macs": 0.5, "criterion": "taylor", "reconstruct": True}`).
     `recipe`: a saved pruning recipe (path or `PruneRecipe`) to replay instead of pruning afresh.
+    `calibration_data`: batches of model inputs for data-driven criteria (taylor, activation,
+    fluctuation) and reconstruction; with `loss(output, target)`, `(inputs, target)` pairs, and
+    Taylor scores use that loss. Without it the example inputs are the calibration batch.
+    `steps` / `finetune`: prune in `steps` equal steps; after each, `finetune(module, step)` gets the
+    trainable torch module of the pruned graph, and its weights are read back before the next step.
     With `verify`, every pass is checked against the graph before it on the example inputs
     (exact for canonicalisation, output shapes for pruning).
     """
     from graphopt.analysis.cost import estimate_cost
+    from graphopt.backends.torch import load_weights, to_module
     from graphopt.frontends.torch import trace
-    from graphopt.passmanager import PassManager, Verify
+    from graphopt.passmanager import PassManager, PipelineReport, Verify
     from graphopt.passmanager.analysis import bindings_from_inputs
 
+    if recipe is not None and prune is not None:
+        raise GraphoptError("give either prune= or recipe=, not both")
+    if finetune is not None and prune is None:
+        raise GraphoptError("finetune= runs between pruning steps; give prune= too")
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    calibration = None if calibration_data is None else list(calibration_data)
     graph = trace(model, inputs, dynamic=dynamic)
-    manager = PassManager.parse("canonicalize", instruments=[Verify()] if verify else [])
-    if prune is not None:
-        manager.add(_prune_step(prune))
-    optimized, pass_report = manager.run(graph, inputs)
+    instruments = [Verify()] if verify else []
+    stages = [PassManager.parse("canonicalize", instruments=instruments)]
+    stages += [PassManager([step], instruments=instruments) for step in (_prune_steps(prune, steps) if prune is not None else [])]
+
+    optimized, records = graph, []
+    for index, manager in enumerate(stages):
+        optimized, pass_report = manager.run(optimized, inputs, calibration_data=calibration, loss=loss)
+        records.append(pass_report)
+        if finetune is not None and index > 0:
+            module = to_module(optimized)
+            finetune(module, index - 1)
+            load_weights(optimized, module)
+    pipeline = ",".join(str(m) for m in stages)
+    merged = PipelineReport(pipeline, [r for report in records for r in report.records], sum(r.seconds for r in records))
     if recipe is not None:
-        if prune is not None:
-            raise GraphoptError("give either prune= or recipe=, not both")
         from graphopt.passes.prune import PruneRecipe, apply_recipe
 
         loaded = recipe if isinstance(recipe, PruneRecipe) else PruneRecipe.load(recipe)
@@ -122,11 +159,9 @@ def optimize(
 
     bindings = bindings_from_inputs(graph, inputs)
     before, after = estimate_cost(graph, bindings=bindings), estimate_cost(optimized, bindings=bindings)
-    report = OptimizeReport(str(manager), pass_report, before.total_params, after.total_params,
-                            before.total_macs, after.total_macs, backend)
+    report = OptimizeReport(pipeline, merged, before.total_params, after.total_params,
+                            before.total_macs, after.total_macs, backend, list(optimized.meta.get("prune_reports", [])))
     if backend == "torch":
-        from graphopt.backends.torch import to_module
-
         runner: Callable[..., Any] = to_module(optimized)
     elif backend == "onnx":
         from graphopt.backends import onnx as onnx_backend

@@ -124,5 +124,5 @@ def test_taylor_scores_follow_weight_times_gradient():
 
 def test_taylor_without_inputs_is_a_clear_error():
     _, _, graph = traced_zoo_model("resnet18")
-    with pytest.raises(Exception, match="needs calibration inputs"):
+    with pytest.raises(Exception, match="needs calibration data"):
         PassManager.parse("prune{criterion=taylor}").run(graph)

@@ -22,7 +22,7 @@ from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph, Value
 from graphopt.backends.torch.kernels import KERNELS, TRAINING_AWARE, register_kernel
 
-__all__ = ["to_module", "register_kernel", "KERNELS"]
+__all__ = ["to_module", "load_weights", "register_kernel", "KERNELS"]
 
 _RESERVED = {"graph", "code", "forward", "training", "meta", "_code", "_graph"}
 _CREATION_OPS = frozenset({"full", "arange"})
@@ -158,7 +158,29 @@ def to_module(graph: Graph, *, copy_weights: bool = True) -> torch.fx.GraphModul
         except AttributeError:
             _install(module, path, root.get_parameter(path) if value.kind == "param" else root.get_buffer(path), value.kind)
     module.graphopt_input_names = [v.name for v in graph.inputs]
+    module.graphopt_weight_paths = paths  # graph weight name -> attribute path in the module
     return module.eval()  # the graph has inference semantics; call .train() to fine-tune
+
+
+def load_weights(graph: Graph, module: torch.nn.Module) -> Graph:
+    """Copy `module`'s parameters and buffers into `graph`'s weights (e.g. after fine-tuning it).
+
+    `module` must come from `to_module(graph)`: weights are matched by name and
+    must keep their shapes.
+    """
+    paths = getattr(module, "graphopt_weight_paths", None)
+    if paths is None:
+        raise GraphoptError("load_weights needs a module made by graphopt.backends.torch.to_module")
+    for name, path in paths.items():
+        value = graph.weights.get(name)
+        if value is None:
+            raise GraphoptError(f"the module has weight '{name}', which graph '{graph.name}' lacks")
+        tensor = module.get_parameter(path) if value.kind == "param" else module.get_buffer(path)
+        if tuple(tensor.shape) != tuple(value.data.shape):
+            raise GraphoptError(f"weight '{name}' has shape {list(tensor.shape)} in the module but "
+                                f"{list(value.data.shape)} in the graph")
+        value.set_data(tensor.detach().clone())
+    return graph
 
 
 def _class_name(name: str) -> str:

@@ -209,6 +209,8 @@ class AnalysisManager:
     `example_inputs` / `bindings` tell shape-dependent analyses (cost) what
     sizes the symbolic dims take; see `bindings()`. `computations` counts how
     often each analysis was computed, which is what tests of caching check.
+    `calibration_data` and `loss` are for data-driven passes (see
+    `calibration_batches()`).
     """
 
     def __init__(
@@ -216,8 +218,12 @@ class AnalysisManager:
         *,
         example_inputs: Sequence[Any] | None = None,
         bindings: dict[str, int] | None = None,
+        calibration_data: Iterable[Any] | None = None,
+        loss: Callable[[Any, Any], Any] | None = None,
     ) -> None:
         self.example_inputs = example_inputs
+        self.calibration_data = None if calibration_data is None else list(calibration_data)
+        self.loss = loss
         self._bindings = dict(bindings or {})
         self._cache: weakref.WeakKeyDictionary[Graph, dict[str, Any]] = weakref.WeakKeyDictionary()
         # name -> names of analyses that read it while they were computed (they must go when it goes)
@@ -268,6 +274,33 @@ class AnalysisManager:
             env.update(bindings_from_inputs(graph, self.example_inputs))
         env.update(self._bindings)
         return env
+
+    def calibration_batches(self, *, targets: bool = False) -> list[tuple[Any, ...]] | list[tuple[tuple, Any]]:
+        """Calibration batches as model-input tuples (or `(inputs, target)` pairs with `targets=True`).
+
+        Items of `calibration_data` are model inputs (a tensor or a tuple of
+        them); when a `loss` is set they are `(inputs, target)` pairs, the
+        target being what `loss(output, target)` compares the output with.
+        Without calibration data the example inputs are the one batch.
+        """
+        if self.calibration_data is None:
+            if self.example_inputs is None:
+                raise GraphoptError("this pass needs calibration data: give calibration_data (or example inputs)")
+            items = [((tuple(self.example_inputs), None) if self.loss is not None else self.example_inputs)]
+        else:
+            items = self.calibration_data
+        if not items:
+            raise GraphoptError("calibration_data is empty")
+        pairs = []
+        for i, item in enumerate(items):
+            if self.loss is not None:
+                if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                    raise GraphoptError(f"calibration item {i}: with a loss, each item must be an (inputs, target) pair")
+                inputs, target = item
+            else:
+                inputs, target = item, None
+            pairs.append((tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,), target))
+        return pairs if targets else [inputs for inputs, _ in pairs]
 
     # ---------------------------------------------------------- invalidation
     def invalidate(self, graph: Graph | None = None, preserved: PreservedAnalyses | None = None) -> list[str]:

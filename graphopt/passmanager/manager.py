@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
@@ -106,17 +106,26 @@ class PassManager:
         example_inputs: Sequence[Any] | None = None,
         *,
         analyses: AnalysisManager | None = None,
+        calibration_data: Iterable[Any] | None = None,
+        loss: Callable[[Any, Any], Any] | None = None,
     ) -> tuple[Graph, PipelineReport]:
         """Run the pipeline on a copy of `graph`; return the transformed copy and the report.
 
         `example_inputs` (optional) bind the symbolic dims for analyses such as
         cost, and are the sample inputs the Verify instrument compares outputs on.
+        `calibration_data` (model inputs per item, or `(inputs, target)` pairs when
+        `loss(output, target)` is given) feeds data-driven passes: activation and
+        Taylor criteria, reconstruction after pruning.
         """
         if example_inputs is not None and not isinstance(example_inputs, (list, tuple)):
             example_inputs = (example_inputs,)
         analyses = analyses or AnalysisManager(example_inputs=example_inputs)
         if analyses.example_inputs is None:
             analyses.example_inputs = example_inputs
+        if calibration_data is not None:
+            analyses.calibration_data = list(calibration_data)
+        if loss is not None:
+            analyses.loss = loss
         if self.verify_each:
             graph.verify()  # an ill-formed input is the caller's problem, not the first pass's
         report = PipelineReport(str(self))

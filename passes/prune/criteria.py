@@ -15,47 +15,67 @@ import torch
 
 from graphopt.analysis.channels import ChannelGroup, Space
 from graphopt.errors import GraphoptError
+from graphopt.ir.graph import Graph
+from graphopt.passmanager import AnalysisManager
+
+from .activations import ActivationStats, activation_stats
 
 Criterion = Callable[..., np.ndarray]  # fn(group) or fn(group, context) -> one score per channel
 
 
 class CriterionContext:
-    """What data-driven criteria need beyond the weights: the graph and calibration inputs.
+    """What data-driven criteria need beyond the weights: the graph and its calibration data.
 
-    Gradients are computed once per graph and shared by every group.
+    Gradients and activation statistics are computed once per graph and shared
+    by every group. `analyses` supplies the calibration batches and the loss
+    (`AnalysisManager.calibration_batches`); without it only weight criteria work.
     """
 
-    def __init__(self, graph, inputs) -> None:
+    def __init__(self, graph: Graph, analyses: AnalysisManager | None = None) -> None:
         self.graph = graph
-        self.inputs = inputs
+        self.analyses = analyses
         self._grads: dict[str, torch.Tensor] | None = None
+        self._stats: dict[str, ActivationStats] | None = None
+
+    def _batches(self, *, targets: bool = False) -> list:
+        if self.analyses is None:
+            raise GraphoptError("this criterion needs calibration data: run the pass with example inputs or "
+                                "calibration_data (graphopt.optimize(..., calibration_data=...))")
+        return self.analyses.calibration_batches(targets=targets)
 
     def gradients(self) -> dict[str, torch.Tensor]:
-        """d(loss)/d(weight) for every parameter, loss = mean squared output (no labels needed)."""
+        """d(loss)/d(weight) for every parameter, summed over the calibration batches.
+
+        The loss is the user's `loss(output, target)` when one is given, else the
+        mean squared output (no labels needed: it measures how much each weight
+        contributes to the output at all).
+        """
         if self._grads is None:
-            if self.inputs is None:
-                raise GraphoptError("this criterion needs calibration inputs: pass example inputs to the pass "
-                                    "manager (or calibration_data to graphopt.optimize)")
             from graphopt.backends.torch import to_module
 
             module = to_module(self.graph)
             params = dict(module.named_parameters())
-            loss = 0.0
-            batches = self.inputs if isinstance(self.inputs, list) else [self.inputs]
-            for batch in batches:
-                out = module(*batch)
-                leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-                loss = loss + sum(t.float().pow(2).mean() for t in leaves if t.is_floating_point())
-            loss.backward()
+            loss_fn = self.analyses.loss if self.analyses is not None else None
+            for inputs, target in self._batches(targets=True):
+                out = module(*inputs)
+                if loss_fn is not None:
+                    loss = loss_fn(out, target)
+                else:
+                    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+                    loss = sum(t.float().pow(2).mean() for t in leaves if t.is_floating_point())
+                loss.backward()
             by_path = {path: p.grad for path, p in params.items() if p.grad is not None}
-            self._grads = {name: by_path[_path(name)] for name in self.graph.params() if _path(name) in by_path}
+            paths = module.graphopt_weight_paths
+            self._grads = {name: by_path[paths[name]] for name in self.graph.params() if paths[name] in by_path}
         return self._grads
 
+    def activation_stats(self) -> dict[str, ActivationStats]:
+        """Per consumer weight: statistics of each input channel of the layer that reads it."""
+        if self._stats is None:
+            self._stats = activation_stats(self.graph, self._batches())
+        return self._stats
 
-def _path(name: str) -> str:
-    from graphopt.backends.torch import _attr_path
 
-    return ".".join(_attr_path(name))
 CRITERIA: dict[str, Criterion] = {}
 
 
@@ -125,3 +145,42 @@ def bn_scale(group: ChannelGroup) -> np.ndarray:
     gammas = [(s, lab) for s, lab in group.producers()
               if s.value.producer is None and any(u.op == "batch_norm" and u.inputs[1] is s.value for u in s.value.users)]
     return _norm(group, 1.0, gammas) if gammas else l2(group)
+
+
+def _consumers(group: ChannelGroup, context: CriterionContext) -> list[tuple[Space, np.ndarray, ActivationStats]]:
+    stats = context.activation_stats()
+    return [(s, lab, stats[s.value.name]) for s, lab in group.weights()
+            if s.role == "consumer" and s.value.name in stats and len(s.axes) == 1]
+
+
+@register_criterion("activation")
+def activation(group: ChannelGroup, context: CriterionContext) -> np.ndarray:
+    """Mean |activation| of the channel where layers read it, over the calibration data.
+
+    Groups no layer reads (attention q/k dims) fall back to L2.
+    """
+    consumers = _consumers(group, context)
+    if not consumers:
+        return l2(group)
+    total = np.zeros(group.num_channels)
+    for space, labels, stats in consumers:
+        total += np.bincount(labels, weights=stats.mean_abs, minlength=group.num_channels)
+    return total
+
+
+@register_criterion("fluctuation")
+def fluctuation(group: ChannelGroup, context: CriterionContext) -> np.ndarray:
+    """FLAP (An et al., 2024): variance of the input channel x the squared norm of the weight column reading it.
+
+    A channel whose value hardly varies can be replaced by its mean, which
+    reconstruction's bias compensation does; its weight column says how much
+    the variation matters downstream. Groups no layer reads fall back to L2.
+    """
+    consumers = _consumers(group, context)
+    if not consumers:
+        return l2(group)
+    total = np.zeros(group.num_channels)
+    for space, labels, stats in consumers:
+        column = _per_position(space, 2.0)
+        total += np.bincount(labels, weights=stats.variance * column, minlength=group.num_channels)
+    return total

@@ -20,7 +20,8 @@ from typing import Literal
 
 import numpy as np
 
-from graphopt.analysis.channels import ChannelGroup
+from graphopt.analysis.channels import ChannelGroup, channel_groups
+from graphopt.analysis.cost import estimate_cost
 from graphopt.analysis.removal import remove_channels
 from graphopt.ir.graph import Graph
 from graphopt.passmanager import AnalysisManager, Pass, PassResult, option, register_pass
@@ -28,7 +29,8 @@ from graphopt.passmanager import AnalysisManager, Pass, PassResult, option, regi
 from graphopt import __version__
 
 from .criteria import CriterionContext, get_criterion
-from .recipe import PruneRecipe, anchor_of, structure_hash
+from .recipe import PruneRecipe, PruneStep, anchor_of, structure_hash
+from .reconstruct import ReconstructionReport, reconstruct
 
 
 @dataclass
@@ -43,7 +45,7 @@ class GroupDecision:
 
 @dataclass
 class PruneReport:
-    """What `prune` removed: per group kept/total, and params/MACs before and after."""
+    """What `prune` removed: per group kept/total, params/MACs before and after, and what reconstruction did."""
 
     decisions: list[GroupDecision]
     params_before: int
@@ -51,15 +53,30 @@ class PruneReport:
     macs_before: int
     macs_after: int
     seconds: float
+    ratio: float = 0.0  # the ratio applied (found by search when a target was given)
+    target: str = ""  # "macs 50%" when a budget chose the ratio
+    reconstruction: ReconstructionReport | None = None
+
+    def summary(self) -> str:
+        """Two lines at most: the totals and what reconstruction did."""
+        how = f"ratio {self.ratio:.3f}" + (f" (searched for {self.target})" if self.target else "")
+        lines = [f"prune ({how}): {len(self.decisions)} groups pruned, params {self.params_before:,} -> "
+                 f"{self.params_after:,} ({self.params_after / max(self.params_before, 1):.1%}), MACs "
+                 f"{self.macs_before:,} -> {self.macs_after:,} ({self.macs_after / max(self.macs_before, 1):.1%}), "
+                 f"{self.seconds:.2f} s"]
+        if self.reconstruction is not None:
+            lines.append(f"  {self.reconstruction}")
+        return "\n".join(lines)
 
     def __str__(self) -> str:
-        lines = [f"prune: params {self.params_before:,} -> {self.params_after:,} "
-                 f"({self.params_after / max(self.params_before, 1):.1%}), MACs {self.macs_before:,} -> "
-                 f"{self.macs_after:,} ({self.macs_after / max(self.macs_before, 1):.1%}), {self.seconds:.2f} s"]
+        lines = [self.summary()]
         for d in self.decisions:
             first = d.params[0] if d.params else "-"
             lines.append(f"  group {d.group}: kept {d.kept}/{d.total} {d.kind} (width {d.width}) e.g. {first}")
         return "\n".join(lines)
+
+
+Plan = list[tuple[ChannelGroup, np.ndarray]]  # per group, the channel ids to remove
 
 
 @register_pass("prune")
@@ -70,51 +87,110 @@ class Prune(Pass):
     requires = ("channel-groups",)
 
     ratio: float = option(0.5, "fraction of each group's units to remove (local), or of all units (global)")
-    criterion: str = option("l2", "importance: l1, l2, bn_scale, taylor (needs example inputs), or a registered one")
+    target_macs: float | None = option(None, "instead of ratio: keep this fraction of the MACs (ratio is searched)")
+    target_params: float | None = option(None, "instead of ratio: keep this fraction of the parameters")
+    criterion: str = option("l2", "importance: l1, l2, bn_scale, taylor, activation, fluctuation, or a registered one")
     scope: Literal["local", "global"] = option("local", "rank units within each group or across groups")
     round_to: int = option(1, "keep channel counts (in positions) multiples of this")
     min_keep: float = option(0.1, "global scope: fraction of each group always kept")
     ignore: list[str] = option([], "node or weight names (glob patterns) whose groups stay whole")
+    heads: bool = option(True, "attention: remove whole heads (True) or the same head_dim positions of every head (False)")
+    reconstruct: bool = option(False, "refit the layers reading pruned channels by least squares on calibration data")
+    damp: float = option(0.01, "reconstruct: ridge term, relative to the mean diagonal of X^T X")
 
     def run(self, graph: Graph, analyses: AnalysisManager) -> PassResult:
-        if not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"prune: ratio must be in [0, 1), got {self.ratio}")
+        self._check_options()
         start = time.perf_counter()
         cost_before = analyses.get("cost", graph)
         structure = structure_hash(graph)
-        groups = [g for g in analyses.get("channel-groups", graph) if g.prunable and not self._ignored(g)]
-        recipe = PruneRecipe(structure, graphopt_version=__version__)
+        found = analyses.get("channel-groups", graph) if self.heads else channel_groups(graph, heads=False)
+        groups = [g for g in found if g.prunable and not self._ignored(g)]
         criterion = get_criterion(self.criterion)
-        context = CriterionContext(graph, analyses.example_inputs)
+        context = CriterionContext(graph, analyses)
         takes_context = len(inspect.signature(criterion).parameters) > 1
         scores = {g.id: _unit_scores(g, criterion(g, context) if takes_context else criterion(g)) for g in groups}
-        keep = self._local(groups) if self.scope == "local" else self._global(groups, scores)
 
-        decisions = []
+        ratio, target = self.ratio, ""
+        if self.target_macs is not None or self.target_params is not None:
+            ratio, target = self._search_ratio(graph, groups, scores, analyses, cost_before)
+        plan = self._plan(groups, scores, ratio)
+        if not plan:
+            return PassResult(graph, modified=False)
+
+        original = graph.clone() if self.reconstruct else None
+        step = PruneStep(structure, heads=self.heads)
+        decisions, kept_outputs = [], {}
+        for group, channels in plan:
+            step.groups.append({"anchor": anchor_of(group), "removed": sorted(int(c) for c in channels)})
+            kept_outputs.update(_kept_weight_positions(group, channels))
+            remove_channels(graph, group, channels)
+            params = sorted({s.value.name for s in group.spaces if s.value.kind == "param"})
+            n_keep = group.num_channels - len(channels)
+            decisions.append(GroupDecision(group.id, group.kind, n_keep, group.num_channels, group.width, params))
+        reconstruction = None
+        if original is not None:
+            reconstruction = reconstruct(original, graph, analyses.calibration_batches(), kept_outputs, damp=self.damp)
+
+        cost_after = estimate_cost(graph, bindings=analyses.bindings(graph))
+        report = PruneReport(decisions, cost_before.total_params, cost_after.total_params,
+                             cost_before.total_macs, cost_after.total_macs, time.perf_counter() - start,
+                             ratio, target, reconstruction)
+        graph.meta.setdefault("prune_reports", []).append(report)
+        graph.meta.setdefault("prune_recipes", []).append(PruneRecipe([step], __version__))
+        return PassResult(graph, modified=True)
+
+    def _check_options(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"prune: ratio must be in [0, 1), got {self.ratio}")
+        for name in ("target_macs", "target_params"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ValueError(f"prune: {name} is the fraction to keep, in (0, 1]; got {value}")
+        if self.target_macs is not None and self.target_params is not None:
+            raise ValueError("prune: give target_macs or target_params, not both")
+
+    # ------------------------------------------------------------ planning
+    def _plan(self, groups: list[ChannelGroup], scores: dict[int, np.ndarray], ratio: float) -> Plan:
+        """The channels to remove from each group at `ratio`, least important units first."""
+        keep = self._local(groups, ratio) if self.scope == "local" else self._global(groups, scores, ratio)
+        plan = []
         for group in groups:
             n_keep = self._rounded(group, keep[group.id])
             if n_keep >= group.num_units:
                 continue
             drop = _droppable(group, np.argsort(scores[group.id], kind="stable"), group.num_units - n_keep)
-            if not drop:
-                continue
-            n_keep = group.num_units - len(drop)
-            channels = np.concatenate([group.units[u] for u in drop])
-            recipe.groups.append({"anchor": anchor_of(group), "removed": sorted(int(c) for c in channels)})
-            remove_channels(graph, group, channels)
-            params = sorted({s.value.name for s in group.spaces if s.value.kind == "param"})
-            decisions.append(GroupDecision(group.id, group.kind, n_keep * group.unit_size, group.num_channels,
-                                           group.width, params))
-        if not decisions:
-            return PassResult(graph, modified=False)
-        from graphopt.analysis.cost import estimate_cost
+            if drop:
+                plan.append((group, np.concatenate([group.units[u] for u in drop])))
+        return plan
 
-        cost_after = estimate_cost(graph, bindings=analyses.bindings(graph))
-        report = PruneReport(decisions, cost_before.total_params, cost_after.total_params,
-                             cost_before.total_macs, cost_after.total_macs, time.perf_counter() - start)
-        graph.meta.setdefault("prune_reports", []).append(report)
-        graph.meta.setdefault("prune_recipes", []).append(recipe)
-        return PassResult(graph, modified=True)
+    def _search_ratio(self, graph: Graph, groups: list[ChannelGroup], scores: dict[int, np.ndarray],
+                      analyses: AnalysisManager, cost_before) -> tuple[float, str]:
+        """The smallest ratio whose pruned graph meets the MACs/params target, by bisection on trial copies.
+
+        Cost is monotone in the ratio up to round_to steps, so bisection converges;
+        each trial prunes a clone (tensors are shared, never written).
+        """
+        metric, fraction = ("macs", self.target_macs) if self.target_macs is not None else ("params", self.target_params)
+        before = cost_before.total_macs if metric == "macs" else cost_before.total_params
+        bindings = analyses.bindings(graph)
+
+        def cost_at(ratio: float) -> int:
+            trial = graph.clone()
+            for group, channels in self._plan(groups, scores, ratio):
+                remove_channels(trial, group, channels)
+            after = estimate_cost(trial, bindings=bindings)
+            return after.total_macs if metric == "macs" else after.total_params
+
+        low, high = 0.0, 0.99
+        if cost_at(high) > fraction * before:
+            return high, f"{metric} {fraction:.0%} (not reachable: the prunable groups cannot shrink that far)"
+        for _ in range(12):
+            mid = (low + high) / 2
+            if cost_at(mid) <= fraction * before:
+                high = mid
+            else:
+                low = mid
+        return high, f"{metric} {fraction:.0%}"
 
     # ------------------------------------------------------------ decisions
     def _ignored(self, group: ChannelGroup) -> bool:
@@ -122,10 +198,10 @@ class Prune(Pass):
         names |= {s.value.producer.name for s in group.spaces if s.value.producer is not None}
         return any(fnmatch.fnmatch(n, pattern) for pattern in self.ignore for n in names)
 
-    def _local(self, groups: list[ChannelGroup]) -> dict[int, int]:
-        return {g.id: max(1, g.num_units - int(math.floor(self.ratio * g.num_units))) for g in groups}
+    def _local(self, groups: list[ChannelGroup], ratio: float) -> dict[int, int]:
+        return {g.id: max(1, g.num_units - int(math.floor(ratio * g.num_units))) for g in groups}
 
-    def _global(self, groups: list[ChannelGroup], scores: dict[int, np.ndarray]) -> dict[int, int]:
+    def _global(self, groups: list[ChannelGroup], scores: dict[int, np.ndarray], ratio: float) -> dict[int, int]:
         """Rank every unit by its score over its group's mean; drop the lowest `ratio` of all positions."""
         entries = []
         for g in groups:
@@ -134,7 +210,7 @@ class Prune(Pass):
             entries += [(normalised[u], g.id) for u in range(g.num_units)]
         entries.sort(key=lambda e: e[0])
         total = sum(g.num_units for g in groups)
-        budget = int(math.floor(self.ratio * total))
+        budget = int(math.floor(ratio * total))
         keep = {g.id: g.num_units for g in groups}
         floor = {g.id: max(1, math.ceil(self.min_keep * g.num_units)) for g in groups}
         for _, gid in entries:
@@ -178,6 +254,12 @@ def _droppable(group: ChannelGroup, order: np.ndarray, count: int) -> list[int]:
             for i in holders:
                 remaining[i] -= 1
     return drop
+
+
+def _kept_weight_positions(group: ChannelGroup, channels: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
+    """Kept positions of each single-axis producer weight, by (weight, axis): which outputs of a layer survive."""
+    return {(s.value.name, s.axes[0]): np.flatnonzero(~np.isin(labels, channels))
+            for s, labels in group.producers() if len(s.axes) == 1}
 
 
 def _unit_scores(group: ChannelGroup, channel_scores: np.ndarray) -> np.ndarray:
