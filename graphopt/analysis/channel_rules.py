@@ -76,7 +76,7 @@ def _elementwise(b: Builder, node: Node) -> None:
     if node.op in _NONZERO_AT_ZERO:
         for s in b.spaces_of(out):
             if not _feeds_gate_only(node, out):
-                b.gates.append((s, f"{node.op} maps masked (zero) channels to a non-zero value at %{node.name}"))
+                b.gates.append((s, f"{node.op} maps masked (zero) channels to a non-zero value at %{node.name}", node))
 
 
 def _feeds_gate_only(node: Node, out: Value) -> bool:
@@ -177,11 +177,20 @@ def _axes_by_letter(equation: str, operands: list[Value], out: Value) -> list[di
     return maps
 
 
-def _by_letters(b: Builder, tensors: list[Value], letter_maps: list[dict[str, int]]) -> None:
-    """Axes with the same letter correspond (size-1 broadcasts are soft links)."""
+def _by_letters(b: Builder, tensors: list[Value], letter_maps: list[dict[str, int]],
+                heads: list[set[int]] | None = None) -> None:
+    """Axes with the same letter correspond (size-1 broadcasts are soft links).
+
+    `heads` (heads=False): per tensor, batch axes that act as attention heads. A space
+    mixing them with other axes is not carried across: projecting its contracted
+    head_dim onto the output's heads would tie every head_dim together again. Its
+    head_dim part is carried instead (see `_split_off_heads`).
+    """
     for i, (ti, mi) in enumerate(zip(tensors, letter_maps)):
         inv_i = {ax: ch for ch, ax in mi.items()}
         for s in b.spaces_of(ti):
+            if heads is not None and _mixes(s, heads[i]):
+                continue
             for j, (tj, mj) in enumerate(zip(tensors, letter_maps)):
                 if i == j:
                     continue
@@ -196,6 +205,38 @@ def _by_letters(b: Builder, tensors: list[Value], letter_maps: list[dict[str, in
                 b.couple(s, tj, mapping)
 
 
+def _by_letters_within_heads(b: Builder, tensors: list[Value], letter_maps: list[dict[str, int]],
+                             batch: set[str]) -> None:
+    """heads=False: batch letters (attention heads) carry no channels of their own; see `_split_off_heads`."""
+    heads = [{a for ch, a in m.items() if ch in batch and isinstance(t.shape[a], int) and t.shape[a] > 1}
+             for t, m in zip(tensors, letter_maps)]
+    _split_off_heads(b, tensors, heads)
+    _by_letters(b, tensors, letter_maps, heads=heads)
+
+
+def _mixes(s: Space, heads: set[int]) -> bool:
+    return bool(set(s.axes) & heads) and bool(set(s.axes) - heads)
+
+
+def _split_off_heads(b: Builder, tensors: list[Value], heads: list[set[int]]) -> None:
+    """heads=False: give every (heads, head_dim) space its head_dim part as a space of its own.
+
+    The two overlap, so position d is one channel in every head: heads stay whole and
+    keep equal head_dims, which a reshape back to (..., heads * head_dim) needs.
+    """
+    for t, axes in zip(tensors, heads):
+        for s in b.spaces_of(t):
+            if _mixes(s, axes):
+                _head_dim_space(b, t, [a for a in s.axes if a not in axes])
+
+
+def _head_dim_space(b: Builder, t: Value, axes: list[int]) -> None:
+    """The space of `t` over `axes`, remembered as head_dim: its group reports "head dims"."""
+    space = b.space(t, axes)
+    if space is not None:
+        b.head_dims.add(id(space))
+
+
 @register_channel_rule("matmul")
 def _matmul(b: Builder, node: Node) -> None:
     a, c = node.inputs
@@ -207,7 +248,10 @@ def _matmul(b: Builder, node: Node) -> None:
     ma = {ch: i for i, ch in enumerate(letters[batch - (a.rank - 2):] + ["n", "k"])}
     mc = {ch: i for i, ch in enumerate(letters[batch - (c.rank - 2):] + ["k", "m"])}
     mo = {ch: i for i, ch in enumerate(letters + ["n", "m"])}
-    _by_letters(b, [a, c, out], [ma, mc, mo])
+    if b.heads:
+        _by_letters(b, [a, c, out], [ma, mc, mo])
+    else:
+        _by_letters_within_heads(b, [a, c, out], [ma, mc, mo], set(letters))
     if c.is_weight:
         _role(b, c, -1, "producer")
         _role(b, c, -2, "consumer")
@@ -220,7 +264,11 @@ def _matmul(b: Builder, node: Node) -> None:
 def _einsum(b: Builder, node: Node) -> None:
     operands = [v for v in node.inputs]
     maps = _axes_by_letter(node.attrs["equation"], operands, node.output)
-    _by_letters(b, operands + [node.output], maps)
+    if b.heads:
+        _by_letters(b, operands + [node.output], maps)
+    else:  # letters every operand and the output keep are batch axes: heads
+        batch = set.intersection(*(set(m) for m in maps))
+        _by_letters_within_heads(b, operands + [node.output], maps, batch)
     for v in operands:
         for s in b.spaces_of(v):
             if v.is_weight and not s.role:
@@ -233,21 +281,10 @@ def _sdpa(b: Builder, node: Node) -> None:
     mask = node.inputs[3] if len(node.inputs) > 3 else None
     out = node.output
     if q.rank >= 4 and isinstance(q.shape[-3], int) and isinstance(k.shape[-3], int):
-        hq, hkv = q.shape[-3], k.shape[-3]
-        spaces = {name: b.space(t, (t.rank - 3, t.rank - 1)) for name, t in (("q", q), ("k", k), ("v", v), ("o", out))}
-        if any(s is None for s in spaces.values()) or hq % hkv:
+        if not b.heads:
+            _sdpa_head_dims(b, q, k, v, out)
+        elif not _sdpa_whole_heads(b, q, k, v, out):
             return
-        if not b.once("sdpa", *(id(s) for s in spaces.values())):
-            return
-        group = hq // hkv
-        # a head is one unit: q/out heads of a kv group and that kv head, all their dims
-        for j in range(hkv):
-            atoms = [spaces["k"].grid()[j].ravel(), spaces["v"].grid()[j].ravel()]
-            for h in range(j * group, (j + 1) * group):
-                atoms += [spaces["q"].grid()[h].ravel(), spaces["o"].grid()[h].ravel()]
-            b.union_all(np.concatenate(atoms))
-        lead = list(range(q.rank - 3))
-        b.identity(q, out, lead, lead)
     else:
         # single-head attention: q/k dims contract together, v dims become output dims
         _couple_axis(b, q, -1, k, -1)
@@ -256,6 +293,46 @@ def _sdpa(b: Builder, node: Node) -> None:
     if mask is not None:
         for s in b.spaces_of(mask):
             b.barriers.setdefault(id(s), f"attention mask of %{node.name} carries channels")
+
+
+def _sdpa_whole_heads(b: Builder, q: Value, k: Value, v: Value, out: Value) -> bool:
+    """A head is one unit: q/out heads of a kv group and that kv head, all their dims.
+
+    False where nothing could be coupled (or it was already): the caller stops there.
+    """
+    hq, hkv = q.shape[-3], k.shape[-3]
+    spaces = {name: b.space(t, (t.rank - 3, t.rank - 1)) for name, t in (("q", q), ("k", k), ("v", v), ("o", out))}
+    if any(s is None for s in spaces.values()) or hq % hkv:
+        return False
+    if not b.once("sdpa", *(id(s) for s in spaces.values())):
+        return False
+    group = hq // hkv
+    for j in range(hkv):
+        atoms = [spaces["k"].grid()[j].ravel(), spaces["v"].grid()[j].ravel()]
+        for h in range(j * group, (j + 1) * group):
+            atoms += [spaces["q"].grid()[h].ravel(), spaces["o"].grid()[h].ravel()]
+        b.union_all(np.concatenate(atoms))
+    lead = list(range(q.rank - 3))
+    b.identity(q, out, lead, lead)
+    return True
+
+
+def _sdpa_head_dims(b: Builder, q: Value, k: Value, v: Value, out: Value) -> None:
+    """heads=False: head_dim alone carries channels, the heads axis is a batch axis.
+
+    Position d of every query head contracts with position d of its (GQA-shared) key
+    head, and position d of a value head becomes position d of its output heads, so
+    q/k share one head_dim and v/out another. A head_dim space of a tensor overlaps
+    its (heads, head_dim) space, which makes one channel of position d in all heads.
+    """
+    for t in (q, v):
+        _head_dim_space(b, t, [t.rank - 1])
+    _couple_axis(b, q, -1, k, -1)
+    _couple_axis(b, v, -1, out, -1)
+    for t in (k, out):
+        _head_dim_space(b, t, [t.rank - 1])
+    lead = list(range(q.rank - 3))
+    b.identity(q, out, lead, lead)
 
 
 # ------------------------------------------------------------------ norms

@@ -18,6 +18,12 @@ The model, and why it is exact:
   a group that other groups broadcast into is not prunable on its own.
 - An op with no rule is a barrier, never a guess: every group touching it is
   reported not prunable, naming the op and how to register a rule.
+- Attention heads (`heads=True`, the default) are removed whole. With
+  `heads=False` the heads axis of attention is a batch axis instead: the rules
+  for sdpa and batched matmul couple head_dim on its own, so one channel is
+  "position d of every head" and every head keeps the same head_dim (which the
+  reshape into (heads, head_dim) needs). A rotary table broadcast over heads
+  then follows head_dim hard, and loses the same positions.
 
 The work is linear in the number of atoms (each axis size times the tensors that
 carry it), with union-find done by scipy's connected components.
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -86,6 +92,7 @@ class ChannelGroup:
     reasons: list[str] = field(default_factory=list)
     exact: bool = True  # removal equals zeroing the producers (see `inexact`)
     inexact: list[str] = field(default_factory=list)
+    within_heads: bool = False  # heads=False attention: a channel is one head_dim position of every head
 
     @property
     def num_units(self) -> int:
@@ -108,12 +115,16 @@ class ChannelGroup:
     @property
     def width(self) -> int:
         """Positions per channel along the narrowest weight: head_dim for attention heads, the
-        per-group width for grouped convs, 1 for plain channels."""
-        widths = [lab.size // np.unique(lab).size for _, lab in self.weights() if lab.size]
+        number of (kv) heads for head dims (heads=False), the per-group width for grouped convs,
+        1 for plain channels. Weights that only follow the channels (a rotary table's
+        `inv_freq` buffer, reached through reshapes) have no role and do not count."""
+        widths = [lab.size // np.unique(lab).size for s, lab in self.weights() if lab.size and s.role]
         return min(widths) if widths else 1
 
     @property
     def kind(self) -> str:
+        if self.within_heads:
+            return "head dims"
         if self.width == 1:
             return "channels"
         joint = any(len(s.axes) > 1 and not s.value.is_weight for s in self.spaces)
@@ -146,9 +157,10 @@ class ChannelAnalysisError(GraphoptError):
 class Builder:
     """Runs the channel rules over a graph to a fixed point and collects atom unions."""
 
-    def __init__(self, graph: Graph, *, max_atoms: int = 200_000_000) -> None:
+    def __init__(self, graph: Graph, *, max_atoms: int = 200_000_000, heads: bool = True) -> None:
         self.graph = graph
         self.max_atoms = max_atoms
+        self.heads = heads  # False: attention keeps every head and prunes head_dim (see the module docstring)
         self.spaces: dict[tuple[int, tuple[int, ...]], Space] = {}
         self.by_value: dict[int, list[Space]] = {}
         self.next_atom = 0
@@ -156,7 +168,8 @@ class Builder:
         self.soft: list[tuple[Space, Space]] = []  # (broadcast source space, space it broadcasts into)
         self.barriers: dict[int, str] = {}  # id(space) -> reason
         self.inexact: dict[int, str] = {}  # id(space) -> reason
-        self.gates: list[tuple[Space, str]] = []  # spaces behind a zero-to-nonzero op, checked later
+        self.gates: list[tuple] = []  # (space behind a zero-to-nonzero op, reason[, the op's node]), checked later
+        self.head_dims: set[int] = set()  # id(space) of head_dim spaces split off attention heads (heads=False)
         self._dirty: list[Value] = []
         self.current: Node | None = None
         self.created = 0  # spaces created so far: the fixed point is reached when this stops growing
@@ -381,9 +394,11 @@ def _components(num_atoms: int, edges: list[tuple[np.ndarray, np.ndarray]]) -> n
     return labels
 
 
-def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_000_000) -> list[ChannelGroup]:
-    """Channel groups of `graph` (see the module docstring). `ignore`: node or weight names to keep whole."""
-    builder = Builder(graph, max_atoms=max_atoms)
+def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_000_000,
+            heads: bool = True) -> list[ChannelGroup]:
+    """Channel groups of `graph` (see the module docstring). `ignore`: node or weight names to keep whole;
+    `heads=False`: prune attention within heads (the same head_dim positions of every head)."""
+    builder = Builder(graph, max_atoms=max_atoms, heads=heads)
     builder.run()
     labels = _components(builder.next_atom, builder.edges)
     spaces = list(builder.spaces.values())
@@ -429,7 +444,8 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
         split_points = np.cumsum([r.size for r in raw])[:-1]
         group_labels = np.split(chan, split_points)
         group = ChannelGroup(len(groups), group_spaces, group_labels, int(uniq.size),
-                             unit_of=_units(group_spaces, group_labels, int(uniq.size)))
+                             unit_of=_units(group_spaces, group_labels, int(uniq.size)),
+                             within_heads=any(id(s) in builder.head_dims for s in group_spaces))
         for s in group_spaces:
             group_of_space[id(s)] = group
             if id(s.value) in outputs:
@@ -456,12 +472,30 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
         if g_dst is not None and g_dst is not g_src:
             _block(g_dst, f"broadcasts into the channels of group {g_src.id if g_src else '?'} "
                           f"(e.g. %{src.value.name}); prune it together with that group's dims")
-    for space, reason in builder.gates:
+    masked = _masking_reaches(builder) if not heads else None
+    for space, reason, *at in builder.gates:  # rules written before heads=False append (space, reason)
         group = group_of_space.get(id(space))
+        if masked is not None and at and not masked(at[0]):
+            continue
         if group is not None and reason not in group.inexact:
             group.exact = False
             group.inexact.append(reason)
     return groups
+
+
+def _masking_reaches(builder: Builder) -> Callable[[Node], bool]:
+    """A test: can masking (zeroing producer weights) change the inputs of a node?
+
+    A rotary table is computed from a buffer and positions only: a `cos` on it never
+    sees a masked zero, so it does not make the group inexact. Only used with
+    heads=False, where such tables join the head_dim groups (with heads=True they
+    are a group of their own that is not prunable, and its report stays as it was).
+    """
+    touched = {id(s.value) for s in builder.spaces.values() if s.role == "producer" and s.value.is_weight}
+    for node in builder.graph.nodes:  # topological order: one forward sweep
+        if any(v is not None and id(v) in touched for v in node.inputs):
+            touched.update(id(o) for o in node.outputs)
+    return lambda node: any(v is not None and id(v) in touched for v in node.inputs)
 
 
 def _block(group: ChannelGroup, reason: str) -> None:
@@ -567,9 +601,13 @@ class ChannelAnalysis:
         return "\n".join(lines)
 
 
-def channel_groups(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_000_000) -> list[ChannelGroup]:
-    """Coupled channel groups of `graph`: the sets of channels structured pruning removes together."""
-    return analyse(graph, ignore=ignore, max_atoms=max_atoms)
+def channel_groups(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_000_000,
+                   heads: bool = True) -> list[ChannelGroup]:
+    """Coupled channel groups of `graph`: the sets of channels structured pruning removes together.
+
+    `heads=False` prunes attention within heads instead of whole heads (see the module docstring).
+    """
+    return analyse(graph, ignore=ignore, max_atoms=max_atoms, heads=heads)
 
 
 def analyse_with_stats(graph: Graph, **kwargs) -> ChannelAnalysis:
