@@ -154,6 +154,12 @@ def test_heads_true_is_unchanged_and_default():
     assert any(any(r.startswith("broadcasts into") for r in g.reasons) for g in default)
 
 
+def test_heads_false_leaves_models_without_attention_alone():
+    _, _, graph = traced_zoo_model("resnet18")
+    within, whole = channel_groups(graph, heads=False), channel_groups(graph)
+    assert [g.summary() for g in within] == [g.summary() for g in whole]
+
+
 def _einsum_attention_graph() -> graphopt.Graph:
     """Attention written with einsum: 'bshd,bthd->bhst' then 'bhst,bthd->bshd', 2 heads of 8."""
     g = graphopt.Graph("einsum_attention")
