@@ -90,18 +90,20 @@ class _NormalEquations:
         """||Y - X w||^2 without the rows: Y^T Y - 2 tr(w^T X^T Y) + tr(w^T X^T X w)."""
         return max(self.yty - 2 * float((w * self.xty).sum()) + float((w * (self.xtx @ w)).sum()), 0.0)
 
-    def solve(self, damp: float, prior: torch.Tensor) -> torch.Tensor:
+    def solve(self, damp: float, prior: torch.Tensor, *, intercept: bool) -> torch.Tensor:
         """Ridge solution shrunk towards `prior` (the kept weights), not towards zero.
 
-        With few calibration rows per feature (a classifier after global pooling)
-        the problem is underdetermined; shrinking towards the weights we have
-        keeps what training learned and moves only where the data says so.
+        Shrinking towards the weights we have keeps what training learned and
+        moves only where the data says so. The intercept (last row, when there
+        is one) is not shrunk: bias compensation should be exact.
         """
         a = self.xtx.clone()
         diag = torch.diagonal(a)
-        strength = damp * float(diag.mean()) + 1e-12
-        diag += strength
-        b = self.xty + strength * prior
+        penalty = torch.full_like(diag, damp * float(diag.mean()) + 1e-12)
+        if intercept:
+            penalty[-1] = 0.0
+        diag += penalty
+        b = self.xty + penalty[:, None] * prior
         factor, info = torch.linalg.cholesky_ex(a)
         if int(info) == 0:
             return torch.cholesky_solve(b, factor)
@@ -198,7 +200,7 @@ def _refit(reader: Reader, inputs: list[torch.Tensor], outputs: list[torch.Tenso
     mode = "weights" if equations.rows >= MIN_ROWS_PER_FEATURE * equations.xtx.shape[0] else "bias"
     if mode == "bias" and bias is None:
         mode = "none"
-    solution = {"weights": lambda: equations.solve(damp, current),
+    solution = {"weights": lambda: equations.solve(damp, current, intercept=bias is not None),
                 "bias": lambda: equations.solve_intercept(current), "none": lambda: current}[mode]()
     scale = max(equations.yty, 1e-30)
     before, after = (equations.residual(current) / scale) ** 0.5, (equations.residual(solution) / scale) ** 0.5
