@@ -224,3 +224,14 @@ def test_optimize_report_shows_prune_summary():
     assert "searched for macs 60%" in text and "reconstruct:" in text
     assert result.report.macs_after <= 0.6 * result.report.macs_before
     assert result(*inputs).shape == model(*inputs).shape
+
+
+def test_within_head_recipe_replays_exactly(tmp_path):
+    model, inputs = graphopt.models_zoo.get("llama", "tiny")
+    result = graphopt.optimize(model, inputs, prune={"ratio": 0.5, "heads": False})
+    path = result.save_recipe(tmp_path / "recipe.json")
+    assert json.loads(path.read_text())["steps"][0]["heads"] is False
+    replayed = graphopt.optimize(model, inputs, recipe=path)
+    assert replayed.graph.format() == result.graph.format()
+    for a, b in zip(leaves(replayed(*inputs)), leaves(result(*inputs))):
+        assert torch.equal(a, b)

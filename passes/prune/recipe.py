@@ -107,7 +107,7 @@ def apply_recipe(graph: Graph, recipe: PruneRecipe) -> Graph:
                 f"recipe was made for a graph with structure {step.structure}, this graph has {actual}{where}: "
                 "apply it to the same model, traced and canonicalised the same way"
             )
-        groups = channel_groups(graph) if step.heads else channel_groups(graph, heads=False)
+        groups = channel_groups(graph, heads=step.heads)
         by_anchor = {(a["weight"], tuple(a["axes"])): g for g in groups for a in [anchor_of(g)]}
         for entry in step.groups:
             key = (entry["anchor"]["weight"], tuple(entry["anchor"]["axes"]))
