@@ -37,15 +37,16 @@ def traced_zoo_model(name: str):
 
 @pytest.fixture(autouse=True)
 def _restore_registries():
-    """Ops, rules, converters and kernels a test registers do not leak into the tests after it
-    (several tests check that every registered op is covered by a back-end)."""
+    """Ops, rules, converters, kernels and criteria a test registers do not leak into the tests after
+    it (several tests check that every registered op is covered by a back-end)."""
     from graphopt.analysis import channel_rules
     from graphopt.backends.torch import kernels
     from graphopt.frontends import torch as torch_frontend
     from graphopt.frontends import torch_ops  # noqa: F401 - registers the built-in converters first
     from graphopt.ir import ops
+    from graphopt.passes.prune import CRITERIA
 
-    registries = [ops.OPS, channel_rules._RULES, torch_frontend._CONVERTERS, kernels.KERNELS]
+    registries = [ops.OPS, channel_rules._RULES, torch_frontend._CONVERTERS, kernels.KERNELS, CRITERIA]
     saved = [dict(r) for r in registries]
     yield
     for registry, snapshot in zip(registries, saved):
