@@ -15,7 +15,8 @@ from graphopt.passmanager import PassManager, Verify
 
 from conftest import resize_inputs, traced_zoo_model
 
-PIPELINES = ["prune{ratio=0.5}", "prune{ratio=0.3,scope=global,round_to=8}", "prune{ratio=0.5,scope=global}"]
+PIPELINES = ["prune{ratio=0.5}", "prune{ratio=0.3}", "prune{ratio=0.3,scope=global,round_to=8}",
+             "prune{ratio=0.5,scope=global}"]
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
@@ -40,6 +41,25 @@ def test_local_ratio_halves_each_group():
     report = pruned.meta["prune_reports"][-1]
     assert all(d.kept == d.total - d.total // 2 for d in report.decisions)
     assert len(report.decisions) == sum(g.prunable for g in channel_groups(graph))
+
+
+def test_params_and_macs_after_are_the_expected_numbers():
+    """Linear(6,4) -> Linear(4,3) at ratio 0.5 becomes Linear(6,2) -> Linear(2,3): count by hand."""
+    model = TwoLayer().eval()
+    x = torch.randn(5, 6)
+    pruned, _ = PassManager.parse("prune{ratio=0.5}").run(graphopt.trace(model, (x,)), (x,))
+    report = pruned.meta["prune_reports"][-1]
+    assert (report.params_before, report.params_after) == (6 * 4 + 4 + 4 * 3 + 3, 6 * 2 + 2 + 2 * 3 + 3)
+    assert (report.macs_before, report.macs_after) == (5 * (6 * 4 + 4 * 3), 5 * (6 * 2 + 2 * 3))
+
+
+def test_vgg_params_fall_quadratically():
+    """In a plain conv chain, halving every group quarters each inner conv: params < 30% remain."""
+    _, inputs, graph = traced_zoo_model("vgg_bn")
+    pruned, _ = PassManager.parse("prune{ratio=0.5}").run(graph, inputs)
+    report = pruned.meta["prune_reports"][-1]
+    assert 0.2 < report.params_after / report.params_before < 0.3
+    assert 0.2 < report.macs_after / report.macs_before < 0.3
 
 
 def test_ratio_zero_changes_nothing():
