@@ -248,3 +248,19 @@ def test_rpc_tuning_on_a_loopback_tracker_with_two_servers(tmp_path):
 def test_rpc_runner_reports_an_unreachable_tracker():
     with pytest.raises(GraphoptError, match="cannot reach the RPC tracker"):
         gtvm.rpc_runner("127.0.0.1:1", "nobody")
+
+
+def test_tuning_workers_start_without_torch():
+    """Workers started during tuning skip tvm_ffi's torch import (seconds per builder pool)."""
+    import os
+    import subprocess
+    import sys
+
+    from graphopt.backends.tvm.tuning import _workers_without_torch
+
+    before = os.environ.get("PYTHONPATH")
+    probe = [sys.executable, "-c", "import tvm_ffi, sys; print('torch' in sys.modules and sys.modules['torch'] is not None)"]
+    with _workers_without_torch():
+        assert subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert os.environ.get("PYTHONPATH") == before
+    assert "torch" in sys.modules  # this process keeps its torch

@@ -9,11 +9,13 @@ the same graph twice measures nothing the second time.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -278,43 +280,71 @@ def tune(tasks: list[Task], database: TuningDatabase, budget: Budget, *, runner:
     if not plan:
         return report
     cores = int(target.attrs.get("num-cores", 0) or physical_cores())
-    builder = make_builder(max_workers or cores)
-    runner = runner if runner is not None else ms.runner.LocalRunner(evaluator_config=make_evaluator())
-    log_dir = str(database.path)
-    _import_cpu_tensor_intrin_only(target)
-    if out is not None:
-        trials = "until the deadline" if deadline else f"{sum(n for _, n in plan)} trials"
-        out(f"[tvm tune] {len(plan)} of {len(tasks)} tasks to tune, {trials}"
-            + (f" ({budget.seconds:.0f} s)" if deadline else "") + f"; database {database.path}")
-    # One MetaSchedule run per task and round: its scheduler joins a task's measurements only
-    # after every task of a run has been sent once, so a run over many tasks reports nothing,
-    # and cannot be stopped, for as long as the slowest searches take.
-    for round_index in range(rounds):
-        for task, per_task in plan:
+    with _workers_without_torch():
+        builder = make_builder(max_workers or cores)
+        runner = runner if runner is not None else ms.runner.LocalRunner(evaluator_config=make_evaluator())
+        log_dir = str(database.path)
+        _import_cpu_tensor_intrin_only(target)
+        if out is not None:
+            trials = "until the deadline" if deadline else f"{sum(n for _, n in plan)} trials"
+            out(f"[tvm tune] {len(plan)} of {len(tasks)} tasks to tune, {trials}"
+                + (f" ({budget.seconds:.0f} s)" if deadline else "") + f"; database {database.path}")
+        # One MetaSchedule run per task and round: its scheduler joins a task's measurements only
+        # after every task of a run has been sent once, so a run over many tasks reports nothing,
+        # and cannot be stopped, for as long as the slowest searches take.
+        for round_index in range(rounds):
+            for task, per_task in plan:
+                if tracker.past_deadline():
+                    break
+                task.planned = per_task * (round_index + 1)
+                context = ms.TuneContext(
+                    mod=task.mod, target=target, space_generator="post-order-apply",
+                    search_strategy=strategy if strategy is not None else make_strategy(), task_name=task.name,
+                    logger=_task_logger(database.path, task.name), rand_state=-1 if seed is None else seed,
+                    num_threads=cores).clone()
+                ms.tune.tune_tasks(
+                    tasks=[context], task_weights=[float(task.weight)], work_dir=log_dir,
+                    max_trials_global=per_task, max_trials_per_task=per_task,
+                    num_trials_per_iter=min(per_task, num_trials_per_iter),
+                    builder=builder, runner=runner, database=database.db,
+                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                       _make_callback(tracker, [task])],
+                    task_scheduler="round-robin",
+                )
             if tracker.past_deadline():
+                tracker.stopped_by_deadline = True
                 break
-            task.planned = per_task * (round_index + 1)
-            context = ms.TuneContext(
-                mod=task.mod, target=target, space_generator="post-order-apply",
-                search_strategy=strategy if strategy is not None else make_strategy(), task_name=task.name,
-                logger=_task_logger(database.path, task.name), rand_state=-1 if seed is None else seed,
-                num_threads=cores).clone()
-            ms.tune.tune_tasks(
-                tasks=[context], task_weights=[float(task.weight)], work_dir=log_dir,
-                max_trials_global=per_task, max_trials_per_task=per_task,
-                num_trials_per_iter=min(per_task, num_trials_per_iter),
-                builder=builder, runner=runner, database=database.db,
-                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
-                                   _make_callback(tracker, [task])],
-                task_scheduler="round-robin",
-            )
-        if tracker.past_deadline():
-            tracker.stopped_by_deadline = True
-            break
+
     report.seconds = time.monotonic() - started
     report.stopped_by_deadline = tracker.stopped_by_deadline
     _raise_if_nothing_built(tasks)
     return report
+
+
+@contextlib.contextmanager
+def _workers_without_torch():
+    """Worker processes started meanwhile cannot import torch.
+
+    tvm_ffi imports torch, if installed, in every process that imports tvm: ~3 s
+    of a ~4.5 s worker start-up here. MetaSchedule's LocalBuilder starts a fresh
+    pool for every batch of candidates, so on a 15-minute budget that is minutes
+    of tuning time. Workers only build and time TIR; a `torch` package that
+    raises ImportError, first on their PYTHONPATH, lets tvm_ffi skip it. This
+    process, which already imported torch, is unaffected.
+    """
+    with tempfile.TemporaryDirectory(prefix="graphopt-no-torch-") as stub:
+        os.makedirs(os.path.join(stub, "torch"))
+        with open(os.path.join(stub, "torch", "__init__.py"), "w") as handle:
+            handle.write('raise ImportError("torch is not available in graphopt\'s TVM tuning workers")\n')
+        saved = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = stub + (os.pathsep + saved if saved else "")
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
 
 
 def _raise_if_nothing_built(tasks: Sequence[Task]) -> None:
