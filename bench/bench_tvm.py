@@ -3,6 +3,7 @@
 Usage:
     python bench/bench_tvm.py --model resnet18 --size base --batch 1 --tune 10min
     python bench/bench_tvm.py --model bert --size base --batch 1 --seq 128 --tune 8min --layout NHWC
+    python bench/bench_tvm.py --model mobilenet_v2 --tune 5min --prune 0 0.5   # dense and 50%-pruned, one run
     python bench/bench_tvm.py ... --rpc-tracker HOST:9190 --rpc-key KEY   # measure candidates over RPC
 
 Prints the tuning curve (elapsed seconds, estimated latency of the tuned tasks), the tasks by
@@ -36,17 +37,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seq", type=int, default=None, help="sequence length for models with a seq axis")
     parser.add_argument("--tune", default="10min", help="trials (int) or time ('10min'); 0 skips tuning")
+    parser.add_argument("--prune", type=float, nargs="+", default=[0.0],
+                        help="prune ratios to measure in this run (0 = dense), e.g. --prune 0 0.5")
+    parser.add_argument("--round-to", type=int, default=8, help="round_to for the pruned variants")
     parser.add_argument("--layout", default=None, choices=[None, "NCHW", "NHWC"])
-    parser.add_argument("--work-dir", default=None, help="tuning database root (default: a fresh temp dir)")
+    parser.add_argument("--work-dir", default=None, help="tuning database root (default: a fresh temp dir per variant)")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-untuned", action="store_true", help="do not time the untuned build (slow)")
     parser.add_argument("--rpc-tracker", default=None, help="HOST:PORT of a TVM RPC tracker")
     parser.add_argument("--rpc-key", default=None)
     args = parser.parse_args()
-
-    from graphopt.backends import onnx as gonnx
-    from graphopt.backends import tvm as gtvm
 
     torch.set_num_threads(args.threads)
     model, inputs = models_zoo.get(args.model, args.size)
@@ -55,12 +56,35 @@ def main() -> None:
     sizes = {"batch": args.batch}
     if args.seq is not None:
         sizes["seq"] = args.seq
-    inputs = _resize(inputs, axes, sizes)
-    bind = {k: v for k, v in sizes.items() if k in graph.symbols()}
+    trace_inputs, inputs = inputs, _resize(inputs, axes, sizes)
 
+    rows = []
+    for ratio in args.prune:
+        if ratio > 0:
+            from graphopt.backends.torch import to_module
+            from graphopt.passmanager import PassManager
+
+            pipeline = f"canonicalize,prune{{ratio={ratio},round_to={args.round_to}}}"
+            variant, _ = PassManager.parse(pipeline).run(graph, trace_inputs)
+            eager_model = to_module(variant)
+        else:
+            variant, eager_model = graph, model
+        rows.append(measure(args, f"{args.model}" + (f" pruned {ratio:.0%}" if ratio else ""), variant,
+                            eager_model, inputs, sizes))
+    print("\n| model | size | batch | torch eager | ORT | TVM untuned | TVM tuned | budget | tuning min | "
+          "tasks tuned | trials | layout |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+def measure(args, label: str, graph, eager_model, inputs, sizes) -> str:
+    """One row: torch eager, ONNX Runtime, TVM untuned and tuned, on `graph` at `inputs`."""
+    from graphopt.backends import onnx as gonnx
+    from graphopt.backends import tvm as gtvm
+
+    bind = {k: v for k, v in sizes.items() if k in graph.symbols()}
     with torch.no_grad():
-        eager = median_ms(model, inputs, args.repeat)
-        reference = model(*inputs)
+        eager = median_ms(eager_model, inputs, args.repeat)
+        reference = eager_model(*inputs)
     ort = gonnx.compile(graph, threads=args.threads)
     ort_ms = median_ms(ort, inputs, args.repeat)
 
@@ -90,16 +114,14 @@ def main() -> None:
     tuned_ms = tuned.benchmark(*inputs, repeat=args.repeat)
     report = tuned.report
 
-    print("\n# tuning curve (elapsed s, estimated ms over the tuned tasks)")
+    print(f"\n# {label}: tuning curve (elapsed s, estimated ms over the tuned tasks)")
     for seconds, est in curve[:: max(1, len(curve) // 15)]:
         print(f"{seconds:7.0f} s  {est:9.2f} ms")
-    print("\n# tasks\n" + report.summary())
+    print(f"\n# {label}: tasks\n" + report.summary(), flush=True)
     tuned_tasks = sum(1 for t in report.tasks if t.best_seconds is not None)
-    print("\n| model | size | batch | torch eager | ORT | TVM untuned | TVM tuned | budget | tuning min | "
-          "tasks tuned | trials | layout |")
-    print(f"| {args.model} | {args.size} | {args.batch} | {eager:.1f} ms | {ort_ms:.1f} ms | {untuned_ms:.0f} ms | "
-          f"{tuned_ms:.1f} ms | {args.tune} | {tune_min:.1f} | {tuned_tasks}/{len(report.tasks)} | {report.measured} | "
-          f"{args.layout or 'NCHW'} |")
+    return (f"| {label} | {args.size} | {args.batch} | {eager:.1f} ms | {ort_ms:.1f} ms | {untuned_ms:.0f} ms | "
+            f"{tuned_ms:.1f} ms | {args.tune} | {tune_min:.1f} | {tuned_tasks}/{len(report.tasks)} | "
+            f"{report.measured} | {args.layout or 'NCHW'} |")
 
 
 def _resize(inputs, axes, sizes):
