@@ -40,10 +40,16 @@ class OptimizeReport:
 
 
 class OptimizedModel:
-    """The optimized model: call it like the original; `.graph`, `.report`, `.torch_module()`."""
+    """The optimized model: call it like the original; `.graph`, `.report`, `.torch_module()`.
 
-    def __init__(self, graph: Graph, report: OptimizeReport, runner: Callable[..., Any]) -> None:
+    `graph` is the inference graph (BatchNorms folded); `trainable_graph` is the same function
+    before that folding, which is what `torch_module()` gives to fine-tune.
+    """
+
+    def __init__(self, graph: Graph, report: OptimizeReport, runner: Callable[..., Any],
+                 trainable_graph: Graph | None = None) -> None:
         self.graph = graph
+        self.trainable_graph = trainable_graph if trainable_graph is not None else graph
         self.report = report
         self._runner = runner
 
@@ -56,7 +62,7 @@ class OptimizedModel:
         """The pruning recipe (`graphopt.passes.prune.PruneRecipe`, every prune step in order), or None."""
         from graphopt.passes.prune import PruneRecipe
 
-        recipes = self.graph.meta.get("prune_recipes") or []
+        recipes = self.trainable_graph.meta.get("prune_recipes") or []
         return PruneRecipe.chain(recipes) if recipes else None
 
     def save_recipe(self, path: str | os.PathLike) -> Path:
@@ -66,10 +72,13 @@ class OptimizedModel:
         return self.recipe.save(path)
 
     def torch_module(self) -> torch.nn.Module:
-        """A trainable torch module of the optimized graph (fresh weights copy), e.g. to fine-tune."""
+        """A trainable torch module of the optimized model (own weights copy, BatchNorms kept), to fine-tune.
+
+        Its state dict is what, with the saved recipe, rebuilds a fine-tuned pruned model.
+        """
         from graphopt.backends.torch import to_module
 
-        return to_module(self.graph)
+        return to_module(self.trainable_graph)
 
     def __repr__(self) -> str:
         return f"<OptimizedModel {self.graph.name}: {self.report.params_after:,} params, backend {self.report.backend}>"
@@ -137,7 +146,10 @@ def optimize(
     calibration = None if calibration_data is None else list(calibration_data)
     graph = trace(model, inputs, dynamic=dynamic)
     instruments = [Verify()] if verify else []
-    stages = [PassManager.parse("canonicalize", instruments=instruments)]
+    # Pruning (and fine-tuning between steps) works on the graph with its BatchNorms, which
+    # `canonicalize` folds at the end: fine-tuning a pruned network without its norms loses points.
+    structural = prune is not None or recipe is not None
+    stages = [PassManager.parse("simplify" if structural else "canonicalize", instruments=instruments)]
     stages += [PassManager([step], instruments=instruments) for step in (_prune_steps(prune, steps) if prune is not None else [])]
 
     optimized, records = graph, []
@@ -148,14 +160,20 @@ def optimize(
             module = to_module(optimized)
             finetune(module, index - 1)
             load_weights(optimized, module)
-    pipeline = ",".join(str(m) for m in stages)
-    merged = PipelineReport(pipeline, [r for report in records for r in report.records], sum(r.seconds for r in records))
     if recipe is not None:
         from graphopt.passes.prune import PruneRecipe, apply_recipe
 
         loaded = recipe if isinstance(recipe, PruneRecipe) else PruneRecipe.load(recipe)
         apply_recipe(optimized, loaded)
         optimized.meta["prune_recipes"] = [loaded]
+    trainable = optimized
+    if structural:
+        finish = PassManager.parse("canonicalize", instruments=instruments)
+        stages.append(finish)
+        optimized, pass_report = finish.run(trainable, inputs)
+        records.append(pass_report)
+    pipeline = ",".join(str(m) for m in stages)
+    merged = PipelineReport(pipeline, [r for report in records for r in report.records], sum(r.seconds for r in records))
 
     bindings = bindings_from_inputs(graph, inputs)
     before, after = estimate_cost(graph, bindings=bindings), estimate_cost(optimized, bindings=bindings)
@@ -169,4 +187,4 @@ def optimize(
         runner = onnx_backend.compile(optimized)
     else:
         raise GraphoptError(f"unknown backend '{backend}'; choose 'torch' or 'onnx'")
-    return OptimizedModel(optimized, report, runner)
+    return OptimizedModel(optimized, report, runner, trainable)

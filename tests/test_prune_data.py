@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn as nn
@@ -189,8 +191,10 @@ def test_iterative_pruning_with_finetune_reads_weights_back(tmp_path):
     path = result.save_recipe(tmp_path / "recipe.json")
     assert len(json.loads(path.read_text())["steps"]) == 3
     replayed = graphopt.optimize(model, inputs, recipe=path).torch_module()
-    replayed.load_state_dict(result.torch_module().state_dict())
-    torch.testing.assert_close(replayed(*inputs), result(*inputs), rtol=0, atol=0)
+    trained = result.torch_module()
+    replayed.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(replayed(*inputs), trained(*inputs), rtol=0, atol=0)
+    torch.testing.assert_close(replayed(*inputs), result(*inputs))  # the BN-folded inference graph
 
 
 def test_format_1_recipes_still_load():
@@ -235,3 +239,33 @@ def test_within_head_recipe_replays_exactly(tmp_path):
     assert replayed.graph.format() == result.graph.format()
     for a, b in zip(leaves(replayed(*inputs)), leaves(result(*inputs))):
         assert torch.equal(a, b)
+
+
+def test_taylor_squares_per_batch_so_cancelling_batches_do_not_hide_a_channel():
+    from graphopt.passes.prune.criteria import CriterionContext, taylor
+    from graphopt.passmanager import AnalysisManager
+    from graphopt.analysis import channel_groups
+
+    model = ConstantChannels().eval()
+    x = torch.randn(4, 6)
+    graph = graphopt.trace(model, (x,))
+    group = next(g for g in channel_groups(graph) if g.prunable)
+
+    def scores(targets):
+        analyses = AnalysisManager(example_inputs=(x,), calibration_data=[((x,), t) for t in targets],
+                                   loss=lambda out, t: (out * t).sum())
+        return taylor(group, CriterionContext(graph, analyses))
+
+    one = scores([1.0])
+    assert one.max() > 0
+    np.testing.assert_allclose(scores([1.0, -1.0]), 2 * one)  # summed first, the two would cancel to 0
+
+
+def test_optimize_prunes_with_batchnorms_and_folds_them_at_the_end():
+    model, inputs = graphopt.models_zoo.get("resnet18", "tiny")
+    result = graphopt.optimize(model, inputs, prune={"ratio": 0.5, "criterion": "bn_scale"})
+    assert not any(n.op == "batch_norm" for n in result.graph.nodes)             # inference graph: folded
+    trainable = result.torch_module()
+    assert any("bn1" in name for name, _ in trainable.named_parameters())        # fine-tuning keeps the norms
+    torch.testing.assert_close(trainable(*inputs), result(*inputs), rtol=1e-4, atol=1e-5)
+    assert result.report.pipeline.startswith("simplify,prune") and result.report.pipeline.endswith("canonicalize")

@@ -14,6 +14,10 @@ from .merge_reshapes import MergeReshapes
 from .remove_identity import RemoveIdentity
 
 CANONICALIZE = "remove-identity,merge-reshapes,fold-constants,fold-batchnorm,eliminate-dead-code"
+# Everything but BatchNorm folding: the graph stays trainable the way the model was (a pruned
+# model fine-tunes far better with its norms, which re-normalise what pruning shifted), and
+# `canonicalize` folds them once pruning and fine-tuning are done.
+SIMPLIFY = "remove-identity,merge-reshapes,fold-constants,eliminate-dead-code"
 
 register_pipeline(
     "canonicalize",
@@ -23,4 +27,12 @@ register_pipeline(
     doc="run every canonicalisation pass, repeated until none changes the graph",
 )
 
-__all__ = ["EliminateDeadCode", "FoldBatchNorm", "FoldConstants", "MergeReshapes", "RemoveIdentity", "CANONICALIZE"]
+register_pipeline(
+    "simplify",
+    SIMPLIFY,
+    fixed_point=True,
+    max_iterations=4,
+    doc="canonicalize without BatchNorm folding: keeps the graph trainable (used before pruning)",
+)
+
+__all__ = ["EliminateDeadCode", "FoldBatchNorm", "FoldConstants", "MergeReshapes", "RemoveIdentity", "CANONICALIZE", "SIMPLIFY"]

@@ -34,7 +34,7 @@ class CriterionContext:
     def __init__(self, graph: Graph, analyses: AnalysisManager | None = None) -> None:
         self.graph = graph
         self.analyses = analyses
-        self._grads: dict[str, torch.Tensor] | None = None
+        self._grads: list[dict[str, torch.Tensor]] | None = None
         self._stats: dict[str, ActivationStats] | None = None
 
     def _batches(self, *, targets: bool = False) -> list:
@@ -44,19 +44,29 @@ class CriterionContext:
         return self.analyses.calibration_batches(targets=targets)
 
     def gradients(self) -> dict[str, torch.Tensor]:
-        """d(loss)/d(weight) for every parameter, summed over the calibration batches.
+        """d(loss)/d(weight) for every parameter, summed over the calibration batches."""
+        per_batch = self.batch_gradients()
+        return {name: sum(batch[name] for batch in per_batch) for name in per_batch[0]}
+
+    def batch_gradients(self) -> list[dict[str, torch.Tensor]]:
+        """d(loss)/d(weight) for every parameter, one dict per calibration batch.
 
         The loss is the user's `loss(output, target)` when one is given, else the
         mean squared output (no labels needed: it measures how much each weight
-        contributes to the output at all).
+        contributes to the output at all). Kept per batch because on a trained
+        model the batches' gradients largely cancel: Taylor squares per batch.
+        Memory: one gradient per parameter per batch.
         """
         if self._grads is None:
             from graphopt.backends.torch import to_module
 
             module = to_module(self.graph)
             params = dict(module.named_parameters())
+            paths = module.graphopt_weight_paths
             loss_fn = self.analyses.loss if self.analyses is not None else None
+            self._grads = []
             for inputs, target in self._batches(targets=True):
+                module.zero_grad(set_to_none=True)
                 out = module(*inputs)
                 if loss_fn is not None:
                     loss = loss_fn(out, target)
@@ -64,9 +74,8 @@ class CriterionContext:
                     leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
                     loss = sum(t.float().pow(2).mean() for t in leaves if t.is_floating_point())
                 loss.backward()
-            by_path = {path: p.grad for path, p in params.items() if p.grad is not None}
-            paths = module.graphopt_weight_paths
-            self._grads = {name: by_path[paths[name]] for name in self.graph.params() if paths[name] in by_path}
+                by_path = {path: p.grad for path, p in params.items() if p.grad is not None}
+                self._grads.append({name: by_path[paths[name]] for name in self.graph.params() if paths[name] in by_path})
         return self._grads
 
     def activation_stats(self) -> dict[str, ActivationStats]:
@@ -125,18 +134,21 @@ def l2(group: ChannelGroup) -> np.ndarray:
 
 @register_criterion("taylor")
 def taylor(group: ChannelGroup, context: CriterionContext) -> np.ndarray:
-    """First-order Taylor (Molchanov et al.): (sum of weight x gradient over the channel)^2."""
-    grads = context.gradients()
+    """First-order Taylor (Molchanov et al., 2019): (sum of weight x gradient over the channel)^2,
+    squared per calibration batch and summed over batches."""
     total = np.zeros(group.num_channels)
-    for space, labels in group.producers():
-        grad = grads.get(space.value.name)
-        if grad is None:
-            continue
-        product = (space.value.data.detach().double() * grad.detach().double())
-        others = [a for a in range(product.dim()) if a not in space.axes]
-        per_position = (product.sum(dim=others) if others else product).reshape(-1).numpy()
-        total += np.bincount(labels, weights=per_position, minlength=group.num_channels)
-    return total ** 2
+    for grads in context.batch_gradients():
+        per_batch = np.zeros(group.num_channels)
+        for space, labels in group.producers():
+            grad = grads.get(space.value.name)
+            if grad is None:
+                continue
+            product = space.value.data.detach().double() * grad.detach().double()
+            others = [a for a in range(product.dim()) if a not in space.axes]
+            per_position = (product.sum(dim=others) if others else product).reshape(-1).numpy()
+            per_batch += np.bincount(labels, weights=per_position, minlength=group.num_channels)
+        total += per_batch ** 2
+    return total
 
 
 @register_criterion("bn_scale")
