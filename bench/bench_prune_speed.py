@@ -1,15 +1,15 @@
 """Realised speed-up of structured pruning: dense vs pruned latency in torch eager, against the MACs saved.
 
 Usage: python bench/bench_prune_speed.py [--models resnet50 mobilenet_v2 vit] [--ratios 0.3 0.5]
-           [--batches 1 32] [--threads 2] [--round-to 1 16] [--rounding up nearest] [--channels-last]
+           [--batches 1 32] [--threads 2] [--round-to 1 16] [--channels-last]
 
 For each model (zoo `--size`, default `base`) three kinds of module are built, all torch eager
 modules in eval mode: the original model ("eager"), the canonicalised dense model
-(`graphopt.optimize(model, x)`, "dense") and one pruned model per ratio, `--round-to` value and
-`--rounding` (`graphopt.optimize(model, x, prune={...})`, default Prune options otherwise: l2
-criterion, local scope). Models are traced at batch 2 (batch axis dynamic) and run at each of
+(`graphopt.optimize(model, x)`, "dense") and one pruned model per ratio and `--round-to` value
+(`graphopt.optimize(model, x, prune={...})`, default Prune options otherwise: l2 criterion, local
+scope; `--round-to 0` is the pass's default, 16 or less for narrow groups). Models are traced at batch 2 (batch axis dynamic) and run at each of
 `--batches`. The graphopt models are lowered from their inference graph
-(`to_module(optimized.graph)`, BatchNorms folded, `--module inference`); `--module trainable`
+(`optimized.torch_module(trainable=False)`, BatchNorms folded, `--module inference`); `--module trainable`
 times `optimized.torch_module()` instead, which for a pruned model keeps its BatchNorms for
 fine-tuning.
 
@@ -33,14 +33,13 @@ is slower than either dense model is marked SLOWER.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import os
 import statistics
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -48,7 +47,6 @@ import graphopt
 from graphopt import models_zoo
 
 TRACE_BATCH = 2
-ROUNDINGS = ("up", "nearest")
 MODULES = ("inference", "trainable")
 
 
@@ -60,7 +58,6 @@ class Variant:
     params: int
     ratio: float | None = None
     round_to: int = 1
-    rounding: str = "up"
     macs_before: int = 0
     macs_after: int = 0
 
@@ -73,7 +70,6 @@ class Row:
     size: str
     ratio: float
     round_to: int
-    rounding: str
     batch: int
     eager_ms: float
     dense_ms: float
@@ -97,8 +93,7 @@ class Row:
 
     def markdown(self) -> str:
         flag = " SLOWER" if self.slower else ""
-        round_to = f"{self.round_to} (nearest)" if self.rounding == "nearest" else str(self.round_to)
-        return (f"| {self.model} | {self.ratio:g} | {round_to} | {self.batch} | {self.eager_ms:.1f} | "
+        return (f"| {self.model} | {self.ratio:g} | {self.round_to or 'default'} | {self.batch} | {self.eager_ms:.1f} | "
                 f"{self.dense_ms:.1f} | {self.pruned_ms:.1f} | {self.latency_reduction:.2f}x{flag} | "
                 f"{self.macs_reduction:.2f}x | {self.realised:.2f} | "
                 f"{self.params_dense / 1e6:.2f} M -> {self.params_pruned / 1e6:.2f} M | {self.runs} |")
@@ -109,50 +104,15 @@ HEADER = ("| model | ratio | round_to | batch | eager (ms) | dense (ms) | pruned
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def _rounded_to_nearest(self, group, n_keep: int) -> int:
-    """`Prune._rounded`, but to the nearest unit count that fits round_to (ties up), not the next one up."""
-    if self.round_to <= 1:
-        return n_keep
-    per_unit = group.unit_size * group.width
-    fits = [c for c in range(1, group.num_units + 1) if (c * per_unit) % self.round_to == 0]
-    return min(fits, key=lambda c: (abs(c - n_keep), -c)) if fits else group.num_units
-
-
-@contextlib.contextmanager
-def rounding(mode: str) -> Iterator[None]:
-    """Within the block, `Prune` rounds kept counts `mode` ("up": the pass as it is; "nearest").
-
-    "nearest" is an experiment the prune pass does not offer (yet): it swaps the pass's private
-    `_rounded` for `_rounded_to_nearest` while the block runs, and fails loudly if that method
-    is gone, rather than silently measuring the pass's own rounding.
-    """
-    if mode == "up":
-        yield
-        return
-    from graphopt.passes.prune import Prune
-
-    original = Prune.__dict__.get("_rounded")
-    if original is None:
-        raise RuntimeError("Prune._rounded is gone: --rounding nearest needs updating to the prune pass")
-    Prune._rounded = _rounded_to_nearest
-    try:
-        yield
-    finally:
-        Prune._rounded = original
-
-
 def lower(optimized: graphopt.OptimizedModel, module: str = "inference") -> torch.nn.Module:
     """The torch eager module of `optimized`: its inference graph, or its trainable one (`torch_module()`)."""
-    from graphopt.backends.torch import to_module
-
     if module not in MODULES:
         raise ValueError(f"module must be one of {MODULES}, not {module!r}")
-    lowered = to_module(optimized.graph) if module == "inference" else optimized.torch_module()
-    return lowered.eval()
+    return optimized.torch_module(trainable=module == "trainable").eval()
 
 
 def build_variants(name: str, size: str, ratios: Sequence[float], round_tos: Sequence[int],
-                   roundings: Sequence[str] = ("up",), module: str = "inference") -> list[Variant]:
+                   module: str = "inference") -> list[Variant]:
     """The original model, the canonicalised dense model, then one pruned model per setting."""
     model, example = models_zoo.get(name, size, batch_size=TRACE_BATCH)
     with warnings.catch_warnings():
@@ -162,12 +122,11 @@ def build_variants(name: str, size: str, ratios: Sequence[float], round_tos: Seq
                     Variant(lower(dense, module), dense.report.params_after)]
         for ratio in ratios:
             for round_to in round_tos:
-                for mode in roundings if round_to > 1 else ("up",):
-                    with rounding(mode):
-                        pruned = graphopt.optimize(model, example, prune={"ratio": ratio, "round_to": round_to})
-                    report = pruned.report
-                    variants.append(Variant(lower(pruned, module), report.params_after, ratio, round_to,
-                                            mode, report.macs_before, report.macs_after))
+                options = {"ratio": ratio, **({"round_to": round_to} if round_to else {})}
+                pruned = graphopt.optimize(model, example, prune=options)
+                report = pruned.report
+                variants.append(Variant(lower(pruned, module), report.params_after, ratio, round_to,
+                                        report.macs_before, report.macs_after))
     return variants
 
 
@@ -219,12 +178,12 @@ STATS = {"median": statistics.median, "min": min}
 
 
 def bench_model(name: str, size: str = "base", *, ratios: Sequence[float] = (0.3, 0.5),
-                round_tos: Sequence[int] = (1,), roundings: Sequence[str] = ("up",),
+                round_tos: Sequence[int] = (0,),
                 batches: Sequence[int] = (1, 32), runs: int = 20, warmup: int = 2,
                 budget_s: float = float("inf"), min_runs: int = 1, channels_last: bool = False,
                 stat: str = "median", module: str = "inference") -> list[Row]:
     """Build the variants of `name` and time them at each batch size; one Row per pruned variant and batch."""
-    variants = build_variants(name, size, ratios, round_tos, roundings, module)
+    variants = build_variants(name, size, ratios, round_tos, module)
     dense, pruned = variants[1], variants[2:]
     image = models_zoo.get(name, size, batch_size=1)[1]
     if channels_last:
@@ -240,7 +199,7 @@ def bench_model(name: str, size: str = "base", *, ratios: Sequence[float] = (0.3
             times = interleaved_times(fns, runs, warmup if batch == 1 else min(warmup, 1), budget_s, min_runs)
         ms = [STATS[stat](t) * 1e3 for t in times]
         for v, pruned_ms in zip(pruned, ms[2:]):
-            rows.append(Row(name, size, v.ratio, v.round_to, v.rounding, batch, ms[0], ms[1], pruned_ms,
+            rows.append(Row(name, size, v.ratio, v.round_to, batch, ms[0], ms[1], pruned_ms,
                             v.macs_before / max(v.macs_after, 1), dense.params, v.params, len(times[0])))
     return rows
 
@@ -250,10 +209,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2", "vit"])
     parser.add_argument("--size", default="base")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5])
-    parser.add_argument("--round-to", nargs="+", type=int, default=[1],
-                        help="Prune round_to values; several are timed side by side in one loop")
-    parser.add_argument("--rounding", nargs="+", choices=ROUNDINGS, default=["up"],
-                        help="up: the prune pass's rounding; nearest: an experiment (see `rounding`)")
+    parser.add_argument("--round-to", nargs="+", type=int, default=[0],
+                        help="Prune round_to values, 0 for the pass's default (16, less for narrow groups); "
+                             "several are timed side by side")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--runs", type=int, default=20, help="timed rounds at most")
     parser.add_argument("--min-runs", type=int, default=5, help="timed rounds at least")
@@ -281,7 +239,7 @@ def main() -> None:
     print()
     print(HEADER)
     for name in args.models:
-        rows = bench_model(name, args.size, ratios=args.ratios, round_tos=args.round_to, roundings=args.rounding,
+        rows = bench_model(name, args.size, ratios=args.ratios, round_tos=args.round_to,
                            batches=args.batches, runs=args.runs, warmup=args.warmup, budget_s=args.budget_s,
                            min_runs=args.min_runs, channels_last=args.channels_last, stat=args.stat,
                            module=args.module)

@@ -71,14 +71,16 @@ class OptimizedModel:
             raise GraphoptError("nothing was pruned, so there is no recipe to save")
         return self.recipe.save(path)
 
-    def torch_module(self) -> torch.nn.Module:
-        """A trainable torch module of the optimized model (own weights copy, BatchNorms kept), to fine-tune.
+    def torch_module(self, *, trainable: bool = True) -> torch.nn.Module:
+        """A torch module of the optimized model, with its own copy of the weights.
 
-        Its state dict is what, with the saved recipe, rebuilds a fine-tuned pruned model.
+        `trainable=True`: BatchNorms kept, to fine-tune; its state dict is what, with the saved
+        recipe, rebuilds a fine-tuned pruned model. `trainable=False`: the inference graph
+        (BatchNorms folded), the fastest eager module.
         """
         from graphopt.backends.torch import to_module
 
-        return to_module(self.trainable_graph)
+        return to_module(self.trainable_graph if trainable else self.graph)
 
     def __repr__(self) -> str:
         return f"<OptimizedModel {self.graph.name}: {self.report.params_after:,} params, backend {self.report.backend}>"

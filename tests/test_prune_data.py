@@ -265,6 +265,7 @@ def test_optimize_prunes_with_batchnorms_and_folds_them_at_the_end():
     model, inputs = graphopt.models_zoo.get("resnet18", "tiny")
     result = graphopt.optimize(model, inputs, prune={"ratio": 0.5, "criterion": "bn_scale"})
     assert not any(n.op == "batch_norm" for n in result.graph.nodes)             # inference graph: folded
+    assert not any("bn1" in name for name, _ in result.torch_module(trainable=False).named_parameters())
     trainable = result.torch_module()
     assert any("bn1" in name for name, _ in trainable.named_parameters())        # fine-tuning keeps the norms
     torch.testing.assert_close(trainable(*inputs), result(*inputs), rtol=1e-4, atol=1e-5)

@@ -5,8 +5,11 @@ units (channels, attention heads, conv groups) together across every tensor
 they live in, so the pruned graph is dense, smaller and runs on the same
 inputs. `scope="local"` takes `ratio` of every group; `scope="global"` ranks
 units of all groups against each other (scores normalised by each group's
-mean) and keeps at least `min_keep` of every group. `round_to` keeps channel
-counts multiples of 8 or 16 so kernels stay fast.
+mean) and keeps at least `min_keep` of every group. `round_to` (by default 16,
+less for narrow groups) keeps channel counts multiples of 16: oneDNN blocks CPU activations by 16
+channels, and other counts are padded and converted on a slower path (measured:
+MobileNetV2 pruned 30 % at exact counts ran no faster than dense at batch 1; see
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ class PruneReport:
         return "\n".join(lines)
 
 
-Plan = list[tuple[ChannelGroup, np.ndarray]]  # per group, the channel ids to remove
+Plan = list[tuple[ChannelGroup, np.ndarray]]
+AUTO_ROUND_TO = 16  # oneDNN's channel block on AVX-512 CPUs  # per group, the channel ids to remove
 
 
 @register_pass("prune")
@@ -91,7 +95,8 @@ class Prune(Pass):
     target_params: float | None = option(None, "instead of ratio: keep this fraction of the parameters")
     criterion: str = option("l2", "importance: l1, l2, bn_scale, taylor, activation, fluctuation, or a registered one")
     scope: Literal["local", "global"] = option("local", "rank units within each group or across groups")
-    round_to: int = option(1, "keep channel counts (in positions) multiples of this")
+    round_to: int | None = option(None, "kept channel counts (in positions) are the multiple of this nearest the "
+                                        "ratio; default: 16, or 8, 4, 2 for groups too narrow for it; 1: exact")
     min_keep: float = option(0.1, "global scope: fraction of each group always kept")
     ignore: list[str] = option([], "node or weight names (glob patterns) whose groups stay whole")
     heads: bool = option(True, "attention: remove whole heads (True) or the same head_dim positions of every head (False)")
@@ -222,14 +227,20 @@ class Prune(Pass):
         return keep
 
     def _rounded(self, group: ChannelGroup, n_keep: int) -> int:
-        """Raise the kept unit count until kept positions are a multiple of round_to (when possible)."""
-        if self.round_to <= 1:
-            return n_keep
+        """The unit count nearest `n_keep` (ties up) whose positions are a multiple of the group's step.
+
+        The step is round_to; automatic (None) is 16, halved for a group narrower than two
+        steps (a 16-channel group rounds to 8), so narrow layers still shrink. Nearest
+        rather than up: rounding up keeps whole groups that the ratio meant to shrink.
+        """
         per_unit = group.unit_size * group.width
-        for candidate in range(max(1, n_keep), group.num_units + 1):
-            if (candidate * per_unit) % self.round_to == 0:
-                return candidate
-        return group.num_units  # no smaller count fits: keep the group whole
+        step = AUTO_ROUND_TO if self.round_to is None else max(1, self.round_to)
+        while self.round_to is None and step > 1 and group.num_units * per_unit < 2 * step:
+            step //= 2
+        fits = [c for c in range(1, group.num_units + 1) if (c * per_unit) % step == 0]
+        if not fits:
+            return group.num_units  # no count fits: keep the group whole
+        return min(fits, key=lambda c: (abs(c - n_keep), -c))
 
 
 def _droppable(group: ChannelGroup, order: np.ndarray, count: int) -> list[int]:
