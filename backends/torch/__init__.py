@@ -20,12 +20,11 @@ from torch.utils import _pytree as pytree
 from graphopt.errors import GraphoptError
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph, Value
-from graphopt.backends.torch.kernels import KERNELS, TRAINING_AWARE, register_kernel
+from graphopt.backends.torch.kernels import CREATION_OPS, KERNELS, TRAINING_AWARE, register_kernel
 
 __all__ = ["to_module", "load_weights", "register_kernel", "KERNELS"]
 
 _RESERVED = {"graph", "code", "forward", "training", "meta", "_code", "_graph"}
-_CREATION_OPS = frozenset({"full", "arange"})
 
 
 def eval_dim(text: str, names: tuple[str, ...], *values: int) -> int:
@@ -130,7 +129,7 @@ def to_module(graph: Graph, *, copy_weights: bool = True) -> torch.fx.GraphModul
         if node.op in TRAINING_AWARE:
             training = training or fx.get_attr("training")
             kwargs["training"] = training
-        if node.op in _CREATION_OPS and graph.inputs:
+        if node.op in CREATION_OPS and graph.inputs:
             device = device or fx.call_function(getattr, (env[id(graph.inputs[0])], "device"))
             kwargs["device"] = device
         call = fx.call_function(fn, tuple(read(v) for v in node.inputs), kwargs)

@@ -21,9 +21,8 @@ from graphopt.errors import GraphoptError
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph, Node, Value
 
-from .kernels import KERNELS, TRAINING_AWARE
+from .kernels import CREATION_OPS, KERNELS, TRAINING_AWARE
 
-_CREATION_OPS = frozenset({"full", "arange"})
 
 
 class GraphInterpreter:
@@ -94,7 +93,7 @@ class GraphInterpreter:
             kwargs = {k: _resolve(v, env) for k, v in node.attrs.items()}
             if node.op in TRAINING_AWARE:
                 kwargs["training"] = False
-            if node.op in _CREATION_OPS and self.batches[b]:
+            if node.op in CREATION_OPS and self.batches[b]:
                 kwargs["device"] = self.batches[b][0].device
             with torch.no_grad():
                 results.append(fn(*(a[b] for a in args), **kwargs))

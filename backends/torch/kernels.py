@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 KERNELS: dict[str, Callable[..., Any]] = {}
 TRAINING_AWARE = frozenset({"batch_norm", "dropout"})
+CREATION_OPS = frozenset({"full", "arange"})  # also receive `device`: the inputs' device
 
 
 def kernel(*names: str):
