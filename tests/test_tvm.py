@@ -58,6 +58,21 @@ def test_detect_target_fills_host_cpu_and_cores():
     assert (explicit["mcpu"], explicit["num-cores"]) == ("skylake-avx512", 4)
 
 
+@pytest.mark.parametrize("env, expected", [({}, "cores"), ({"TVM_NUM_THREADS": "1"}, "1"),
+                                           ({"OMP_NUM_THREADS": "1"}, "1")])
+def test_runtime_uses_every_core_unless_the_user_chose(env, expected):
+    # TVM alone sizes its pool as hardware_concurrency / 2 on x86: one thread on 2 vCPUs.
+    import os
+
+    from graphopt.backends.tvm.artifact import physical_cores
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    probe = "import graphopt.backends.tvm, tvm; print(tvm.runtime.num_threads())"
+    done = subprocess.run([sys.executable, "-c", probe], env={**clean, **env}, capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == (str(physical_cores()) if expected == "cores" else expected)
+
+
 def test_flag_string_targets_are_rejected_with_the_json_form():
     with pytest.raises(GraphoptError, match="JSON dict"):
         gtvm.detect_target("llvm -mcpu=znver4")

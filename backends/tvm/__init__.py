@@ -7,10 +7,12 @@
     run = gtvm.load("resnet_tvm/")                 # TVM runtime only; numpy in, numpy out
 
 Importing this package imports tvm; `import graphopt` never does (the dependency is the
-optional `graphopt[tvm]` extra). `artifact` imports tvm and numpy only.
+optional `graphopt[tvm]` extra). `artifact` imports tvm and numpy only. Importing it sets
+TVM_NUM_THREADS to the number of cores, unless TVM_NUM_THREADS or OMP_NUM_THREADS is set
+(see artifact.default_runtime_threads).
 """
 
-from graphopt.backends.tvm.artifact import LoadedModel, load
+from graphopt.backends.tvm.artifact import LoadedModel, default_runtime_threads, load
 from graphopt.backends.tvm.lowering import TensorSpec, static_bind, to_relax
 from graphopt.backends.tvm.module import TvmModule, UntunedWarning, compile
 from graphopt.backends.tvm.rpc import LocalCluster, rpc_runner
@@ -34,3 +36,5 @@ __all__ = [
     "static_bind",
     "to_relax",
 ]
+
+default_runtime_threads()

@@ -27,6 +27,36 @@ LIBRARY = "model.so"
 MANIFEST = "manifest.json"
 
 
+THREAD_VARIABLES = ("TVM_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def physical_cores() -> int:
+    """Cores this process may run on, counting SMT siblings once (MetaSchedule's 'physical')."""
+    try:
+        import psutil  # a MetaSchedule dependency; a runtime-only deployment may lack it
+
+        physical = psutil.cpu_count(logical=False) or 0
+    except ImportError:
+        physical = 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(physical or usable, usable))
+
+
+def default_runtime_threads() -> None:
+    """Make TVM's thread pool use every core this process may run on, unless the user chose.
+
+    TVM's runtime sizes its pool as hardware_concurrency / 2 on x86 (it assumes SMT), so on
+    a 2-vCPU machine every kernel ran on one thread, and the pool pinned the main thread,
+    and every thread started after it (ONNX Runtime's, torch's), to core 0: measured
+    ResNet-18 49.7 ms on one thread vs 35.6 ms on two with the same schedules. The pool reads
+    TVM_NUM_THREADS when it is first used, and processes started later (tuning workers, RPC
+    servers) inherit it, so it is set before anything runs.
+    """
+    if any(os.environ.get(v) for v in THREAD_VARIABLES):
+        return
+    os.environ["TVM_NUM_THREADS"] = str(physical_cores())
+
+
 def versions() -> dict:
     """Versions of the packages an artifact was built with (graphopt's only when it is importable)."""
     import tvm
@@ -147,6 +177,7 @@ class LoadedModel:
 
 def load(directory, device: str = "cpu") -> LoadedModel:
     """Load an artifact saved by `TvmModule.save` (or `graphopt.backends.tvm.save`)."""
+    default_runtime_threads()
     return LoadedModel(directory, device)
 
 

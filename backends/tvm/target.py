@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import tvm
 from tvm.target import codegen
 
+from graphopt.backends.tvm.artifact import physical_cores
 from graphopt.errors import GraphoptError
-
-
-def physical_cores() -> int:
-    """Cores this process may run on, counting SMT siblings once (MetaSchedule's 'physical')."""
-    try:
-        import psutil  # a MetaSchedule dependency, so present whenever tuning is possible
-
-        physical = psutil.cpu_count(logical=False) or 0
-    except ImportError:
-        physical = 0
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(physical or usable, usable))
 
 
 def host_mcpu() -> str:
