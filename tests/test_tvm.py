@@ -104,7 +104,48 @@ def test_allocate_weights_trials_by_flops_and_skips_tiny_and_tuned_tasks():
     assert tiny.planned == 0 and done.planned == 0
 
 
+def test_timed_steps_tune_every_task_then_follow_where_time_goes():
+    from graphopt.backends.tvm.tuning import QUICK_TRIALS, _timed_steps
+
+    big = Task("conv_big", weight=2, flops=4e9, mod=None)
+    mid = Task("conv_mid", weight=1, flops=1e9, mod=None)
+    small = Task("conv_small", weight=1, flops=2e9, mod=None)
+    pool = Task("pool", weight=1, flops=1e5, mod=None)
+    steps = _timed_steps([big, small, mid], [pool], 16)
+    first = [next(steps) for _ in range(4)]
+    assert [(t.name, n, kind) for t, n, kind in first] == [
+        ("conv_big", 16, None), ("conv_small", 16, None), ("conv_mid", 16, None), ("pool", QUICK_TRIALS, "quick")]
+    # Measured: big 2 x 3 ms, mid 2 ms, small 0.1 ms. The average share is 2.7 ms: small drops out.
+    big.best_seconds, mid.best_seconds, small.best_seconds = 3e-3, 2e-3, 1e-4
+    assert [next(steps)[0].name for _ in range(2)] == ["conv_big", "conv_mid"]
+    big.best_seconds = 1e-4  # big got fast: the next round starts with mid, and big drops out
+    assert next(steps)[0].name == "conv_mid"
+    assert next(steps)[0].name == "conv_mid"
+
+
 # ------------------------------------------------------------------ tuning and the database
+def test_small_tasks_get_a_quick_pass_and_the_cost_model_is_kept(tmp_path):
+    from graphopt.backends.tvm.tuning import COST_MODEL_FILE, QUICK_TRIALS
+
+    model, inputs, graph = mlp_graph(hidden=128, out=16)
+    # min_share=0.3 makes the 128->16 layer (20% of the FLOPs) a small task.
+    tuned = gtvm.compile(graph, example_inputs=inputs, work_dir=tmp_path, tune=40, min_share=0.3, progress=False)
+    torch.testing.assert_close(tuned(*inputs), model(*inputs), atol=1e-4, rtol=1e-4)
+    by_cost = sorted((t for t in tuned.report.tasks if t.cost), key=lambda t: -t.cost)
+    assert by_cost[-1].measured == QUICK_TRIALS and by_cost[0].measured > QUICK_TRIALS
+    assert all(t.best_seconds is not None for t in tuned.report.tasks)
+    assert (tuned.database.path / COST_MODEL_FILE).stat().st_size > 0
+    # A new graph tunes with the kept model (loaded, not rebuilt: a bad file would warn).
+    import warnings
+
+    model2, inputs2, graph2 = mlp_graph(hidden=96, out=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        other = gtvm.compile(graph2, example_inputs=inputs2, work_dir=tmp_path, tune=8, progress=False)
+    assert other.report.measured > 0
+    torch.testing.assert_close(other(*inputs2), model2(*inputs2), atol=1e-4, rtol=1e-4)
+
+
 def test_tuning_reuses_the_database_across_compiles_and_graphs(tmp_path):
     model, inputs, graph = mlp_graph()
     lines: list[str] = []
