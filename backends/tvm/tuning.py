@@ -263,8 +263,9 @@ def tune(tasks: list[Task], database: TuningDatabase, budget: Budget, *, runner:
          strategy: Any = None) -> TuneReport:
     """Tune the tasks that have no record yet, within `budget`, committing results to `database`.
 
-    Tasks at or above `min_share` of the FLOPs get evolutionary search; the others get one quick
-    pass of QUICK_TRIALS random candidates, because a default schedule is scalar and serial:
+    Tasks at or above `min_share` of the FLOPs get evolutionary search (after a random first
+    pass, under a time budget: see _timed_steps); the others get one quick pass of QUICK_TRIALS
+    random candidates, because a default schedule is scalar and serial:
     ResNet-18's 1x1 downsampling convolutions and pooling cost 12 ms of a 49 ms run untuned,
     0.6 ms after a 26 s quick pass. One XGBoost cost model serves every run of the call and is
     kept next to the database, so later compiles (a pruned variant, a re-run) start from it.
@@ -336,15 +337,19 @@ def _split_untuned(tasks: Sequence[Task], min_share: float) -> tuple[list[Task],
 
 
 def _timed_steps(heavy: Sequence[Task], quick: Sequence[Task], per_step: int):
-    """Steps for a time budget: each heavy task once, the quick pass, then rounds where time goes.
+    """Steps for a time budget: a random-search pass over every task, then rounds where time goes.
 
-    After the first round, a round tunes the tasks whose share of the estimated run time
-    (calls x best latency) is at least half the average, largest first: a kernel at 2 ms x 2
-    calls gets trials before one at 0.1 ms, and tasks that stopped mattering drop out.
-    The generator is lazy, so each round reads the latencies the previous one measured.
+    The first pass samples `per_step` random candidates for each heavy task (QUICK_TRIALS for
+    the small ones): with no measurements yet the cost model cannot guide an evolutionary
+    search, which costs ~13 s a task here against ~7 s for random candidates of the same
+    quality, and the pass leaves no task on a default schedule. After it, a round tunes, by
+    evolutionary search, the tasks whose share of the estimated run time (calls x best latency)
+    is at least half the average, largest first: a kernel at 2 ms x 2 calls gets trials before
+    one at 0.1 ms, and tasks that stopped mattering drop out. The generator is lazy, so each
+    round reads the latencies the previous one measured.
     """
     for task in heavy:
-        yield task, per_step, None
+        yield task, per_step, "quick"
     for task in quick:
         yield task, QUICK_TRIALS, "quick"
     while heavy:
