@@ -41,6 +41,8 @@ def main() -> None:
                         help="prune ratios to measure in this run (0 = dense), e.g. --prune 0 0.5")
     parser.add_argument("--round-to", type=int, default=8, help="round_to for the pruned variants")
     parser.add_argument("--layout", default=None, choices=[None, "NCHW", "NHWC"])
+    parser.add_argument("--prepack", action="store_true",
+                        help="let tuned kernels choose their weight layout (compile(prepack=True))")
     parser.add_argument("--work-dir", default=None, help="tuning database root (default: a fresh temp dir per variant)")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
@@ -92,7 +94,8 @@ def measure(args, label: str, graph, eager_model, inputs, sizes) -> str:
     if not args.skip_untuned:
         with tempfile.TemporaryDirectory() as empty, warnings.catch_warnings():
             warnings.simplefilter("ignore", gtvm.UntunedWarning)
-            untuned = gtvm.compile(graph, bind=bind, work_dir=empty, layout=args.layout, progress=False)
+            untuned = gtvm.compile(graph, bind=bind, work_dir=empty, layout=args.layout, progress=False,
+                                   prepack=args.prepack)
             _check(untuned(*inputs), reference)
             untuned_ms = untuned.benchmark(*inputs, repeat=3)
 
@@ -108,7 +111,7 @@ def measure(args, label: str, graph, eager_model, inputs, sizes) -> str:
             curve.append((time.monotonic() - started, float(line.split("est. ")[1].split(" ms")[0])))
 
     tuned = gtvm.compile(graph, bind=bind, work_dir=work_dir, tune=tune, layout=args.layout, runner=runner,
-                         progress=progress)
+                         progress=progress, prepack=args.prepack)
     tune_min = (time.monotonic() - started) / 60
     _check(tuned(*inputs), reference)
     tuned_ms = tuned.benchmark(*inputs, repeat=args.repeat)

@@ -176,6 +176,26 @@ def test_tuning_reuses_the_database_across_compiles_and_graphs(tmp_path):
     assert len(tuned.database) > 0
 
 
+class ConvNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_prepacked_weights_match(tmp_path):
+    # Layout-free weights: tuned kernels may rewrite the weight layout, done once at build time.
+    model, x = ConvNet().eval(), torch.randn(1, 8, 12, 12)
+    graph = graphopt.trace(model, (x,))
+    packed = gtvm.compile(graph, work_dir=tmp_path, tune=24, prepack=True, progress=False)
+    assert packed.report.measured > 0
+    torch.testing.assert_close(packed(x), model(x), atol=1e-4, rtol=1e-4)
+
+
 def test_untuned_build_warns_and_names_the_remedies(tmp_path):
     _, inputs, graph = mlp_graph()
     with pytest.warns(gtvm.UntunedWarning, match=r"tune=.*onnx"):

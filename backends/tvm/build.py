@@ -40,22 +40,36 @@ def prepare(mod: tvm.IRModule, layout: str | None = None) -> tvm.IRModule:
         return tvm.transform.Sequential(passes)(mod)
 
 
-def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Legalize to TIR and fuse (FuseOps + FuseTIR): each remaining PrimFunc is one tuning task."""
+def fuse(mod: tvm.IRModule, target: tvm.target.Target, *, prepack: bool = False) -> tvm.IRModule:
+    """Legalize to TIR and fuse (FuseOps + FuseTIR): each remaining PrimFunc is one tuning task.
+
+    prepack: mark the weights as layout-free, so that a tuned schedule may choose the weight
+    layout its loops read best (MetaSchedule's RewriteLayout); `build` then transforms the
+    weights once, at compile time, instead of the kernel reading them strided at every call.
+    """
     with target, tvm.transform.PassContext(opt_level=3):
         return tvm.transform.Sequential([
             *_passes('library_dispatch_passes', target),
             *_passes('legalize_passes', target),
+            *([relax.transform.AttachAttrLayoutFreeBuffers()] if prepack else []),
         ])(mod)
 
 
 def build(fused: tvm.IRModule, target: tvm.target.Target, database: ms.database.Database) -> relax.VMExecutable:
-    """Apply the database's schedules to the fused module (default schedules elsewhere) and build it."""
+    """Apply the database's schedules to the fused module (default schedules elsewhere) and build it.
+
+    A schedule that rewrote a layout-free weight's layout leaves a preprocessing block in its
+    kernel; SplitLayoutRewritePreproc moves it into a function of its own, which FoldConstant
+    evaluates on the bound weights, so the executable holds them pre-packed.
+    """
 
     @tvm.transform.module_pass(opt_level=0)
     def _lower(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return tvm.transform.Sequential([
             relax.transform.MetaScheduleApplyDatabase(enable_warning=False),
+            relax.transform.SplitLayoutRewritePreproc(),
+            relax.transform.LiftTransformParams(),
+            relax.transform.FoldConstant(),
             *_passes('dataflow_lower_passes', target),
             *_passes('finalize_passes', target),
         ])(mod)

@@ -105,7 +105,8 @@ class TvmModule:
 def compile(graph: Graph, target: Any = None, tune: Any = None, work_dir: Any = None, runner: Any = None, *,
             bind: Mapping[str, int] | None = None, example_inputs: Sequence[Any] | None = None,
             pipeline: str | None = DEFAULT_PIPELINE, layout: str | None = None,
-            progress: bool | Callable[[str], None] = True, min_share: float | None = None) -> TvmModule:
+            progress: bool | Callable[[str], None] = True, min_share: float | None = None,
+            prepack: bool = False) -> TvmModule:
     """Compile `graph` with TVM for `target` (default: this CPU), tuning with MetaSchedule if asked.
 
     tune: None (apply what the tuning database already has; warns when that leaves the build
@@ -116,6 +117,7 @@ def compile(graph: Graph, target: Any = None, tune: Any = None, work_dir: Any = 
     machine) or a MetaSchedule runner such as `rpc.rpc_runner("host:9190", "key")`.
     bind / example_inputs: sizes of the dynamic axes (default batch=1). pipeline: graphopt passes
     run first (textual pipeline; None for none). layout: None/'NCHW' or 'NHWC' for convolutions.
+    prepack: let tuned kernels choose their weights' layout, transformed once at compile time.
     """
     from graphopt.backends.tvm.tuning import MIN_TASK_SHARE
 
@@ -129,7 +131,7 @@ def compile(graph: Graph, target: Any = None, tune: Any = None, work_dir: Any = 
         graph, _ = PassManager.parse(pipeline).run(graph)
     sizes = static_bind(graph, bind, example_inputs)
     lowered = to_relax(graph, sizes)
-    mod = fuse(prepare(lowered.mod, layout), target)
+    mod = fuse(prepare(lowered.mod, layout), target, prepack=prepack)
     database = TuningDatabase(target, work_dir)
     tasks = extract_tasks(mod, target, database)
     report = TuneReport(tasks=tasks)
