@@ -196,6 +196,27 @@ def test_prepacked_weights_match(tmp_path):
     torch.testing.assert_close(packed(x), model(x), atol=1e-4, rtol=1e-4)
 
 
+class Embed(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(1000, 32)
+        self.fc = torch.nn.Linear(32, 8)
+
+    def forward(self, ids):
+        return self.fc(self.embed(ids))
+
+
+def test_gather_tasks_are_measured_with_valid_indices(tmp_path):
+    # MetaSchedule fills arguments with random values: as indices, they crashed every candidate.
+    model, ids = Embed().eval(), torch.randint(0, 1000, (1, 16))
+    graph = graphopt.trace(model, (ids,))
+    tuned = gtvm.compile(graph, work_dir=tmp_path, tune=32, min_share=0.0, progress=False)
+    take = [t for t in tuned.report.tasks if t.name.startswith("take")]
+    assert take and all(t.measured and t.failed == 0 and t.best_seconds is not None for t in take)
+    torch.testing.assert_close(tuned(ids), model(ids), atol=1e-4, rtol=1e-4)
+
+
 def test_untuned_build_warns_and_names_the_remedies(tmp_path):
     _, inputs, graph = mlp_graph()
     with pytest.warns(gtvm.UntunedWarning, match=r"tune=.*onnx"):

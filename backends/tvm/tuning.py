@@ -222,6 +222,15 @@ def make_builder(max_workers: int | None = None) -> ms.builder.LocalBuilder:
                                    timeout_sec=60.0)
 
 
+def make_local_runner() -> ms.runner.LocalRunner:
+    """LocalRunner whose workers fill integer arguments with zeros (valid gather indices; see _build_worker)."""
+    import cloudpickle
+    from graphopt.backends.tvm import _build_worker
+
+    cloudpickle.register_pickle_by_value(_build_worker)
+    return ms.runner.LocalRunner(evaluator_config=make_evaluator(), f_alloc_argument=_build_worker.alloc_arguments)
+
+
 def make_evaluator(number: int = 3, repeat: int = 1, min_repeat_ms: int = 50) -> ms.runner.EvaluatorConfig:
     return ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
                                      enable_cpu_cache_flush=False)
@@ -291,7 +300,7 @@ def tune(tasks: list[Task], database: TuningDatabase, budget: Budget, *, runner:
     cores = int(target.attrs.get("num-cores", 0) or physical_cores())
     with _workers_without_torch():
         builder = make_builder(max_workers or cores)
-        runner = runner if runner is not None else ms.runner.LocalRunner(evaluator_config=make_evaluator())
+        runner = runner if runner is not None else make_local_runner()
         cost_model = _load_cost_model(database.path, cores)
         _import_cpu_tensor_intrin_only(target)
         if out is not None:
