@@ -41,8 +41,10 @@ def main() -> None:
                         help="prune ratios to measure in this run (0 = dense), e.g. --prune 0 0.5")
     parser.add_argument("--round-to", type=int, default=8, help="round_to for the pruned variants")
     parser.add_argument("--layout", default=None, choices=[None, "NCHW", "NHWC"])
-    parser.add_argument("--prepack", action="store_true",
-                        help="let tuned kernels choose their weight layout (compile(prepack=True))")
+    parser.add_argument("--no-prepack", dest="prepack", action="store_false",
+                        help="keep the traced weight layouts (compile(prepack=False))")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="time candidates back to back with warm caches (default: caches flushed)")
     parser.add_argument("--work-dir", default=None, help="tuning database root (default: a fresh temp dir per variant)")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
@@ -100,6 +102,10 @@ def measure(args, label: str, graph, eager_model, inputs, sizes) -> str:
             untuned_ms = untuned.benchmark(*inputs, repeat=3)
 
     runner = gtvm.rpc_runner(args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
+    if args.warm_cache:  # MetaSchedule's usual timing: back-to-back runs, weights left in cache
+        from graphopt.backends.tvm.tuning import make_evaluator, make_local_runner
+
+        runner = make_local_runner(make_evaluator(number=3, repeat=1, min_repeat_ms=50, cache_flush=False))
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="graphopt-tvm-bench-")
     tune = int(args.tune) if args.tune.isdigit() else args.tune
     curve: list[tuple[float, float]] = []
@@ -122,8 +128,8 @@ def measure(args, label: str, graph, eager_model, inputs, sizes) -> str:
         print(f"{seconds:7.0f} s  {est:9.2f} ms")
     print(f"\n# {label}: tasks\n" + report.summary(), flush=True)
     tuned_tasks = sum(1 for t in report.tasks if t.best_seconds is not None)
-    return (f"| {label} | {args.size} | {args.batch} | {eager:.1f} ms | {ort_ms:.1f} ms | {untuned_ms:.0f} ms | "
-            f"{tuned_ms:.1f} ms | {args.tune} | {tune_min:.1f} | {tuned_tasks}/{len(report.tasks)} | "
+    return (f"| {label} | {args.size} | {args.batch} | {eager:.2f} ms | {ort_ms:.2f} ms | {untuned_ms:.0f} ms | "
+            f"{tuned_ms:.2f} ms | {args.tune} | {tune_min:.1f} | {tuned_tasks}/{len(report.tasks)} | "
             f"{report.measured} | {args.layout or 'NCHW'} |")
 
 

@@ -25,7 +25,7 @@ def _run(script: str, *args: str) -> str:
 
 
 def test_bench_tvm_prints_a_row_per_variant(tmp_path):
-    out = _run("bench_tvm.py", "--model", "resnet18", "--size", "tiny", "--tune", "8", "--prune", "0", "0.5",
+    out = _run("bench_tvm.py", "--model", "resnet18", "--size", "tiny", "--tune", "2", "--prune", "0", "0.5",
                "--repeat", "3", "--skip-untuned", "--work-dir", str(tmp_path))
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| resnet18")]
     assert [r[0] for r in rows] == ["resnet18", "resnet18 pruned 50%"]

@@ -192,13 +192,17 @@ class ConvNet(torch.nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
-def test_prepacked_weights_match(tmp_path):
-    # Layout-free weights: tuned kernels may rewrite the weight layout, done once at build time.
+@pytest.mark.parametrize("prepack", [True, False])
+def test_prepacked_weights_match(tmp_path, prepack):
+    # Layout-free weights (the default): tuned kernels may rewrite the weight layout, which the
+    # build applies once to the bound weights; off, the traced layout stays.
     model, x = ConvNet().eval(), torch.randn(1, 8, 12, 12)
     graph = graphopt.trace(model, (x,))
-    packed = gtvm.compile(graph, work_dir=tmp_path, tune=24, prepack=True, progress=False)
+    packed = gtvm.compile(graph, work_dir=tmp_path, tune=24, prepack=prepack, progress=False)
     assert packed.report.measured > 0
     torch.testing.assert_close(packed(x), model(x), atol=1e-4, rtol=1e-4)
+    records = next(tmp_path.glob("*/database_tuning_record.json")).read_text()
+    assert ("layout_rewrite" in records) == prepack
 
 
 class Embed(torch.nn.Module):

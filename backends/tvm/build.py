@@ -40,7 +40,7 @@ def prepare(mod: tvm.IRModule, layout: str | None = None) -> tvm.IRModule:
         return tvm.transform.Sequential(passes)(mod)
 
 
-def fuse(mod: tvm.IRModule, target: tvm.target.Target, *, prepack: bool = False) -> tvm.IRModule:
+def fuse(mod: tvm.IRModule, target: tvm.target.Target, *, prepack: bool = True) -> tvm.IRModule:
     """Legalize to TIR and fuse (FuseOps + FuseTIR): each remaining PrimFunc is one tuning task.
 
     prepack: mark the weights as layout-free, so that a tuned schedule may choose the weight

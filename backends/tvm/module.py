@@ -106,7 +106,7 @@ def compile(graph: Graph, target: Any = None, tune: Any = None, work_dir: Any = 
             bind: Mapping[str, int] | None = None, example_inputs: Sequence[Any] | None = None,
             pipeline: str | None = DEFAULT_PIPELINE, layout: str | None = None,
             progress: bool | Callable[[str], None] = True, min_share: float | None = None,
-            prepack: bool = False) -> TvmModule:
+            prepack: bool = True) -> TvmModule:
     """Compile `graph` with TVM for `target` (default: this CPU), tuning with MetaSchedule if asked.
 
     tune: None (apply what the tuning database already has; warns when that leaves the build

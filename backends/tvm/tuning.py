@@ -224,13 +224,17 @@ def make_builder(max_workers: int | None = None) -> ms.builder.LocalBuilder:
                                    timeout_sec=60.0)
 
 
-def make_local_runner() -> ms.runner.LocalRunner:
-    """LocalRunner whose workers fill integer arguments with zeros (valid gather indices; see _build_worker)."""
+def make_local_runner(evaluator: ms.runner.EvaluatorConfig | None = None) -> ms.runner.LocalRunner:
+    """LocalRunner whose workers fill integer arguments with zeros (valid gather indices; see _build_worker).
+
+    evaluator: how each candidate is timed (default: make_evaluator(), caches flushed).
+    """
     import cloudpickle
     from graphopt.backends.tvm import _build_worker
 
     cloudpickle.register_pickle_by_value(_build_worker)
-    return ms.runner.LocalRunner(evaluator_config=make_evaluator(), f_alloc_argument=_build_worker.alloc_arguments)
+    return ms.runner.LocalRunner(evaluator_config=evaluator or make_evaluator(),
+                                 f_alloc_argument=_build_worker.alloc_arguments)
 
 
 def make_evaluator(number: int = 1, repeat: int = 5, min_repeat_ms: int = 0,
