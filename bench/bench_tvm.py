@@ -127,6 +127,10 @@ def measure(args, label: str, graph, eager_model, inputs, sizes) -> str:
     for seconds, est in curve[:: max(1, len(curve) // 15)]:
         print(f"{seconds:7.0f} s  {est:9.2f} ms")
     print(f"\n# {label}: tasks\n" + report.summary(), flush=True)
+    print(f"\n# {label}: the ten slowest calls in the model (ms per run; est. = calls x tuned latency)")
+    for row in tuned.profile(*inputs, repeat=5)[:10]:
+        est = f"{row.estimated_ms:8.3f}" if row.estimated_ms is not None else "       -"
+        print(f"{row.name[:56]:56} {row.calls:5d} {row.ms:8.3f}  est. {est}", flush=True)
     tuned_tasks = sum(1 for t in report.tasks if t.best_seconds is not None)
     return (f"| {label} | {args.size} | {args.batch} | {eager:.2f} ms | {ort_ms:.2f} ms | {untuned_ms:.0f} ms | "
             f"{tuned_ms:.2f} ms | {args.tune} | {tune_min:.1f} | {tuned_tasks}/{len(report.tasks)} | "

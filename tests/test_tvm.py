@@ -226,6 +226,18 @@ def test_gather_tasks_are_measured_with_valid_indices(tmp_path):
     torch.testing.assert_close(tuned(ids), model(ids), atol=1e-4, rtol=1e-4)
 
 
+def test_profile_times_each_kernel_in_the_model(tmp_path):
+    model, inputs, graph = mlp_graph()
+    tuned = gtvm.compile(graph, example_inputs=inputs, work_dir=tmp_path, tune=4, progress=False)
+    rows = tuned.profile(*inputs, repeat=3)
+    kernels = {r.name.removesuffix("_prepacked"): r for r in rows if r.estimated_ms is not None}
+    assert set(kernels) == {t.name for t in tuned.report.tasks}  # every tuned task ran, with its estimate
+    for task in tuned.report.tasks:
+        assert kernels[task.name].calls == task.weight and kernels[task.name].ms > 0
+    assert [r.ms for r in rows] == sorted((r.ms for r in rows), reverse=True)
+    torch.testing.assert_close(tuned(*inputs), model(*inputs), atol=1e-4, rtol=1e-4)  # unaffected
+
+
 def test_untuned_build_warns_and_names_the_remedies(tmp_path):
     _, inputs, graph = mlp_graph()
     with pytest.warns(gtvm.UntunedWarning, match=r"tune=.*onnx"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -31,6 +32,16 @@ DEFAULT_PIPELINE = "canonicalize"
 
 class UntunedWarning(UserWarning):
     """A TVM build is using default (untuned) schedules for most of its work, and will be slow."""
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    """One function the VM called during a run: calls per run, ms per run, and the tuner's estimate."""
+
+    name: str
+    calls: int
+    ms: float
+    estimated_ms: float | None  # calls x best tuned latency, when the task has a record
 
 
 class TvmModule:
@@ -78,6 +89,40 @@ class TvmModule:
         tensors = [tvm.runtime.tensor(self._array(s, a), self.device) for s, a in zip(self.inputs, args)]
         timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat, min_repeat_ms=0)
         return 1e3 * float(np.median(timer(*tensors).results))
+
+    def profile(self, *args: Any, repeat: int = 5) -> list[KernelTime]:
+        """Time every call the VM makes (kernels and VM builtins) over `repeat` runs, slowest first.
+
+        Measured inside the model, where a kernel's weights come from memory rather than cache:
+        this is what shows how far the tuner's per-kernel estimates are from the model's time.
+        A second VM is instrumented, so this module's own calls stay untimed.
+        """
+        import time as _time
+
+        vm = relax.VirtualMachine(self.executable, self.device)
+        tensors = [tvm.runtime.tensor(self._array(s, a), self.device) for s, a in zip(self.inputs, args)]
+        vm["main"](*tensors)  # warm-up: allocations, first-touch
+        totals: dict[str, list[float]] = {}
+        started: dict[str, float] = {}
+
+        def instrument(_func, name, before, _ret, *_args):
+            if before:
+                started[name] = _time.perf_counter()
+            else:
+                entry = totals.setdefault(name, [0, 0.0])
+                entry[0] += 1
+                entry[1] += _time.perf_counter() - started[name]
+            return 0  # carry on (tvm.runtime.profiling's instrument return code: no action)
+
+        vm.set_instrument(instrument)
+        for _ in range(repeat):
+            vm["main"](*tensors)
+        estimates = {t.name: t.weight * t.best_seconds for t in self.report.tasks if t.best_seconds is not None}
+        # A kernel whose weights were prepacked is renamed '<task>_prepacked' by SplitLayoutRewritePreproc.
+        rows = [KernelTime(name, calls // repeat, 1e3 * secs / repeat,
+                           1e3 * estimates[task] if (task := name.removesuffix("_prepacked")) in estimates else None)
+                for name, (calls, secs) in totals.items()]
+        return sorted(rows, key=lambda r: -r.ms)
 
     def manifest(self) -> dict:
         tuned = [t for t in self.report.tasks if t.best_seconds is not None]
