@@ -202,5 +202,6 @@ def _warn_if_untuned(name: str, tasks, database: TuningDatabase) -> None:
         warnings.warn(UntunedWarning(
             f"graph '{name}': {len(missing)} of {len(tasks)} TVM tasks ({share:.0%} of the FLOPs) have no tuning "
             f"records in {database.path}, so they get default schedules; untuned TVM CPU builds are typically "
-            f"10-100x slower than ONNX Runtime. Tune with compile(..., tune=200) or tune='15min' (records are "
-            f"reused by later compiles), or use graphopt.backends.onnx.compile(graph)."), stacklevel=3)
+            f"tens to hundreds of times slower than ONNX Runtime. Tune with compile(..., tune=200) or "
+            f"tune='15min' (records are reused by later compiles), or use graphopt.backends.onnx.compile(graph)."),
+            stacklevel=3)
