@@ -130,6 +130,18 @@ def test_timed_steps_tune_every_task_then_follow_where_time_goes():
 
 
 # ------------------------------------------------------------------ tuning and the database
+def test_a_corrupt_saved_cost_model_is_ignored_with_a_warning(tmp_path):
+    from graphopt.backends.tvm.tuning import COST_MODEL_FILE
+
+    model, inputs, graph = mlp_graph()
+    target_dir = gtvm.TuningDatabase(gtvm.detect_target(), tmp_path).path
+    (target_dir / COST_MODEL_FILE).write_bytes(b"not a tar file")
+    with pytest.warns(UserWarning, match="ignoring the saved TVM cost model"):
+        tuned = gtvm.compile(graph, example_inputs=inputs, work_dir=tmp_path, tune=4, progress=False)
+    torch.testing.assert_close(tuned(*inputs), model(*inputs), atol=1e-4, rtol=1e-4)
+    assert (target_dir / COST_MODEL_FILE).read_bytes() != b"not a tar file"  # replaced by the new model
+
+
 def test_small_tasks_get_a_quick_pass_and_the_cost_model_is_kept(tmp_path):
     from graphopt.backends.tvm.tuning import COST_MODEL_FILE, QUICK_TRIALS
 
