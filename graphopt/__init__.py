@@ -2,28 +2,66 @@
 
 Trace a model into graphopt's IR (`graphopt.trace`), transform it with passes,
 and lower it to a backend (`graphopt.backends.torch.to_module`, ...).
+
+`import graphopt` is light: the public names below are imported on first use
+(PEP 562), so a deployment that only runs a saved artifact (`graphopt.load`)
+needs neither torch nor onnx, and the command line starts fast.
 """
 
+from __future__ import annotations
+
+import importlib
 from pathlib import Path as _Path
+from typing import TYPE_CHECKING, Any
 
 from graphopt._source_layout import install_if_source_checkout as _install_source_layout
+from graphopt.errors import GraphoptError, ShapeError, UnsupportedOpError, VerificationError
 
 _install_source_layout(_Path(__file__).resolve().parent)
 
-from graphopt.errors import GraphoptError, ShapeError, UnsupportedOpError, VerificationError  # noqa: E402
-from graphopt.frontends.torch import register_torch_op, trace  # noqa: E402
-from graphopt.ir import Graph, Node, Value  # noqa: E402
-from graphopt.passmanager import (  # noqa: E402
-    Pass, PassManager, PassResult, PreservedAnalyses, register_analysis, register_pass,
-)
-from graphopt import analysis  # noqa: E402,F401 - registers the channel-groups and cost analyses
-from graphopt.api import OptimizedModel, optimize  # noqa: E402
-
 __version__ = "0.1.0"
+
+# public name -> the module that defines it, imported when the name is first read
+_LAZY = {
+    "Graph": "graphopt.ir", "Node": "graphopt.ir", "Value": "graphopt.ir",
+    "trace": "graphopt.frontends.torch", "register_torch_op": "graphopt.frontends.torch",
+    "Pass": "graphopt.passmanager", "PassResult": "graphopt.passmanager", "PassManager": "graphopt.passmanager",
+    "PreservedAnalyses": "graphopt.passmanager", "register_pass": "graphopt.passmanager",
+    "register_analysis": "graphopt.passmanager",
+    "optimize": "graphopt.api", "OptimizedModel": "graphopt.api",
+}
+_SUBMODULES = {"analysis", "api", "backends", "cli", "frontends", "ir", "models_zoo", "passes", "passmanager"}
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from graphopt.api import OptimizedModel, optimize
+    from graphopt.frontends.torch import register_torch_op, trace
+    from graphopt.ir import Graph, Node, Value
+    from graphopt.passmanager import (
+        Pass, PassManager, PassResult, PreservedAnalyses, register_analysis, register_pass,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # later reads skip __getattr__
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"graphopt.{name}")
+    raise AttributeError(f"module 'graphopt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
 
 
 def load(path, device: str = "cpu"):
-    """Load a compiled artifact (TVM: model.so + manifest.json); imports tvm only when called."""
+    """Load a compiled artifact (TVM: model.so + manifest.json) with its runtime only.
+
+    Imports tvm and numpy when called, never torch: a deployed artifact needs neither
+    torch nor the rest of graphopt.
+    """
     from graphopt.backends.tvm.artifact import load as _load
 
     return _load(path, device)

@@ -316,6 +316,24 @@ def test_artifact_loads_in_a_fresh_process_without_torch(resnet_artifact, tmp_pa
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_graphopt_load_never_imports_torch(resnet_artifact, tmp_path):
+    """With torch installed, `import graphopt; graphopt.load(dir)` runs the model without importing it."""
+    directory, inputs, expected = resnet_artifact
+    np.savez(tmp_path / "in.npz", x=inputs[0])
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import graphopt
+        model = graphopt.load({str(directory)!r})
+        np.save({str(tmp_path / 'out.npy')!r}, model(np.load({str(tmp_path / 'in.npz')!r})["x"]))
+        print(sorted(m for m in ("torch", "onnx", "onnxruntime") if m in sys.modules), type(model).__name__)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["[]", "LoadedModel"]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_artifact_runs_as_a_script(resnet_artifact, tmp_path):
     directory, inputs, expected = resnet_artifact
     np.savez(tmp_path / "in.npz", x=inputs[0])

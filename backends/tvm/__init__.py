@@ -6,18 +6,37 @@
     module.save("resnet_tvm/")                     # model.so + manifest.json
     run = gtvm.load("resnet_tvm/")                 # TVM runtime only; numpy in, numpy out
 
-Importing this package imports tvm; `import graphopt` never does (the dependency is the
-optional `graphopt[tvm]` extra). `artifact` imports tvm and numpy only. Importing it sets
-TVM_NUM_THREADS to the number of cores, unless TVM_NUM_THREADS or OMP_NUM_THREADS is set
-(see artifact.default_runtime_threads).
+`import graphopt` never imports tvm (the dependency is the optional `graphopt[tvm]` extra), and
+neither does importing this package: its names are imported on first use (PEP 562), so
+`graphopt.load` reaches `artifact`, which imports tvm and numpy only, without the compiler side
+(and torch). Importing this package sets TVM_NUM_THREADS to the number of cores, unless
+TVM_NUM_THREADS or OMP_NUM_THREADS is set (see artifact.default_runtime_threads).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from graphopt.backends.tvm.artifact import LoadedModel, default_runtime_threads, load
-from graphopt.backends.tvm.lowering import TensorSpec, static_bind, to_relax
-from graphopt.backends.tvm.module import TvmModule, UntunedWarning, compile
-from graphopt.backends.tvm.rpc import LocalCluster, rpc_runner
-from graphopt.backends.tvm.target import detect_target, host_mcpu
-from graphopt.backends.tvm.tuning import Budget, TuneReport, TuningDatabase
+
+_LAZY = {
+    "TensorSpec": "lowering", "static_bind": "lowering", "to_relax": "lowering",
+    "TvmModule": "module", "UntunedWarning": "module", "compile": "module",
+    "LocalCluster": "rpc", "rpc_runner": "rpc",
+    "detect_target": "target", "host_mcpu": "target",
+    "Budget": "tuning", "TuneReport": "tuning", "TuningDatabase": "tuning",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'graphopt.backends.tvm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"graphopt.backends.tvm.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Budget",

@@ -57,6 +57,27 @@ def default_runtime_threads() -> None:
     os.environ["TVM_NUM_THREADS"] = str(physical_cores())
 
 
+def import_tvm_runtime():
+    """`import tvm` without letting tvm_ffi import torch (unless torch is already imported).
+
+    tvm_ffi imports torch whenever it is installed (a work-around for a symbol clash seen on
+    Windows), which costs seconds and makes torch a run-time dependency of a deployed model.
+    While tvm is first imported here, `import torch` fails, which tvm_ffi catches and skips;
+    afterwards torch is importable again for whoever needs it.
+    """
+    if "tvm" in sys.modules or "torch" in sys.modules:
+        import tvm
+
+        return tvm
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        import tvm
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return tvm
+
+
 def versions() -> dict:
     """Versions of the packages an artifact was built with (graphopt's only when it is importable)."""
     import tvm
@@ -105,7 +126,8 @@ class LoadedModel:
 
     def __init__(self, directory, device: str = "cpu") -> None:
         import numpy as np
-        import tvm
+
+        tvm = import_tvm_runtime()
         from tvm import relax
 
         self.directory = str(directory)
