@@ -290,10 +290,11 @@ def test_register_onnx_op_adds_a_converter():
         graph = fonnx.load(model, check=False)
         x = torch.randn(2, 3)
         torch.testing.assert_close(to_module(graph)(x), torch.nn.functional.silu(x))
-        with pytest.raises(GraphoptError, match="already registered"):
-            fonnx.register_onnx_op("Swish", domain="com.example")(convert)
+        with pytest.raises(GraphoptError, match="already registered"):  # another converter for the same op
+            fonnx.register_onnx_op("Swish", domain="com.example")(lambda ctx, node: ctx.value(node.input[0]))
+        fonnx.register_onnx_op("Swish", domain="com.example", replace=True)(convert)
     finally:
-        fonnx._CONVERTERS.pop(("com.example", "Swish"), None)
+        fonnx.CONVERTERS.unregister(("com.example", "Swish"))
 
 
 def test_data_dependent_reshape_is_reported():

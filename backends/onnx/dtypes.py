@@ -1,44 +1,21 @@
-"""Element types: torch dtypes <-> ONNX TensorProto types, and torch tensors -> ONNX initializers."""
+"""ONNX tensors: torch tensors -> ONNX initializers and back.
+
+The dtype tables live in the neutral `graphopt.dtypes` (the ONNX front-end
+reads them too, without importing this back-end); they are re-exported here
+for the back-end's callers.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto
 
+from graphopt.dtypes import ONNX_TO_TORCH, TORCH_TO_ONNX, array_to_torch, to_onnx_dtype, to_torch_dtype
 from graphopt.errors import GraphoptError
 
-TORCH_TO_ONNX: dict[torch.dtype, int] = {
-    torch.float32: TensorProto.FLOAT,
-    torch.float16: TensorProto.FLOAT16,
-    torch.bfloat16: TensorProto.BFLOAT16,
-    torch.float64: TensorProto.DOUBLE,
-    torch.int64: TensorProto.INT64,
-    torch.int32: TensorProto.INT32,
-    torch.int16: TensorProto.INT16,
-    torch.int8: TensorProto.INT8,
-    torch.uint8: TensorProto.UINT8,
-    torch.bool: TensorProto.BOOL,
-    torch.complex64: TensorProto.COMPLEX64,
-    torch.complex128: TensorProto.COMPLEX128,
-}
-ONNX_TO_TORCH: dict[int, torch.dtype] = {v: k for k, v in TORCH_TO_ONNX.items()}
-
-
-def to_onnx_dtype(dtype: torch.dtype) -> int:
-    try:
-        return TORCH_TO_ONNX[dtype]
-    except KeyError:
-        raise GraphoptError(f"dtype {dtype} has no ONNX element type") from None
-
-
-def to_torch_dtype(elem_type: int) -> torch.dtype:
-    try:
-        return ONNX_TO_TORCH[elem_type]
-    except KeyError:
-        name = TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() else elem_type
-        raise GraphoptError(f"ONNX element type {name} has no torch dtype graphopt supports") from None
+__all__ = ["TORCH_TO_ONNX", "ONNX_TO_TORCH", "to_onnx_dtype", "to_torch_dtype", "tensor_proto",
+           "fill_tensor_proto", "to_torch_tensor"]
 
 
 def tensor_proto(name: str, tensor: torch.Tensor) -> onnx.TensorProto:
@@ -62,10 +39,4 @@ def fill_tensor_proto(proto: onnx.TensorProto, name: str, tensor: torch.Tensor) 
 
 def to_torch_tensor(proto: onnx.TensorProto, base_dir: str | None = None) -> torch.Tensor:
     """A torch tensor with the data of an ONNX initializer (external data read from `base_dir`)."""
-    array = onnx.numpy_helper.to_array(proto, base_dir or "")
-    if proto.data_type == TensorProto.BFLOAT16:  # numpy (ml_dtypes) bfloat16: reinterpret the bits
-        array = np.ascontiguousarray(array).view(np.int16)
-    if not array.flags.writeable or not array.flags.c_contiguous:  # torch wants memory it may write
-        array = np.array(array, copy=True)
-    tensor = torch.from_numpy(array)
-    return tensor.view(torch.bfloat16) if proto.data_type == TensorProto.BFLOAT16 else tensor
+    return array_to_torch(onnx.numpy_helper.to_array(proto, base_dir or ""), proto.data_type)
