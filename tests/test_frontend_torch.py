@@ -71,9 +71,9 @@ def test_registering_a_converter_makes_the_op_traceable():
         graph = graphopt.trace(UsesCumprodPositive(), (x,))
         torch.testing.assert_close(to_module(graph)(x), UsesCumprodPositive()(x))
     finally:
-        from graphopt.frontends.torch import _CONVERTERS
+        from graphopt.frontends.torch import CONVERTERS
 
-        _CONVERTERS.pop("aten.cumprod.default")
+        CONVERTERS.unregister("aten.cumprod.default")
 
 
 class UsesCumprodPositive(nn.Module):

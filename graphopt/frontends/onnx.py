@@ -54,7 +54,7 @@ REGISTER_HINT = (
     "    def convert(ctx, node):\n"
     "        x = ctx.value(node.input[0])\n"
     "        return ctx.emit1('<canonical op>', [x], {{...}})\n"
-    "(see docs/ir.md for the canonical ops; graphopt.define_op adds a new one)."
+    "(see docs/ir.md for the canonical ops; graphopt.define_op adds a new one, see docs/custom_ops.md)."
 )
 
 # Keyed by (domain, op_type), the source op: a converter belongs to the ONNX operator it reads,

@@ -28,10 +28,14 @@ import torch.fx
 from graphopt.errors import GraphoptError, UnsupportedOpError
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph, Node, SourceLocation, Value
+from graphopt.registry import Registry
 
 Converter = Callable[["ImportContext", torch.fx.Node], "Value | Sequence[Value] | None"]
 
-_CONVERTERS: dict[str, Converter] = {}
+# Keyed by the source op (an aten overload or packet): one aten op may become several canonical ops and
+# several aten ops one canonical op, so converters are a table of their own, not a column of the op table.
+CONVERTERS: Registry[Converter] = Registry("converter for torch op")
+_CONVERTERS = CONVERTERS  # the name tests and users already call
 
 # Ops that only assert or annotate; they compute nothing the graph needs.
 _IGNORED = {
@@ -52,7 +56,7 @@ REGISTER_HINT = (
     "    def convert(ctx, node):\n"
     "        x = ctx.value(node.args[0])\n"
     "        return ctx.emit('<canonical op>', [x], {{...}})\n"
-    "(see docs/ir.md for the canonical ops; graphopt.ir.register_op adds a new one)."
+    "(see docs/ir.md for the canonical ops; graphopt.define_op adds a new one, see docs/custom_ops.md)."
 )
 
 
@@ -60,17 +64,10 @@ def register_torch_op(*targets: str, replace: bool = False) -> Callable[[Convert
     """Register `fn(ctx, fx_node)` as the converter for the named torch ops.
 
     A target is an overload ("aten.conv2d.default") or a packet ("aten.conv2d",
-    covering every overload without a converter of its own).
+    covering every overload without a converter of its own). A second
+    converter for the same target raises `GraphoptError` unless `replace=True`.
     """
-
-    def wrap(fn: Converter) -> Converter:
-        for target in targets:
-            if target in _CONVERTERS and not replace:
-                raise GraphoptError(f"a converter for '{target}' is already registered; pass replace=True")
-            _CONVERTERS[target] = fn
-        return fn
-
-    return wrap
+    return CONVERTERS.decorator(*targets, replace=replace)
 
 
 def op_name(target: Any) -> str:
@@ -91,7 +88,7 @@ def _packet(name: str) -> str:
 
 
 def find_converter(name: str) -> Converter | None:
-    return _CONVERTERS.get(name) or _CONVERTERS.get(_packet(name))
+    return CONVERTERS.get(name) or CONVERTERS.get(_packet(name))
 
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>[^\n]+)\n(?P<code>[^\n]*)')

@@ -1,0 +1,45 @@
+"""ATen converters for ops that create tensors: full/zeros/ones (and their _like forms), scalar_tensor, arange."""
+
+from __future__ import annotations
+
+from graphopt.frontends.torch import register_torch_op
+from graphopt.frontends.torch_ops._common import full_node
+
+
+@register_torch_op("aten.full", "aten.new_full")
+def _full(ctx, node):
+    fill = node.args[-1]
+    return full_node(ctx, fill)
+
+
+@register_torch_op("aten.zeros", "aten.new_zeros", "aten.zeros_like", "aten.empty", "aten.new_empty")
+def _zeros(ctx, node):
+    return full_node(ctx, 0)
+
+
+@register_torch_op("aten.ones", "aten.new_ones", "aten.ones_like")
+def _ones(ctx, node):
+    return full_node(ctx, 1)
+
+
+@register_torch_op("aten.full_like")
+def _full_like(ctx, node):
+    return full_node(ctx, node.args[1])
+
+
+@register_torch_op("aten.scalar_tensor")
+def _scalar_tensor(ctx, node):
+    return ctx.scalar(node.args[0], dtype=ctx.out_dtype())
+
+
+@register_torch_op("aten.arange")
+def _arange(ctx, node):
+    args = [ctx.dim(a) if not isinstance(a, float) else a for a in node.args]
+    start, end, step = 0, None, 1
+    if len(args) == 1:
+        end = args[0]
+    elif len(args) == 2:
+        start, end = args
+    else:
+        start, end, step = args[:3]
+    return ctx.emit1("arange", [], {"start": start, "end": end, "step": step, "dtype": ctx.out_dtype()})

@@ -1,0 +1,173 @@
+"""ATen converters for elementwise ops: activations, arithmetic and comparisons, casts and aliases."""
+
+from __future__ import annotations
+
+import torch
+
+from graphopt.errors import GraphoptError
+from graphopt.frontends.torch import ImportContext, register_torch_op
+from graphopt.frontends.torch_ops._common import cast_to, schema_arg
+
+
+_UNARY = {
+    "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "silu": "silu", "hardswish": "hardswish",
+    "hardsigmoid": "hardsigmoid", "mish": "mish", "exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt",
+    "neg": "neg", "abs": "abs", "erf": "erf", "sin": "sin", "cos": "cos", "reciprocal": "reciprocal",
+    "logical_not": "logical_not", "bitwise_not": "logical_not",
+}
+
+
+def _unary(op: str):
+    def convert(ctx: ImportContext, node):
+        return ctx.emit1(op, [ctx.value(node.args[0])])
+
+    return convert
+
+
+for _aten, _op in _UNARY.items():
+    register_torch_op(f"aten.{_aten}", f"aten.{_aten}_")(_unary(_op))
+
+
+@register_torch_op("aten.gelu", "aten.gelu_")
+def _gelu(ctx, node):
+    return ctx.emit1("gelu", [ctx.value(node.args[0])], {"approximate": schema_arg(node, 1, "approximate", "none")})
+
+
+@register_torch_op("aten.hardtanh", "aten.hardtanh_")
+def _hardtanh(ctx, node):
+    return ctx.emit1("hardtanh", [ctx.value(node.args[0])],
+                     {"min_val": float(schema_arg(node, 1, "min_val", -1.0)), "max_val": float(schema_arg(node, 2, "max_val", 1.0))})
+
+
+@register_torch_op("aten.relu6", "aten.relu6_")
+def _relu6(ctx, node):
+    return ctx.emit1("hardtanh", [ctx.value(node.args[0])], {"min_val": 0.0, "max_val": 6.0})
+
+
+@register_torch_op("aten.leaky_relu", "aten.leaky_relu_")
+def _leaky_relu(ctx, node):
+    return ctx.emit1("leaky_relu", [ctx.value(node.args[0])], {"negative_slope": float(schema_arg(node, 1, "negative_slope", 0.01))})
+
+
+@register_torch_op("aten.elu", "aten.elu_")
+def _elu(ctx, node):
+    return ctx.emit1("elu", [ctx.value(node.args[0])], {"alpha": float(schema_arg(node, 1, "alpha", 1.0))})
+
+
+@register_torch_op("aten.softplus")
+def _softplus(ctx, node):
+    return ctx.emit1("softplus", [ctx.value(node.args[0])],
+                     {"beta": float(schema_arg(node, 1, "beta", 1.0)), "threshold": float(schema_arg(node, 2, "threshold", 20.0))})
+
+
+@register_torch_op("aten.clamp", "aten.clamp_")
+def _clamp(ctx, node):
+    lo, hi = schema_arg(node, 1, "min"), schema_arg(node, 2, "max")
+    if isinstance(lo, torch.fx.Node) or isinstance(hi, torch.fx.Node):
+        x = ctx.value(node.args[0])
+        if lo is not None:
+            x = ctx.emit1("maximum", [x, ctx.value(lo)])
+        if hi is not None:
+            x = ctx.emit1("minimum", [x, ctx.value(hi)])
+        return x
+    return ctx.emit1("clamp", [ctx.value(node.args[0])], {"min": lo, "max": hi})
+
+
+@register_torch_op("aten.clamp_min", "aten.clamp_min_")
+def _clamp_min(ctx, node):
+    return ctx.emit1("clamp", [ctx.value(node.args[0])], {"min": node.args[1], "max": None})
+
+
+@register_torch_op("aten.clamp_max", "aten.clamp_max_")
+def _clamp_max(ctx, node):
+    return ctx.emit1("clamp", [ctx.value(node.args[0])], {"min": None, "max": node.args[1]})
+
+
+@register_torch_op("aten.dropout", "aten.dropout_", "aten.feature_dropout", "aten.alpha_dropout")
+def _dropout(ctx, node):
+    return ctx.emit1("dropout", [ctx.value(node.args[0])], {"p": float(schema_arg(node, 1, "p", 0.5))})
+
+
+@register_torch_op("aten.triu", "aten.tril")
+def _tri(ctx, node):
+    op = "triu" if "triu" in str(node.target) else "tril"
+    return ctx.emit1(op, [ctx.value(node.args[0])], {"diagonal": int(schema_arg(node, 1, "diagonal", 0))})
+
+
+@register_torch_op("aten.cumsum")
+def _cumsum(ctx, node):
+    x = ctx.value(node.args[0])
+    out = ctx.emit1("cumsum", [x], {"axis": int(node.args[1])})
+    dtype = ctx.out_dtype()
+    return out if out.dtype == dtype else ctx.emit1("cast", [out], {"dtype": dtype})
+
+
+# --------------------------------------------------------------- binary ops
+_BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "maximum": "maximum",
+           "minimum": "minimum", "eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge",
+           "logical_and": "logical_and", "logical_or": "logical_or", "bitwise_and": "logical_and",
+           "bitwise_or": "logical_or"}
+
+
+def _binary(op: str):
+    def convert(ctx: ImportContext, node):
+        a, b = node.args[0], node.args[1]
+        alpha = node.kwargs.get("alpha", node.args[2] if len(node.args) > 2 and op in ("add", "sub") else 1)
+        a_val = ctx.value(a)
+        b_val = ctx.value(b)
+        if alpha != 1:
+            b_val = ctx.emit1("mul", [b_val, ctx.value(alpha)])
+        attrs = {}
+        if op == "div":
+            mode = node.kwargs.get("rounding_mode")
+            if mode is not None:
+                attrs["rounding_mode"] = mode
+        if op in ("logical_and", "logical_or") and (a_val.dtype != torch.bool or b_val.dtype != torch.bool):
+            raise GraphoptError(f"node '{node.name}': bitwise ops are supported on bool tensors only")
+        return ctx.emit1(op, [a_val, b_val], attrs)
+
+    return convert
+
+
+for _aten, _op in _BINARY.items():
+    register_torch_op(f"aten.{_aten}", f"aten.{_aten}_")(_binary(_op))
+
+
+@register_torch_op("aten.rsub")
+def _rsub(ctx, node):
+    alpha = node.kwargs.get("alpha", 1)
+    x = ctx.value(node.args[0])
+    if alpha != 1:
+        x = ctx.emit1("mul", [x, ctx.value(alpha)])
+    return ctx.emit1("sub", [ctx.value(node.args[1]), x])
+
+
+@register_torch_op("aten.floor_divide")
+def _floor_divide(ctx, node):
+    return ctx.emit1("div", [ctx.value(node.args[0]), ctx.value(node.args[1])], {"rounding_mode": "floor"})
+
+
+@register_torch_op("aten.where")
+def _where(ctx, node):
+    if len(node.args) == 1:
+        raise GraphoptError(f"node '{node.name}': torch.where(cond) with one argument is data-dependent")
+    return ctx.emit1("where", [ctx.value(node.args[0]), ctx.value(node.args[1]), ctx.value(node.args[2])])
+
+
+@register_torch_op("aten.masked_fill", "aten.masked_fill_")
+def _masked_fill(ctx, node):
+    x = ctx.value(node.args[0])
+    fill = node.args[2]
+    fill_val = ctx.value(fill) if isinstance(fill, torch.fx.Node) else ctx.scalar(fill, dtype=x.dtype)
+    return ctx.emit1("where", [ctx.value(node.args[1]), fill_val, x])
+
+
+@register_torch_op("aten._to_copy", "aten.to", "aten.type_as", "aten._to_dim_order_copy")
+def _to(ctx, node):
+    return cast_to(ctx, ctx.value(node.args[0]), ctx.out_dtype())
+
+
+@register_torch_op("aten.clone", "aten.contiguous", "aten.alias", "aten.detach", "aten.lift_fresh_copy",
+                   "aten.lift_fresh", "aten.alias_copy", "aten.detach_", "aten.view_copy.dtype")
+def _identity(ctx, node):
+    return ctx.value(node.args[0])
