@@ -225,25 +225,29 @@ def test_bad_export_arguments():
 
 
 def test_op_without_lowering_names_the_node_and_the_fix():
-    from graphopt.backends.torch.kernels import KERNELS
-    from graphopt.ir.ops import OPS, OpDef, register_op
+    from graphopt.backends.torch.kernels import register_kernel
+    from graphopt.ir.ops import OpDef, register_op
 
+    # the autouse fixture in conftest.py restores the op registry and the op-table columns afterwards
     register_op(OpDef("my_swish", lambda node: [(node.inputs[0].shape, node.inputs[0].dtype)], "x"))
-    KERNELS["my_swish"] = lambda x: x * torch.sigmoid(x)
-    try:
-        g = Graph("custom")
-        x = g.add_input("x", [2, 3], torch.float32)
-        g.outputs = [g.create_node("my_swish", [x], name="block.act").output]
-        with pytest.raises(GraphoptError, match=r"no lowering for op 'my_swish'.*block\.act.*register_lowering"):
-            gonnx.to_onnx(g)
-        gonnx.register_lowering("my_swish", lambda b, node, ins: b.op(
-            "Mul", [ins[0], b.op("Sigmoid", ins, dtype=torch.float32)], dtype=torch.float32))
-        t = torch.randn(2, 3)
-        torch.testing.assert_close(gonnx.compile(g)(t), t * torch.sigmoid(t))
-    finally:
-        OPS.pop("my_swish", None)
-        KERNELS.pop("my_swish", None)
-        gonnx.LOWERINGS.pop("my_swish", None)
+    register_kernel("my_swish", lambda x: x * torch.sigmoid(x))
+    g = Graph("custom")
+    x = g.add_input("x", [2, 3], torch.float32)
+    g.outputs = [g.create_node("my_swish", [x], name="block.act").output]
+    with pytest.raises(GraphoptError, match=r"no lowering for op 'my_swish'.*block\.act.*register_lowering"):
+        gonnx.to_onnx(g)
+
+    def lower(b, node, ins):
+        return b.op("Mul", [ins[0], b.op("Sigmoid", ins, dtype=torch.float32)], dtype=torch.float32)
+
+    gonnx.register_lowering("my_swish", lower)
+    with pytest.raises(GraphoptError, match="already registered"):  # one duplicate policy: a second one raises
+        gonnx.register_lowering("my_swish", lambda b, node, ins: ins[0])
+    assert gonnx.LOWERINGS.get("my_swish") is lower
+    t = torch.randn(2, 3)
+    torch.testing.assert_close(gonnx.compile(g)(t), t * torch.sigmoid(t))
+    gonnx.register_lowering("my_swish", lambda b, node, ins: ins[0], replace=True)
+    torch.testing.assert_close(gonnx.compile(g)(t), t)
 
 
 # ------------------------------------------------------------------ runtime

@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from graphopt.backends.onnx.export import DEFAULT_OPSET, LoweredModel, export, lower, save_atomic, to_onnx
-from graphopt.backends.onnx.lower_ops import LOWERINGS, register_lowering
+from graphopt.backends.onnx import lowerings as _lowerings  # noqa: F401 - attaches the built-in lowerings
+from graphopt.backends.onnx.lowering import LOWERINGS, register_lowering
 
 __all__ = [
     "DEFAULT_OPSET", "export", "to_onnx", "lower", "LoweredModel", "save_atomic",

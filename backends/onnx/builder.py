@@ -1,6 +1,6 @@
 """The ONNX graph under construction: tensor names, constants, nodes, and symbolic dims computed at run time.
 
-Lowering functions (lower_ops.py) only talk to this class. It owns three
+Lowering functions (the lowerings package) only talk to this class. It owns three
 concerns they should not repeat:
 - naming: every tensor gets a unique, readable name derived from the IR node
   it implements, so a failing ONNX node points back to the graphopt node;

@@ -32,7 +32,8 @@ from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph
 from graphopt.backends.onnx.builder import OnnxBuilder
 from graphopt.backends.onnx.dtypes import fill_tensor_proto, to_onnx_dtype
-from graphopt.backends.onnx.lower_ops import LOWERINGS
+from graphopt.backends.onnx import lowerings as _lowerings  # noqa: F401 - attaches the built-in lowerings
+from graphopt.backends.onnx.lowering import lowering_for
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
@@ -284,10 +285,11 @@ def _value_info(b: OnnxBuilder, name: str, dtype: torch.dtype, shape) -> onnx.Va
 
 
 def _lower_node(b: OnnxBuilder, node) -> None:
-    fn = LOWERINGS.get(node.op)
+    fn = lowering_for(node.op)
     if fn is None:
         raise GraphoptError(f"the ONNX exporter has no lowering for op '{node.op}' ({node.where()}); add one with "
-                            "graphopt.backends.onnx.register_lowering(op, fn)")
+                            "graphopt.backends.onnx.register_lowering(op, fn), or define the op with "
+                            "graphopt.define_op(..., onnx=fn)")
     b.current = node
     since = len(b.nodes)
     ins = [None if v is None else b.name_of(v) for v in node.inputs]

@@ -1,0 +1,83 @@
+"""ONNX lowerings of layout ops: reshape, permute, expand, concat/split/slice, select and gathers, pad."""
+
+from __future__ import annotations
+
+from graphopt.errors import GraphoptError
+from graphopt.ir import dims as D
+from graphopt.backends.onnx.builder import INT64_MAX
+from graphopt.backends.onnx.lowering import lowering
+from graphopt.backends.onnx.lowerings._common import axes_list, casted, out_of, scalar, expand, reshape
+
+
+@lowering("reshape")
+def _reshape(b, node, ins):
+    return reshape(b, ins[0], node.inputs[0].shape, node.attrs["shape"], out_of(node).dtype)
+
+
+@lowering("permute")
+def _permute(b, node, ins):
+    rank = node.inputs[0].rank
+    return b.op("Transpose", ins[:1], {"perm": axes_list(node.attrs["dims"], rank)}, dtype=out_of(node).dtype)
+
+
+@lowering("expand")
+def _expand(b, node, ins):
+    return expand(b, ins[0], node.inputs[0].shape, node.attrs["shape"], out_of(node).dtype)
+
+
+@lowering("concat")
+def _concat(b, node, ins):
+    dt = out_of(node).dtype
+    return b.op("Concat", casted(b, node, ins, dt), {"axis": int(node.attrs["axis"])}, dtype=dt)
+
+
+@lowering("split")
+def _split(b, node, ins):
+    sizes = list(node.attrs["sizes"])
+    dt = node.inputs[0].dtype
+    axis = int(node.attrs["axis"])
+    outs = b.op("Split", [ins[0], b.shape(sizes)], {"axis": axis}, outputs=len(sizes), dtype=dt)
+    return [outs] if len(sizes) == 1 else outs
+
+
+@lowering("slice")
+def _slice(b, node, ins):
+    x_v = node.inputs[0]
+    axis = int(node.attrs["axis"]) % x_v.rank
+    start, end, step = node.attrs["start"], node.attrs["end"], node.attrs.get("step", 1)
+    size = b.resolve(x_v.shape[axis])
+    end = b.resolve(D.canon(end))
+    ends = b.i64([INT64_MAX]) if D.dims_equal(end, size) or (isinstance(end, int) and end >= INT64_MAX) else b.dim(end)
+    return b.op("Slice", [ins[0], b.dim(start), ends, b.i64([axis]), b.dim(step)], dtype=out_of(node).dtype)
+
+
+@lowering("select")
+def _select(b, node, ins):
+    return b.op("Gather", [ins[0], b.i64(int(node.attrs["index"]))], {"axis": int(node.attrs["axis"])},
+                dtype=out_of(node).dtype)
+
+
+@lowering("index_select")
+def _index_select(b, node, ins):
+    return b.op("Gather", ins[:2], {"axis": int(node.attrs["axis"])}, dtype=out_of(node).dtype)
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+@lowering("pad")
+def _pad(b, node, ins):
+    x_v = node.inputs[0]
+    dt = out_of(node).dtype
+    pad = [int(p) for p in node.attrs["pad"]]
+    mode = node.attrs.get("mode", "constant")
+    if mode not in _PAD_MODES or (mode == "circular" and b.opset < 19):
+        raise GraphoptError(f"{node.where()}: pad mode '{mode}' has no ONNX equivalent at opset {b.opset}")
+    begins, ends = [0] * x_v.rank, [0] * x_v.rank
+    for i in range(len(pad) // 2):
+        axis = x_v.rank - 1 - i
+        begins[axis], ends[axis] = pad[2 * i], pad[2 * i + 1]
+    inputs = [ins[0], b.i64(begins + ends)]
+    if mode == "constant":
+        inputs.append(scalar(b, node.attrs.get("value", 0.0) or 0, dt))
+    return b.op("Pad", inputs, {"mode": _PAD_MODES[mode]}, dtype=dt)
