@@ -1,7 +1,7 @@
-"""Structured-pruning, layer-dropping and quantization passes (installed as graphopt.passes).
+"""graphopt's own passes (installed as graphopt.passes): canonicalisation and structured pruning.
 
-Importing this package registers graphopt's own passes by name (the pass
-registry imports it on the first lookup).
+Importing this package registers them by name (the pass registry imports it
+on the first lookup).
 """
 
 from . import canonicalize  # noqa: F401  (registers the canonicalisation passes and the `canonicalize` pipeline)

@@ -97,6 +97,14 @@ class Value:
             seen.setdefault(id(node), node)
         return list(seen.values())
 
+    def is_graph_output(self) -> bool:
+        """True if this value is one of its graph's outputs (what the graph returns)."""
+        return self.graph is not None and any(out is self for out in self.graph.outputs)
+
+    def is_used(self) -> bool:
+        """True if a node reads this value or the graph returns it: erasing it would change the graph."""
+        return bool(self._uses) or self.is_graph_output()
+
     def replace_all_uses_with(self, other: Value) -> None:
         """Make every reader of this value (nodes and graph outputs) read `other` instead."""
         if other is self:
@@ -148,6 +156,10 @@ class Node:
     @property
     def source(self) -> SourceLocation | None:
         return self.meta.get("source")
+
+    def is_dead(self) -> bool:
+        """True if nothing reads any of the node's outputs: no node, no graph output."""
+        return not any(out.is_used() for out in self.outputs)
 
     def set_input(self, index: int, value: Value | None) -> None:
         old = self._inputs[index]
@@ -291,13 +303,20 @@ class Graph:
     def erase_node(self, node: Node) -> None:
         """Remove a node whose outputs nobody reads."""
         for out in node.outputs:
-            if out._uses or any(v is out for v in self.outputs):
+            if out.is_used():
                 readers = ", ".join(f"%{n.name}" for n in out.users) or "graph outputs"
                 raise GraphoptError(f"cannot erase {node.where()}: output %{out.name} is still read by {readers}")
         node._detach_inputs()
         node._inputs = []
         self.nodes.pop(self.index_of(node))
         node.graph = None
+
+    def erase_if_dead(self, node: Node | None) -> bool:
+        """Erase `node` if it is in this graph and nothing reads its outputs; True if it was erased."""
+        if node is None or node.graph is not self or not node.is_dead():
+            return False
+        self.erase_node(node)
+        return True
 
     def replace_node(self, old: Node, new_outputs: Sequence[Value] | Value) -> None:
         """Redirect all readers of `old`'s outputs to `new_outputs`, then erase `old`."""
@@ -312,12 +331,19 @@ class Graph:
         self.erase_node(old)
 
     def remove_weight(self, value: Value) -> None:
-        if value._uses or any(v is value for v in self.outputs):
+        if value.is_used():
             raise GraphoptError(f"cannot remove weight %{value.name}: it is still used")
         self.weights.pop(value.name, None)
 
+    def remove_weight_if_unused(self, value: Value | None) -> bool:
+        """Remove `value` if it is a weight of this graph that nothing reads; True if it was removed."""
+        if value is None or self.weights.get(value.name) is not value or value.is_used():
+            return False
+        del self.weights[value.name]
+        return True
+
     def remove_unused_weights(self) -> int:
-        unused = [v for v in self.weights.values() if not v._uses and all(o is not v for o in self.outputs)]
+        unused = [v for v in self.weights.values() if not v.is_used()]
         for value in unused:
             del self.weights[value.name]
         return len(unused)
