@@ -204,6 +204,48 @@ def test_registering_a_rule_makes_the_op_transparent():
     assert hidden.prunable
 
 
+def _through_custom_op(op: str):
+    """fc1 -> `op` -> fc2, with `op` an elementwise op defined here; returns the 16-channel hidden group."""
+    if op not in OPS:
+        register_op(OpDef(op, lambda node: [(node.inputs[0].shape, node.inputs[0].dtype)], "x"))
+    g = graphopt.Graph("custom")
+    x = g.add_input("x", (2, 8), torch.float32)
+    fc1 = g.create_node("linear", [x, g.add_weight("fc1.weight", torch.randn(16, 8)), None])
+    odd = g.create_node(op, [fc1.output])
+    fc2 = g.create_node("linear", [odd.output, g.add_weight("fc2.weight", torch.randn(4, 16)), None])
+    g.outputs = [fc2.output]
+    return next(gr for gr in channel_groups(g) if gr.num_channels == 16)
+
+
+def test_an_op_registered_as_barrier_blocks_and_says_it_is_on_purpose():
+    from graphopt.analysis import BARRIER
+    from graphopt.analysis.channel_rules import is_barrier, rule_for
+
+    register_channel_rule("mystery_wall")(BARRIER)
+    assert rule_for("mystery_wall") is BARRIER and is_barrier("mystery_wall") and not is_barrier("linear")
+    hidden = _through_custom_op("mystery_wall")
+    assert not hidden.prunable
+    assert "op 'mystery_wall'" in hidden.reasons[0] and "BARRIER" in hidden.reasons[0]
+    assert "register_channel_rule" not in hidden.reasons[0]  # not the "no rule yet" message
+
+
+def test_a_second_channel_rule_for_an_op_raises_unless_replace():
+    from graphopt.analysis import BARRIER
+    from graphopt.analysis.channel_rules import rule_for
+    from graphopt.errors import GraphoptError
+
+    with pytest.raises(GraphoptError, match="channel rule for 'linear' is already registered"):
+        register_channel_rule("linear")(BARRIER)
+    assert rule_for("linear") is not BARRIER
+
+    def identity(builder, node):
+        builder.identity(node.inputs[0], node.output, range(node.output.rank), range(node.output.rank))
+
+    register_channel_rule("mystery_wall2")(BARRIER)
+    register_channel_rule("mystery_wall2", replace=True)(identity)
+    assert _through_custom_op("mystery_wall2").prunable
+
+
 def test_analysis_is_bounded():
     _, _, graph = traced_zoo_model("resnet18")
     with pytest.raises(ChannelAnalysisError, match="stopped at node"):

@@ -106,3 +106,17 @@ def test_zoo_macs_match_torch_flop_counter(name):
         model(*inputs)
     assert 2 * cost.total_macs == counter.get_total_flops()
     assert cost.total_params == sum(p.numel() for p in model.parameters())
+
+
+def test_mac_rules_are_an_op_table_column_with_one_duplicate_policy():
+    from graphopt.analysis import mac_rule
+    from graphopt.errors import GraphoptError
+    from graphopt.ir.op_table import get_op_attr
+
+    assert get_op_attr("linear", "mac_rule") is not None and get_op_attr("relu", "mac_rule") is None
+    with pytest.raises(GraphoptError, match="mac rule for 'linear' is already registered"):
+        mac_rule("linear")(lambda node, numel: 0)
+    g = dense_graph()
+    before = estimate_cost(g).nodes["fc"].macs
+    mac_rule("linear", replace=True)(lambda node, numel: 7)
+    assert before != 7 and estimate_cost(g).nodes["fc"].macs == 7

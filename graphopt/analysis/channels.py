@@ -5,11 +5,12 @@ The model, and why it is exact:
   are channels: a conv's output axis 1, a linear's input axis -1, or a joint
   space such as (heads, head_dim) after a reshape into attention heads. Each
   position of a space is an *atom*.
-- Per-op rules (graphopt/analysis/channel_rules.py) say how atoms of the spaces
-  around a node correspond: identically (elementwise ops), at an offset
-  (concat, split, slice), through a factorisation (reshape, flatten), a
-  permutation (permute), or many-to-one (grouped conv, GQA, head merges). Rules
-  run to a fixed point, creating spaces where channels flow.
+- Per-op rules (graphopt/analysis/channel_rules/: the "channel_rule" column of
+  the op table) say how atoms of the spaces around a node correspond:
+  identically (elementwise ops), at an offset (concat, split, slice), through a
+  factorisation (reshape, flatten), a permutation (permute), or many-to-one
+  (grouped conv, GQA, head merges). Rules run to a fixed point, creating spaces
+  where channels flow.
 - Atoms that correspond are unioned. A *channel* is a connected component of
   atoms; a *group* is a connected set of spaces. Removing a channel removes all
   its atoms from every tensor at once, which is what keeps shapes consistent.
@@ -17,7 +18,8 @@ The model, and why it is exact:
   rotary table serves every head): such spaces are recorded as soft links, and
   a group that other groups broadcast into is not prunable on its own.
 - An op with no rule is a barrier, never a guess: every group touching it is
-  reported not prunable, naming the op and how to register a rule.
+  reported not prunable, naming the op and how to register a rule. An op whose
+  rule is `BARRIER` is a barrier on purpose, and reported as such.
 - Attention heads (`heads=True`, the default) are removed whole. With
   `heads=False` the heads axis of attention is a batch axis instead: the rules
   for sdpa and batched matmul couple head_dim on its own, so one channel is
@@ -37,6 +39,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from graphopt.analysis.rule_columns import BARRIER, is_barrier, rule_for
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph, Node, Value
 
@@ -321,8 +324,6 @@ class Builder:
 
     # ------------------------------------------------------------ driving
     def run(self) -> None:
-        from graphopt.analysis.channel_rules import rule_for
-
         nodes_by_value: dict[int, list[Node]] = {}
         for node in self.graph.nodes:
             for v in list(node.inputs) + node.outputs:
@@ -340,8 +341,8 @@ class Builder:
             if counts[id(node)] > 64:
                 raise ChannelAnalysisError(f"channel rules did not settle at {node.where()}")
             rule = rule_for(node.op)
-            if rule is None:
-                self._block_unruled(node)
+            if rule is None or rule is BARRIER:
+                self._block_barrier(node)
             else:
                 rule(self, node)
             if self.created != before:
@@ -356,12 +357,16 @@ class Builder:
         self.current = None
         # spaces created after a barrier was set on their value are blocked too
         for node in self.graph.nodes:
-            if rule_for(node.op) is None:
-                self._block_unruled(node)
+            if is_barrier(node.op):
+                self._block_barrier(node)
 
-    def _block_unruled(self, node: Node) -> None:
-        reason = (f"op '{node.op}' ({node.where()}) has no channel rule; register one with "
-                  "graphopt.analysis.register_channel_rule")
+    def _block_barrier(self, node: Node) -> None:
+        """Block every group on the node's tensors: its op has no channel rule, or BARRIER."""
+        if rule_for(node.op) is BARRIER:
+            reason = f"op '{node.op}' ({node.where()}) is a channel barrier (registered as BARRIER)"
+        else:
+            reason = (f"op '{node.op}' ({node.where()}) has no channel rule; register one with "
+                      "graphopt.analysis.register_channel_rule")
         for v in list(node.inputs) + node.outputs:
             self.barrier(v, reason)
 

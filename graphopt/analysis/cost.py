@@ -4,7 +4,8 @@ Passes that trade accuracy for speed (pruning, layer dropping) need to know
 where the compute is; reports need "before/after" figures. Conventions:
 
 - MACs are counted for dense ops only: conv, conv_transpose, linear, matmul,
-  einsum, sdpa (q k^T and attn v). Embedding lookups, norms, pooling and
+  einsum, sdpa (q k^T and attn v); their rules are the "mac_rule" column of the
+  op table (graphopt/analysis/mac_rules.py). Embedding lookups, norms, pooling and
   element-wise ops count 0 MACs: they are memory-bound and small next to them.
 - Params are the elements of `param`-kind weights a node reads. Per node, a
   weight read by two nodes counts for both; the total counts it once.
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from graphopt.analysis import mac_rules  # noqa: F401 - attaches the built-in MAC rules to the op table
+# MAC_RULES and mac_rule stay importable from here, where users registered MAC rules before the op table
+from graphopt.analysis.rule_columns import MAC_RULES, MacRule, mac_rule, mac_rule_for  # noqa: F401
 from graphopt.ir import dims as D
-from graphopt.ir.graph import Graph, Node, Value
+from graphopt.ir.graph import Graph, Value
 from graphopt.passmanager.analysis import AnalysisManager, bindings_from_inputs, register_analysis
-
-MacRule = Callable[[Node, Callable[[Sequence[D.Dim]], int]], int]
 
 
 @dataclass(frozen=True)
@@ -69,76 +71,6 @@ class CostReport:
     __str__ = table
 
 
-# --------------------------------------------------------------- MAC rules
-MAC_RULES: dict[str, MacRule] = {}
-
-
-def mac_rule(*ops: str) -> Callable[[MacRule], MacRule]:
-    """Register how many MACs an op performs; `numel(shape)` evaluates a (symbolic) shape's size."""
-
-    def wrap(fn: MacRule) -> MacRule:
-        for op in ops:
-            MAC_RULES[op] = fn
-        return fn
-
-    return wrap
-
-
-@mac_rule("conv")
-def _conv(node: Node, numel) -> int:
-    w = node.inputs[1]
-    # each output element: C_in/groups * prod(kernel) MACs; weight is [C_out, C_in/groups, k...]
-    return numel(node.outputs[0].shape) * numel(w.shape[1:])
-
-
-@mac_rule("conv_transpose")
-def _conv_transpose(node: Node, numel) -> int:
-    w = node.inputs[1]
-    # each input element scatters into C_out/groups * prod(kernel) outputs; weight is [C_in, C_out/groups, k...]
-    return numel(node.inputs[0].shape) * numel(w.shape[1:])
-
-
-@mac_rule("linear")
-def _linear(node: Node, numel) -> int:
-    return numel(node.outputs[0].shape) * numel(node.inputs[1].shape[1:])
-
-
-@mac_rule("matmul")
-def _matmul(node: Node, numel) -> int:
-    a = node.inputs[0]
-    return numel(node.outputs[0].shape) * numel(a.shape[-1:])
-
-
-@mac_rule("einsum")
-def _einsum(node: Node, numel) -> int:
-    """Product of every index's size: exact for one- and two-operand einsums, an upper bound beyond."""
-    lhs = node.attrs["equation"].replace(" ", "").partition("->")[0]
-    sizes: dict[str, D.Dim] = {}
-    ellipsis: tuple = ()
-    for term, value in zip(lhs.split(","), node.inputs):
-        shape = list(value.shape)
-        if "..." in term:
-            pre, post = term.split("...")
-            n_ell = len(shape) - len(pre) - len(post)
-            if len(shape[len(pre):len(pre) + n_ell]) > len(ellipsis):
-                ellipsis = tuple(shape[len(pre):len(pre) + n_ell])
-            shape = shape[:len(pre)] + shape[len(pre) + n_ell:]
-            term = pre + post
-        for letter, d in zip(term, shape):
-            if letter not in sizes or sizes[letter] == 1:
-                sizes[letter] = d
-    return numel(list(sizes.values())) * numel(ellipsis)
-
-
-@mac_rule("sdpa")
-def _sdpa(node: Node, numel) -> int:
-    q, k, v = node.inputs[0], node.inputs[1], node.inputs[2]
-    # scores: [..., L, S] each a dot of length E; output: [..., L, Ev] each a dot of length S
-    batch_and_l = numel(q.shape[:-1])
-    s = numel(k.shape[-2:-1])
-    return batch_and_l * s * (numel(q.shape[-1:]) + numel(v.shape[-1:]))
-
-
 # ------------------------------------------------------------------ driver
 def estimate_cost(
     graph: Graph,
@@ -175,7 +107,7 @@ def estimate_cost(
                 if id(value) not in counted:
                     counted.add(id(value))
                     report.total_params += _numel(value)
-        rule = MAC_RULES.get(node.op)
+        rule = mac_rule_for(node.op)
         macs = rule(node, numel) if rule is not None else 0
         report.nodes[node.name] = NodeCost(node.op, params, macs)
         report.total_macs += macs

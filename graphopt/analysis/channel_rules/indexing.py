@@ -1,0 +1,39 @@
+"""Channel rules of ops that pick or mask positions: select, index_select, triu, tril."""
+
+from __future__ import annotations
+
+from graphopt.analysis.channels import Builder
+from graphopt.analysis.rule_columns import register_channel_rule
+from graphopt.ir.graph import Node
+
+
+@register_channel_rule("select")
+def _select(b: Builder, node: Node) -> None:
+    x, out = node.inputs[0], node.output
+    axis = node.attrs["axis"] % x.rank
+    rest = [a for a in range(x.rank) if a != axis]
+    b.identity(x, out, rest, list(range(len(rest))))
+    for s in b.spaces_of(x):
+        if axis in s.axes:
+            b.barriers.setdefault(id(s), f"select %{node.name} picks one channel by position")
+
+
+@register_channel_rule("index_select")
+def _index_select(b: Builder, node: Node) -> None:
+    x, idx = node.inputs
+    out = node.output
+    axis = node.attrs["axis"] % x.rank
+    rest = [a for a in range(x.rank) if a != axis]
+    b.identity(x, out, rest, rest)
+    for s in b.spaces_of(x) + b.spaces_of(out):
+        if axis in s.axes:
+            b.barriers.setdefault(id(s), f"index_select %{node.name} gathers channels by position")
+
+
+@register_channel_rule("triu", "tril")
+def _triangle(b: Builder, node: Node) -> None:
+    x, out = node.inputs[0], node.output
+    b.identity(x, out, list(range(x.rank)), list(range(x.rank)))
+    for s in b.spaces_of(out):
+        if set(s.axes) & {x.rank - 1, x.rank - 2}:
+            b.barriers.setdefault(id(s), f"{node.op} %{node.name} depends on channel positions")

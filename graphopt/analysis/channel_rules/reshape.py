@@ -1,0 +1,140 @@
+"""Channel rule of reshape: axes regroup into blocks of equal element counts, the flat index is kept."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt.analysis.channels import Builder, Space
+from graphopt.analysis.rule_columns import register_channel_rule
+from graphopt.ir import dims as D
+from graphopt.ir.graph import Node, Value
+
+
+@register_channel_rule("reshape")
+def _reshape(b: Builder, node: Node) -> None:
+    """Axes regroup into blocks with equal element counts; within a block the flat index is kept."""
+    x, out = node.inputs[0], node.output
+    blocks = _reshape_blocks(list(x.shape), list(out.shape))
+    if blocks is None:
+        for v in (x, out):
+            b.barrier(v, f"reshape %{node.name} mixes dynamic and channel axes")
+        return
+    for src, dst, side in ((x, out, 0), (out, x, 1)):
+        for s in b.spaces_of(src):
+            touched = [blk for blk in blocks if set(blk[side]) & set(s.axes)]
+            if not touched:
+                continue
+            if any(not all(isinstance(src.shape[a], int) for a in blk[side]) for blk in touched):
+                continue
+            _couple_through_blocks(b, s, dst, touched, side)
+
+
+def _reshape_blocks(src: list, dst: list) -> list[tuple[list[int], list[int]]] | None:
+    """Pair runs of axes with equal products: [([0], [0]), ([1, 2], [1]), ...]."""
+    blocks = []
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        bi, bj = [], []
+        pi = pj = 1
+        if i < len(src):
+            bi.append(i)
+            pi = src[i]
+            i += 1
+        if j < len(dst):
+            bj.append(j)
+            pj = dst[j]
+            j += 1
+        while not _dims_eq(pi, pj):
+            if not (isinstance(pi, int) and isinstance(pj, int)):
+                return _symbolic_blocks(src, dst)
+            if pi < pj and i < len(src):
+                bi.append(i)
+                pi *= src[i]
+                i += 1
+            elif j < len(dst):
+                bj.append(j)
+                pj *= dst[j]
+                j += 1
+            else:
+                return None
+        # absorb trailing size-1 axes into this block
+        while i < len(src) and src[i] == 1 and (j >= len(dst) or dst[j] != 1):
+            bi.append(i)
+            i += 1
+        while j < len(dst) and dst[j] == 1 and (i >= len(src) or src[i] != 1):
+            bj.append(j)
+            j += 1
+        blocks.append((bi, bj))
+    return blocks
+
+
+def _dims_eq(a, b) -> bool:
+    return D.dims_equal(a, b)
+
+
+def _symbolic_blocks(src: list, dst: list) -> list[tuple[list[int], list[int]]] | None:
+    """Blocks when symbolic dims are involved: match them one to one, static runs in between."""
+    sym_src = [i for i, d in enumerate(src) if not isinstance(d, int)]
+    sym_dst = [j for j, d in enumerate(dst) if not isinstance(d, int)]
+    if len(sym_src) != len(sym_dst) or any(not D.dims_equal(src[i], dst[j]) for i, j in zip(sym_src, sym_dst)):
+        # e.g. (batch, seq, C) -> (batch*seq, C): the symbolic run is one block
+        return _coarse_blocks(src, dst)
+    blocks: list[tuple[list[int], list[int]]] = []
+    pi = pj = 0
+    for i, j in list(zip(sym_src, sym_dst)) + [(len(src), len(dst))]:
+        sub = _reshape_blocks(src[pi:i], dst[pj:j]) if (i > pi or j > pj) else []
+        if sub is None:
+            return None
+        blocks += [([a + pi for a in bi], [c + pj for c in bj]) for bi, bj in sub]
+        if i < len(src):
+            blocks.append(([i], [j]))
+        pi, pj = i + 1, j + 1
+    return blocks
+
+
+def _coarse_blocks(src: list, dst: list) -> list[tuple[list[int], list[int]]] | None:
+    """Fallback: peel equal static axes off the end; everything else is one block."""
+    blocks = []
+    i, j = len(src) - 1, len(dst) - 1
+    while i >= 0 and j >= 0 and isinstance(src[i], int) and isinstance(dst[j], int) and src[i] == dst[j]:
+        blocks.insert(0, ([i], [j]))
+        i, j = i - 1, j - 1
+    if i >= 0 or j >= 0:
+        blocks.insert(0, (list(range(i + 1)), list(range(j + 1))))
+    return blocks
+
+
+def _couple_through_blocks(b: Builder, s: Space, dst: Value, touched, side: int) -> None:
+    src = s.value
+    src_axes = [a for blk in touched for a in blk[side]]
+    if not all(isinstance(dst.shape[a], int) for blk in touched for a in blk[1 - side]):
+        return
+    dst_axes = [a for blk in touched for a in blk[1 - side] if dst.shape[a] > 1]
+    # enumerate full coordinates of the touched src axes; the flat index within a block is kept
+    sizes = [src.shape[a] for a in src_axes]
+    coords = np.indices(sizes).reshape(len(sizes), -1)
+    total = coords.shape[1]
+    src_key = np.zeros(total, dtype=np.int64)  # the src atom of each coordinate (projected onto s.axes)
+    for axis, size in zip(s.axes, s.sizes):
+        src_key = src_key * size + coords[src_axes.index(axis)]
+    dst_coord: dict[int, np.ndarray] = {}
+    for blk in touched:
+        flat = np.zeros(total, dtype=np.int64)
+        for axis in blk[side]:
+            flat = flat * src.shape[axis] + coords[src_axes.index(axis)]
+        dst_sizes = [dst.shape[a] for a in blk[1 - side]]
+        for axis, part in zip(blk[1 - side], np.unravel_index(flat, dst_sizes) if dst_sizes else []):
+            dst_coord[axis] = part
+    dst_sorted = sorted(dst_axes)
+    dst_key = np.zeros(total, dtype=np.int64)
+    for axis in dst_sorted:
+        dst_key = dst_key * dst.shape[axis] + dst_coord[axis]
+    bijective = set(s.axes) >= {a for a in src_axes if src.shape[a] > 1}
+    if bijective and (id(dst), tuple(dst_sorted)) not in b.spaces:
+        ids = np.empty(total, dtype=np.int64)
+        ids[dst_key] = s.atoms[src_key]
+        b.space(dst, dst_sorted, ids=ids)
+        return
+    d = b.space(dst, dst_sorted)
+    if d is not None and b.once("reshape", id(s), id(d)):
+        b.union(s.atoms[src_key], d.atoms[dst_key])
