@@ -169,13 +169,7 @@ class OnnxBuilder:
                 producer = node
         if producer is None:
             return False
-        for node in self.nodes[since:]:
-            for i, name in enumerate(node.input):
-                if name == old:
-                    node.input[i] = new
-            for i, name in enumerate(node.output):
-                if name == old:
-                    node.output[i] = new
+        replace_name(self.nodes[since:], old, new)
         self._used.add(new)
         self._emitted.add(new)
         if old in self.dtypes:
@@ -305,3 +299,11 @@ def _safe(expr) -> str:
     text = str(expr)
     return "".join(c if c.isalnum() else "_" for c in text)[:40]
 
+
+def replace_name(nodes: Iterable[onnx.NodeProto], old: str, new: str) -> None:
+    """Rename tensor `old` to `new` wherever `nodes` read or write it."""
+    for node in nodes:
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new

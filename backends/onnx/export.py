@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import onnx
 import torch
@@ -30,7 +30,7 @@ from onnx import helper
 from graphopt.errors import GraphoptError
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph
-from graphopt.backends.onnx.builder import OnnxBuilder
+from graphopt.backends.onnx.builder import OnnxBuilder, replace_name
 from graphopt.backends.onnx.dtypes import fill_tensor_proto, to_onnx_dtype
 from graphopt.backends.onnx import lowerings as _lowerings  # noqa: F401 - attaches the built-in lowerings
 from graphopt.backends.onnx.lowering import lowering_for
@@ -154,16 +154,7 @@ def lower(
     return LoweredModel(skeleton, weights)
 
 
-def to_onnx(
-    graph: Graph,
-    *,
-    opset: int = DEFAULT_OPSET,
-    dynamic: bool = True,
-    bind: Mapping[str, int] | None = None,
-    input_names: Sequence[str] | None = None,
-    output_names: Sequence[str] | None = None,
-    fused_attention: bool = True,
-) -> onnx.ModelProto:
+def to_onnx(graph: Graph, **options: Any) -> onnx.ModelProto:
     """Lower `graph` to an in-memory ONNX model with its weights inline.
 
     `dynamic=False` exports static shapes: every symbol must then be given a
@@ -171,34 +162,24 @@ def to_onnx(
     dynamic export. At opset >= 23, `sdpa` becomes the fused ONNX `Attention`
     op unless `fused_attention=False`; below, it is lowered to MatMul/Softmax.
     A model over 2 GB cannot be serialised from memory: write it with `export`.
+    The keywords are those of `lower`: opset, dynamic, bind, input_names,
+    output_names, fused_attention.
     """
-    return lower(graph, opset=opset, dynamic=dynamic, bind=bind, input_names=input_names,
-                 output_names=output_names, fused_attention=fused_attention).inline()
+    return lower(graph, **options).inline()
 
 
-def export(
-    graph: Graph,
-    path: str | os.PathLike,
-    *,
-    opset: int = DEFAULT_OPSET,
-    dynamic: bool = True,
-    bind: Mapping[str, int] | None = None,
-    input_names: Sequence[str] | None = None,
-    output_names: Sequence[str] | None = None,
-    fused_attention: bool = True,
-    external_data: bool | None = None,
-) -> Path:
+def export(graph: Graph, path: str | os.PathLike, *, external_data: bool | None = None, **options: Any) -> Path:
     """Write `graph` as an ONNX model to `path` and return the path.
 
     The file appears only once complete: it is written under a temporary name
     in the same directory and moved into place, so a failed export never leaves
     a truncated model (or clobbers the previous one). Weights go to a
     `<name>.data` file beside the model when they exceed protobuf's 2 GB limit
-    (`external_data=None`), or always/never with True/False.
+    (`external_data=None`), or always/never with True/False. The other
+    keywords are those of `lower` (opset, dynamic, bind, input_names, ...).
     """
     path = Path(path)
-    lowered = lower(graph, opset=opset, dynamic=dynamic, bind=bind, input_names=input_names,
-                    output_names=output_names, fused_attention=fused_attention)
+    lowered = lower(graph, **options)
     if external_data is None:
         external_data = lowered.weight_bytes >= EXTERNAL_DATA_THRESHOLD
     with _staging(path) as staging:
@@ -341,13 +322,7 @@ def _bind_outputs(b: OnnxBuilder, graph: Graph, names: Sequence[str]) -> list[on
 
 
 def _rename_everywhere(b: OnnxBuilder, old: str, new: str) -> None:
-    for node in b.nodes:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
-        for i, name in enumerate(node.output):
-            if name == old:
-                node.output[i] = new
+    replace_name(b.nodes, old, new)
     b._used.add(new)
     for key, name in list(b._names.items()):
         if name == old:
