@@ -35,23 +35,40 @@ def traced_zoo_model(name: str):
     return model, inputs, graph
 
 
+def _snapshot(table):
+    return table.snapshot() if hasattr(table, "snapshot") else dict(table)
+
+
+def _restore(table, snapshot) -> None:
+    if hasattr(table, "restore"):
+        table.restore(snapshot)
+    else:
+        table.clear()
+        table.update(snapshot)
+
+
 @pytest.fixture(autouse=True)
 def _restore_registries():
-    """Ops, rules, converters, kernels and criteria a test registers do not leak into the tests after
-    it (several tests check that every registered op is covered by a back-end)."""
+    """Ops, op-table columns (kernels, rules, lowerings), converters and criteria a test registers do not
+    leak into the tests after it (several tests check that every registered op is covered by a back-end)."""
     from graphopt.analysis import channel_rules
-    from graphopt.backends.torch import kernels
     from graphopt.frontends import torch as torch_frontend
     from graphopt.frontends import torch_ops  # noqa: F401 - registers the built-in converters first
-    from graphopt.ir import ops
+    from graphopt.ir import op_table, ops
     from graphopt.passes.prune import CRITERIA
 
-    registries = [ops.OPS, channel_rules._RULES, torch_frontend._CONVERTERS, kernels.KERNELS, CRITERIA]
-    saved = [dict(r) for r in registries]
+    registries = [ops.OPS, torch_frontend._CONVERTERS, CRITERIA, *op_table._COLUMNS.values()]
+    if hasattr(channel_rules, "_RULES"):  # until the channel rules live in the op table
+        registries.append(channel_rules._RULES)
+    saved = [_snapshot(r) for r in registries]
+    columns, column_docs = dict(op_table._COLUMNS), dict(op_table._COLUMN_DOCS)
     yield
     for registry, snapshot in zip(registries, saved):
-        registry.clear()
-        registry.update(snapshot)
+        _restore(registry, snapshot)
+    op_table._COLUMNS.clear()  # columns a test declared go too
+    op_table._COLUMNS.update(columns)
+    op_table._COLUMN_DOCS.clear()
+    op_table._COLUMN_DOCS.update(column_docs)
 
 
 @pytest.fixture(params=models_zoo.list_models())

@@ -14,8 +14,8 @@ from torch.utils import _pytree as pytree
 
 import graphopt
 from graphopt.backends.torch import load_weights, to_module
-from graphopt.backends.torch.interpreter import GraphInterpreter
 from graphopt.errors import GraphoptError
+from graphopt.ir.interpreter import GraphInterpreter
 from graphopt.passes.prune import PruneRecipe
 from graphopt.passmanager import PassManager, Verify
 

@@ -19,8 +19,10 @@ from torch.utils import _pytree as pytree
 
 from graphopt.errors import GraphoptError
 from graphopt.ir import dims as D
-from graphopt.ir.graph import Graph, Value
-from graphopt.backends.torch.kernels import CREATION_OPS, KERNELS, TRAINING_AWARE, register_kernel
+from graphopt.ir.graph import Graph, Node, Value
+from graphopt.ir.interpreter import output_spec, torch_kernel
+from graphopt.ir.ops import CREATION, TRAINING_AWARE, has_trait
+from graphopt.backends.torch.kernels import KERNELS, register_kernel
 
 __all__ = ["to_module", "load_weights", "register_kernel", "KERNELS"]
 
@@ -77,78 +79,12 @@ def to_module(graph: Graph, *, copy_weights: bool = True) -> torch.fx.GraphModul
     for name, value in graph.weights.items():
         tensor = value.data.detach().clone() if copy_weights and value.data.device.type != "meta" else value.data
         paths[name] = _install(root, name, tensor, value.kind)
-
-    fx = torch.fx.Graph()
-    env: dict[int, torch.fx.Node] = {}
-    for value in graph.inputs:
-        env[id(value)] = fx.placeholder(value.name if value.name.isidentifier() else f"input_{len(env)}")
-
-    symbols = graph.symbols()
-    sym_nodes: dict[str, torch.fx.Node] = {}
-    for sym, (index, axis) in symbols.items():
-        sym_nodes[sym] = fx.call_method("size", (env[id(graph.inputs[index])], axis))
-
-    cache: dict[str, torch.fx.Node] = {}
-
-    def resolve(obj: Any) -> Any:
-        if isinstance(obj, sympy.Basic):
-            names = tuple(sorted(str(s) for s in obj.free_symbols))
-            missing = [n for n in names if n not in sym_nodes]
-            if missing:
-                raise GraphoptError(f"symbolic dim {obj} uses {missing}, which no graph input's shape binds")
-            if obj.is_Symbol:
-                return sym_nodes[str(obj)]
-            key = str(obj)
-            if key not in cache:
-                cache[key] = fx.call_function(eval_dim, (key, names, *(sym_nodes[n] for n in names)))
-            return cache[key]
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(resolve(o) for o in obj)
-        return obj
-
-    def read(value: Value | None) -> Any:
-        if value is None:
-            return None
-        if id(value) not in env:
-            if value.is_weight:
-                env[id(value)] = fx.get_attr(paths[value.name])
-            else:
-                raise GraphoptError(f"%{value.name} is read before it is computed")
-        return env[id(value)]
-
-    training = None
-    device = None
+    lowering = _Lowering(graph, paths)
     for node in graph.nodes:
-        fn = KERNELS.get(node.op)
-        if fn is None:
-            raise GraphoptError(
-                f"the torch back-end has no kernel for op '{node.op}' ({node.where()}); "
-                "add one with graphopt.backends.torch.register_kernel"
-            )
-        kwargs = {k: resolve(v) for k, v in node.attrs.items()}
-        if node.op in TRAINING_AWARE:
-            training = training or fx.get_attr("training")
-            kwargs["training"] = training
-        if node.op in CREATION_OPS and graph.inputs:
-            device = device or fx.call_function(getattr, (env[id(graph.inputs[0])], "device"))
-            kwargs["device"] = device
-        call = fx.call_function(fn, tuple(read(v) for v in node.inputs), kwargs)
-        call.name = node.name.replace(".", "_")
-        if len(node.outputs) == 1:
-            env[id(node.outputs[0])] = call
-        else:
-            for i, out in enumerate(node.outputs):
-                env[id(out)] = fx.call_function(operator.getitem, (call, i))
+        lowering.emit(node)
+    lowering.output(root)
 
-    outs = [read(v) for v in graph.outputs]
-    spec = graph.meta.get("out_spec")
-    if spec is not None and spec.num_leaves == len(outs) and not (spec.is_leaf() and len(outs) == 1):
-        root._graphopt_out_spec = spec
-        fx.output(fx.call_function(unflatten_outputs, (outs, fx.get_attr("_graphopt_out_spec"))))
-    else:
-        fx.output(outs[0] if len(outs) == 1 else tuple(outs))
-
-    module = torch.fx.GraphModule(root, fx, class_name=_class_name(graph.name))
+    module = torch.fx.GraphModule(root, lowering.fx, class_name=_class_name(graph.name))
     for name, value in graph.weights.items():  # weights no node reads still keep their state_dict entry
         path = paths[name]
         try:
@@ -159,6 +95,80 @@ def to_module(graph: Graph, *, copy_weights: bool = True) -> torch.fx.GraphModul
     module.graphopt_input_names = [v.name for v in graph.inputs]
     module.graphopt_weight_paths = paths  # graph weight name -> attribute path in the module
     return module.eval()  # the graph has inference semantics; call .train() to fine-tune
+
+
+class _Lowering:
+    """Builds the fx graph of `to_module`: one call of the op's torch kernel per node."""
+
+    def __init__(self, graph: Graph, paths: dict[str, str]) -> None:
+        self.graph = graph
+        self.paths = paths  # graph weight name -> attribute path in the module
+        self.fx = torch.fx.Graph()
+        self.env: dict[int, torch.fx.Node] = {}
+        for value in graph.inputs:
+            name = value.name if value.name.isidentifier() else f"input_{len(self.env)}"
+            self.env[id(value)] = self.fx.placeholder(name)
+        self.sym_nodes: dict[str, torch.fx.Node] = {
+            sym: self.fx.call_method("size", (self.env[id(graph.inputs[index])], axis))
+            for sym, (index, axis) in graph.symbols().items()
+        }
+        self.cache: dict[str, torch.fx.Node] = {}  # symbolic dim text -> the node computing it
+        self.training: torch.fx.Node | None = None
+        self.device: torch.fx.Node | None = None
+
+    def resolve(self, obj: Any) -> Any:
+        """An attribute with its symbolic dims replaced by nodes computing them from the input sizes."""
+        if isinstance(obj, sympy.Basic):
+            names = tuple(sorted(str(s) for s in obj.free_symbols))
+            missing = [n for n in names if n not in self.sym_nodes]
+            if missing:
+                raise GraphoptError(f"symbolic dim {obj} uses {missing}, which no graph input's shape binds")
+            if obj.is_Symbol:
+                return self.sym_nodes[str(obj)]
+            key = str(obj)
+            if key not in self.cache:
+                self.cache[key] = self.fx.call_function(eval_dim, (key, names, *(self.sym_nodes[n] for n in names)))
+            return self.cache[key]
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self.resolve(o) for o in obj)
+        return obj
+
+    def read(self, value: Value | None) -> Any:
+        if value is None:
+            return None
+        if id(value) not in self.env:
+            if value.is_weight:
+                self.env[id(value)] = self.fx.get_attr(self.paths[value.name])
+            else:
+                raise GraphoptError(f"%{value.name} is read before it is computed")
+        return self.env[id(value)]
+
+    def emit(self, node: Node) -> None:
+        fn = torch_kernel(node)
+        kwargs = {k: self.resolve(v) for k, v in node.attrs.items()}
+        if has_trait(node.op, TRAINING_AWARE):
+            self.training = self.training or self.fx.get_attr("training")
+            kwargs["training"] = self.training
+        if has_trait(node.op, CREATION) and self.graph.inputs:
+            self.device = self.device or self.fx.call_function(getattr, (self.env[id(self.graph.inputs[0])], "device"))
+            kwargs["device"] = self.device
+        call = self.fx.call_function(fn, tuple(self.read(v) for v in node.inputs), kwargs)
+        call.name = node.name.replace(".", "_")
+        if len(node.outputs) == 1:
+            self.env[id(node.outputs[0])] = call
+        else:
+            for i, out in enumerate(node.outputs):
+                self.env[id(out)] = self.fx.call_function(operator.getitem, (call, i))
+
+    def output(self, root: torch.nn.Module) -> None:
+        """The output node, in the traced model's output structure when the graph has one."""
+        outs = [self.read(v) for v in self.graph.outputs]
+        spec = output_spec(self.graph, len(outs))
+        if spec is not None:
+            root._graphopt_out_spec = spec
+            self.fx.output(self.fx.call_function(unflatten_outputs, (outs, self.fx.get_attr("_graphopt_out_spec"))))
+        else:
+            self.fx.output(outs[0] if len(outs) == 1 else tuple(outs))
 
 
 def load_weights(graph: Graph, module: torch.nn.Module) -> Graph:

@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from graphopt.ir.graph import Graph
+from graphopt.ir.interpreter import run_graph, run_graph_float64
 from graphopt.passmanager.errors import PassVerificationError
 
 if TYPE_CHECKING:  # the manager imports this module
@@ -128,7 +129,7 @@ class Verify(PassInstrument):
     """After each pass: structural verification, output comparison at the pass's tolerance, honesty check.
 
     - `graph.verify()` must pass;
-    - the lowered graph (`graphopt.backends.torch.to_module`) must reproduce the
+    - the graph, run by the core's interpreter (`graphopt.ir.interpreter.run_graph`), must reproduce the
       outputs of the graph before the pass on sample inputs, within the pass's
       `tolerance()`: exact -> `torch.testing.assert_close` defaults; bounded ->
       the pass's rtol/atol; shape -> output shapes only;
@@ -222,19 +223,6 @@ def synthesize_inputs(graph: Graph, bindings: dict[str, int], default_dim: int =
     return tuple(out)
 
 
-def run_graph(graph: Graph, inputs: Sequence[Any]) -> list[torch.Tensor]:
-    """The graph's outputs on `inputs`, flattened, through the torch back-end."""
-    from torch.utils import _pytree as pytree
-
-    from graphopt.backends.torch import to_module
-
-    module = to_module(graph, copy_weights=False)
-    with torch.no_grad():
-        result = module(*inputs)
-    leaves, _ = pytree.tree_flatten(result)
-    return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
-
-
 # assert_close's default tolerances per dtype (rtol, atol)
 _DEFAULT_TOL = {
     torch.float32: (1.3e-6, 1e-5), torch.float16: (1e-3, 1e-5), torch.bfloat16: (1.6e-2, 1e-5),
@@ -289,20 +277,6 @@ def compare_outputs(
         raise PassVerificationError(
             f"pass '{pass_name}' changed output {i} beyond its {tolerance} tolerance:\n{first_failure}"
         )
-
-
-def run_graph_float64(graph: Graph, inputs: Sequence[Any]) -> list[torch.Tensor]:
-    """The graph's outputs with every floating weight and input in float64 (the 'true' values)."""
-    from torch.utils import _pytree as pytree
-
-    from graphopt.backends.torch import to_module
-
-    module = to_module(graph, copy_weights=True).double()
-    inputs = [x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]
-    with torch.no_grad():
-        result = module(*inputs)
-    leaves, _ = pytree.tree_flatten(result)
-    return [leaf.double() if leaf.is_floating_point() else leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
 
 
 # ----------------------------------------------------------------- progress

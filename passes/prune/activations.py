@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from graphopt.backends.torch.interpreter import GraphInterpreter
 from graphopt.ir.graph import Graph, Node, Value
+from graphopt.ir.interpreter import GraphInterpreter
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import torch
 from graphopt.analysis.channels import ChannelGroup, Space
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
+from graphopt.ir.interpreter import run_graph, structured_outputs, trainable_weights
 from graphopt.passmanager import AnalysisManager
 
 from .activations import ActivationStats, activation_stats
@@ -58,24 +59,18 @@ class CriterionContext:
         Memory: one gradient per parameter per batch.
         """
         if self._grads is None:
-            from graphopt.backends.torch import to_module
-
-            module = to_module(self.graph)
-            params = dict(module.named_parameters())
-            paths = module.graphopt_weight_paths
+            weights = trainable_weights(self.graph)
             loss_fn = self.analyses.loss if self.analyses is not None else None
             self._grads = []
             for inputs, target in self._batches(targets=True):
-                module.zero_grad(set_to_none=True)
-                out = module(*inputs)
+                out = structured_outputs(self.graph, run_graph(self.graph, inputs, weights=weights, grad=True))
                 if loss_fn is not None:
                     loss = loss_fn(out, target)
                 else:
                     leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
                     loss = sum(t.float().pow(2).mean() for t in leaves if t.is_floating_point())
-                loss.backward()
-                by_path = {path: p.grad for path, p in params.items() if p.grad is not None}
-                self._grads.append({name: by_path[paths[name]] for name in self.graph.params() if paths[name] in by_path})
+                grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
+                self._grads.append({name: g for name, g in zip(weights, grads) if g is not None})
         return self._grads
 
     def activation_stats(self) -> dict[str, ActivationStats]:

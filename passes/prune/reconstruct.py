@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from graphopt.backends.torch.interpreter import GraphInterpreter
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
+from graphopt.ir.interpreter import GraphInterpreter
 
 from .activations import Reader, readers
 
