@@ -4,7 +4,7 @@ Why through ONNX rather than one Relax builder function per canonical op: the
 ONNX lowering is already written and tested op by op against the torch
 back-end on every zoo model, and TVM's ONNX importer is maintained upstream
 against the same opset. A second per-op lowering would double the surface that
-has to follow `graphopt/ir/ops.py`. The cost is that compiling (never loading)
+has to follow `graphopt/ir/ops/`. The cost is that compiling (never loading)
 needs the `onnx` package, and shapes are made static first: MetaSchedule tunes
 static shapes, so every symbol (`batch`, `seq`) is bound to a size here.
 """
