@@ -407,8 +407,26 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
     builder.run()
     labels = _components(builder.next_atom, builder.edges)
     spaces = list(builder.spaces.values())
+    members = _connected_spaces(spaces, labels)
 
-    # groups: spaces connected through shared channel labels
+    blocked_ends = ({id(v) for v in graph.outputs}, {id(v) for v in graph.inputs})
+    ignored = set(ignore)
+    groups: list[ChannelGroup] = []
+    group_of_space: dict[int, ChannelGroup] = {}
+    created = {id(sp): i for i, sp in enumerate(spaces)}
+    for root in sorted(members, key=lambda r: min(members[r])):
+        group_spaces = [spaces[i] for i in members[root]]
+        group_spaces.sort(key=lambda sp: (0 if sp.role == "producer" else 1, created[id(sp)]))
+        group = _new_group(len(groups), group_spaces, labels, builder)
+        group_of_space.update((id(s), group) for s in group_spaces)
+        _judge_group(group, builder, blocked_ends, ignored)
+        groups.append(group)
+    _judge_links(builder, group_of_space, heads)
+    return groups
+
+
+def _connected_spaces(spaces: list[Space], labels: np.ndarray) -> dict[int, list[int]]:
+    """Groups: spaces connected through shared channel labels, as root -> indices into `spaces`."""
     space_of_label = np.full(int(labels.max()) + 1 if labels.size else 0, -1, dtype=np.int64)
     joined = _UnionFind()
 
@@ -425,53 +443,55 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
     members: dict[int, list[int]] = {}
     for i in range(len(spaces)):
         members.setdefault(joined.find(i), []).append(i)
+    return members
 
-    ignored = set(ignore)
-    outputs = {id(v) for v in graph.outputs}
-    inputs = {id(v) for v in graph.inputs}
-    groups: list[ChannelGroup] = []
-    group_of_space: dict[int, ChannelGroup] = {}
-    created = {id(sp): i for i, sp in enumerate(spaces)}
-    for root in sorted(members, key=lambda r: min(members[r])):
-        group_spaces = [spaces[i] for i in members[root]]
-        group_spaces.sort(key=lambda sp: (0 if sp.role == "producer" else 1, created[id(sp)]))
-        raw = [labels[s.atoms] for s in group_spaces]
-        uniq, inverse = np.unique(np.concatenate(raw), return_inverse=True)
-        # number channels in order of first appearance in the first producer space
-        first = group_spaces[0]
-        order = np.unique(labels[first.atoms], return_index=True)
-        rank = np.full(uniq.size, -1, dtype=np.int64)
-        seen_first = np.searchsorted(uniq, order[0][np.argsort(order[1])])
-        rank[seen_first] = np.arange(seen_first.size)
-        rest = np.flatnonzero(rank < 0)
-        rank[rest] = np.arange(seen_first.size, seen_first.size + rest.size)
-        chan = rank[inverse]
-        split_points = np.cumsum([r.size for r in raw])[:-1]
-        group_labels = np.split(chan, split_points)
-        group = ChannelGroup(len(groups), group_spaces, group_labels, int(uniq.size),
-                             unit_of=_units(group_spaces, group_labels, int(uniq.size)),
-                             within_heads=any(id(s) in builder.head_dims for s in group_spaces))
-        for s in group_spaces:
-            group_of_space[id(s)] = group
-            if id(s.value) in outputs:
-                _block(group, f"reaches graph output %{s.value.name}")
-            if id(s.value) in inputs:
-                _block(group, f"reaches graph input %{s.value.name}")
-            if id(s) in builder.barriers:
-                _block(group, builder.barriers[id(s)])
-            if s.value.name in ignored or (s.value.producer is not None and s.value.producer.name in ignored):
-                _block(group, f"%{s.value.name} is ignored by the user")
-            if id(s) in builder.inexact:
-                reason = builder.inexact[id(s)]
-                if reason not in group.inexact:
-                    group.inexact.append(reason)
-                    group.exact = False
-        if not group.producers():
-            _block(group, "no parameter produces these channels")
-        if group.num_units < 2:
-            _block(group, "a single removable unit (removing it would remove everything)")
-        groups.append(group)
 
+def _new_group(gid: int, group_spaces: list[Space], labels: np.ndarray, builder: Builder) -> ChannelGroup:
+    """The group over `group_spaces`, its channels numbered in order of first appearance in the first
+    (producer) space."""
+    raw = [labels[s.atoms] for s in group_spaces]
+    uniq, inverse = np.unique(np.concatenate(raw), return_inverse=True)
+    first = group_spaces[0]
+    order = np.unique(labels[first.atoms], return_index=True)
+    rank = np.full(uniq.size, -1, dtype=np.int64)
+    seen_first = np.searchsorted(uniq, order[0][np.argsort(order[1])])
+    rank[seen_first] = np.arange(seen_first.size)
+    rest = np.flatnonzero(rank < 0)
+    rank[rest] = np.arange(seen_first.size, seen_first.size + rest.size)
+    chan = rank[inverse]
+    split_points = np.cumsum([r.size for r in raw])[:-1]
+    group_labels = np.split(chan, split_points)
+    return ChannelGroup(gid, group_spaces, group_labels, int(uniq.size),
+                        unit_of=_units(group_spaces, group_labels, int(uniq.size)),
+                        within_heads=any(id(s) in builder.head_dims for s in group_spaces))
+
+
+def _judge_group(group: ChannelGroup, builder: Builder, blocked_ends: tuple[set[int], set[int]],
+                 ignored: set[str]) -> None:
+    """Block `group` (graph ends, barriers, ignored tensors, nothing to prune) and note what makes it inexact."""
+    outputs, inputs = blocked_ends
+    for s in group.spaces:
+        if id(s.value) in outputs:
+            _block(group, f"reaches graph output %{s.value.name}")
+        if id(s.value) in inputs:
+            _block(group, f"reaches graph input %{s.value.name}")
+        if id(s) in builder.barriers:
+            _block(group, builder.barriers[id(s)])
+        if s.value.name in ignored or (s.value.producer is not None and s.value.producer.name in ignored):
+            _block(group, f"%{s.value.name} is ignored by the user")
+        if id(s) in builder.inexact:
+            reason = builder.inexact[id(s)]
+            if reason not in group.inexact:
+                group.inexact.append(reason)
+                group.exact = False
+    if not group.producers():
+        _block(group, "no parameter produces these channels")
+    if group.num_units < 2:
+        _block(group, "a single removable unit (removing it would remove everything)")
+
+
+def _judge_links(builder: Builder, group_of_space: dict[int, ChannelGroup], heads: bool) -> None:
+    """What groups do to each other: a broadcast into another group blocks it, a gate makes it inexact."""
     for dst, src in builder.soft:
         g_dst, g_src = group_of_space.get(id(dst)), group_of_space.get(id(src))
         if g_dst is not None and g_dst is not g_src:
@@ -485,7 +505,6 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
         if group is not None and reason not in group.inexact:
             group.exact = False
             group.inexact.append(reason)
-    return groups
 
 
 def _masking_reaches(builder: Builder) -> Callable[[Node], bool]:
