@@ -32,9 +32,6 @@ class _Barrier:
     def __repr__(self) -> str:
         return "BARRIER"
 
-    def __reduce__(self) -> str:  # pickled and copied as the one marker, so `rule is BARRIER` holds
-        return "BARRIER"
-
 
 # Registered as an op's channel rule, it makes the op a barrier like an op with no rule
 # at all; the coverage table tells the two apart ("barrier" vs "no rule yet").
