@@ -27,17 +27,19 @@ _LAZY = {
     "trace": "graphopt.frontends.torch", "register_torch_op": "graphopt.frontends.torch",
     "Pass": "graphopt.passmanager", "PassResult": "graphopt.passmanager", "PassManager": "graphopt.passmanager",
     "PreservedAnalyses": "graphopt.passmanager", "register_pass": "graphopt.passmanager",
-    "register_analysis": "graphopt.passmanager",
+    "Analysis": "graphopt.analysis",
     "optimize": "graphopt.api", "OptimizedModel": "graphopt.api",
+    "define_op": "graphopt.custom_ops",
 }
 _SUBMODULES = {"analysis", "api", "backends", "cli", "frontends", "ir", "models_zoo", "passes", "passmanager"}
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from graphopt.analysis import Analysis
     from graphopt.api import OptimizedModel, optimize
     from graphopt.frontends.torch import register_torch_op, trace
     from graphopt.ir import Graph, Node, Value
     from graphopt.passmanager import (
-        Pass, PassManager, PassResult, PreservedAnalyses, register_analysis, register_pass,
+        Pass, PassManager, PassResult, PreservedAnalyses, register_pass,
     )
 
 
@@ -69,7 +71,7 @@ def load(path, device: str = "cpu"):
 
 __all__ = [
     "Graph", "Node", "Value", "trace", "register_torch_op",
-    "Pass", "PassResult", "PassManager", "PreservedAnalyses", "register_pass", "register_analysis",
-    "optimize", "OptimizedModel", "load",
+    "Pass", "PassResult", "PassManager", "PreservedAnalyses", "register_pass", "Analysis",
+    "optimize", "OptimizedModel", "load", "define_op",
     "GraphoptError", "ShapeError", "UnsupportedOpError", "VerificationError", "__version__",
 ]

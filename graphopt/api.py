@@ -87,7 +87,10 @@ class OptimizedModel:
 
 
 def _prune_steps(prune: float | Mapping[str, Any], steps: int) -> list[Any]:
-    """The Prune pass of each step: `steps` equal steps that compound to the requested amount."""
+    """The Prune pass of each step: `steps` equal steps that compound to the requested amount.
+
+    Building the passes validates their options, so a bad value fails here, before tracing.
+    """
     from graphopt.passes.prune import Prune
 
     if isinstance(prune, (int, float)) and not isinstance(prune, bool):
@@ -98,13 +101,26 @@ def _prune_steps(prune: float | Mapping[str, Any], steps: int) -> list[Any]:
         raise GraphoptError(f"prune must be a ratio or a dict of Prune options, not {type(prune).__name__}")
     if not isinstance(steps, int) or steps < 1:
         raise GraphoptError(f"steps must be a positive integer, not {steps!r}")
-    if steps > 1:  # keep (1 - ratio) overall: keep (1 - ratio) ** (1 / steps) at each step
-        for key in ("target_macs", "target_params"):
-            if options.get(key) is not None:
-                options[key] = options[key] ** (1.0 / steps)
-        ratio = options.get("ratio", Prune.options["ratio"].default)
-        options["ratio"] = 1.0 - (1.0 - ratio) ** (1.0 / steps)
+    single = Prune(**options)  # the options as the user gave them: their errors name what the user wrote
+    if steps == 1:
+        return [single]
+    # keep (1 - ratio) overall: keep (1 - ratio) ** (1 / steps) at each step (or the target's root)
+    targets = [key for key in ("target_macs", "target_params") if options.get(key) is not None]
+    for key in targets:
+        options[key] = options[key] ** (1.0 / steps)
+    if not targets:
+        options["ratio"] = 1.0 - (1.0 - single.ratio) ** (1.0 / steps)
     return [Prune(**options) for _ in range(steps)]
+
+
+def _check_arguments(prune: Any, recipe: Any, finetune: Any, backend: str) -> None:
+    """The argument errors `optimize` can see before tracing the model."""
+    if recipe is not None and prune is not None:
+        raise GraphoptError("give either prune= or recipe=, not both")
+    if finetune is not None and prune is None:
+        raise GraphoptError("finetune= runs between pruning steps; give prune= too")
+    if backend not in ("torch", "onnx"):
+        raise GraphoptError(f"unknown backend '{backend}'; choose 'torch' or 'onnx'")
 
 
 def optimize(
@@ -124,7 +140,7 @@ def optimize(
     """Trace `model`, canonicalise it, optionally prune it, and lower it to `backend`.
 
     `prune`: a ratio (`0.5`) or `Prune` options (`{"ratio": 0.5, "scope": "global", "round_to": 8}`,
-    `{"target_macs": 0.5, "criterion": "taylor", "reconstruct": True}`).
+    `{"target_macs": 0.5, "criterion": "taylor", "reconstruct": True}`); they are checked before tracing.
     `recipe`: a saved pruning recipe (path or `PruneRecipe`) to replay instead of pruning afresh.
     `calibration_data`: batches of model inputs for data-driven criteria (taylor, activation,
     fluctuation) and reconstruction; with `loss(output, target)`, `(inputs, target)` pairs, and
@@ -134,59 +150,89 @@ def optimize(
     With `verify`, every pass is checked against the graph before it on the example inputs
     (exact for canonicalisation, output shapes for pruning).
     """
-    from graphopt.analysis.cost import estimate_cost
-    from graphopt.backends.torch import load_weights, to_module
     from graphopt.frontends.torch import trace
-    from graphopt.passmanager import PassManager, PipelineReport, Verify
-    from graphopt.passmanager.analysis import bindings_from_inputs
 
-    if recipe is not None and prune is not None:
-        raise GraphoptError("give either prune= or recipe=, not both")
-    if finetune is not None and prune is None:
-        raise GraphoptError("finetune= runs between pruning steps; give prune= too")
+    _check_arguments(prune, recipe, finetune, backend)
+    prune_passes = _prune_steps(prune, steps) if prune is not None else []
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    calibration = None if calibration_data is None else list(calibration_data)
     graph = trace(model, inputs, dynamic=dynamic)
-    instruments = [Verify()] if verify else []
+    run = _Pipeline(inputs, None if calibration_data is None else list(calibration_data), loss, verify)
+    structural = prune is not None or recipe is not None
     # Pruning (and fine-tuning between steps) works on the graph with its BatchNorms, which
     # `canonicalize` folds at the end: fine-tuning a pruned network without its norms loses points.
-    structural = prune is not None or recipe is not None
-    stages = [PassManager.parse("simplify" if structural else "canonicalize", instruments=instruments)]
-    stages += [PassManager([step], instruments=instruments) for step in (_prune_steps(prune, steps) if prune is not None else [])]
-
-    optimized, records = graph, []
-    for index, manager in enumerate(stages):
-        optimized, pass_report = manager.run(optimized, inputs, calibration_data=calibration, loss=loss)
-        records.append(pass_report)
-        if finetune is not None and index > 0:
-            module = to_module(optimized)
-            finetune(module, index - 1)
-            load_weights(optimized, module)
+    trainable = run.stage("simplify" if structural else "canonicalize", graph)
+    for index, step in enumerate(prune_passes):
+        trainable = run.stage(step, trainable)
+        if finetune is not None:
+            _finetune(trainable, finetune, index)
     if recipe is not None:
-        from graphopt.passes.prune import PruneRecipe, apply_recipe
+        trainable = _replay(trainable, recipe)
+    optimized = run.stage("canonicalize", trainable) if structural else trainable
+    report = _report(run, graph, optimized, inputs, backend)
+    return OptimizedModel(optimized, report, _runner(optimized, backend), trainable)
 
-        loaded = recipe if isinstance(recipe, PruneRecipe) else PruneRecipe.load(recipe)
-        apply_recipe(optimized, loaded)
-        optimized.meta["prune_recipes"] = [loaded]
-    trainable = optimized
-    if structural:
-        finish = PassManager.parse("canonicalize", instruments=instruments)
-        stages.append(finish)
-        optimized, pass_report = finish.run(trainable, inputs)
-        records.append(pass_report)
-    pipeline = ",".join(str(m) for m in stages)
-    merged = PipelineReport(pipeline, [r for report in records for r in report.records], sum(r.seconds for r in records))
 
+@dataclass
+class _Pipeline:
+    """The stages `optimize` runs, each a PassManager over the same inputs, and their reports."""
+
+    inputs: tuple
+    calibration: list | None
+    loss: Callable[[Any, Any], Any] | None
+    verify: bool
+    managers: list[Any] = field(default_factory=list)
+    reports: list[Any] = field(default_factory=list)
+
+    def stage(self, step: Any, graph: Graph) -> Graph:
+        """Run one stage (pipeline text or a pass) on `graph`; its report joins the others."""
+        from graphopt.passmanager import PassManager, Verify
+
+        manager = PassManager([step], instruments=[Verify()] if self.verify else [])
+        self.managers.append(manager)
+        result, report = manager.run(graph, self.inputs, calibration_data=self.calibration, loss=self.loss)
+        self.reports.append(report)
+        return result
+
+
+def _finetune(graph: Graph, finetune: Callable[[torch.nn.Module, int], Any], step: int) -> None:
+    """Hand the user the trainable module of `graph`, then read its weights back into the graph."""
+    from graphopt.backends.torch import load_weights, to_module
+
+    module = to_module(graph)
+    finetune(module, step)
+    load_weights(graph, module)
+
+
+def _replay(graph: Graph, recipe: str | os.PathLike | Any) -> Graph:
+    """`graph` with a saved recipe's channels removed (in place), and the recipe kept in its meta."""
+    from graphopt.passes.prune import PruneRecipe, apply_recipe
+
+    loaded = recipe if isinstance(recipe, PruneRecipe) else PruneRecipe.load(recipe)
+    apply_recipe(graph, loaded)
+    graph.meta["prune_recipes"] = [loaded]
+    return graph
+
+
+def _report(run: _Pipeline, graph: Graph, optimized: Graph, inputs: tuple, backend: str) -> OptimizeReport:
+    """Every stage's pass records in one pipeline report, with params/MACs before and after."""
+    from graphopt.analysis import bindings_from_inputs, estimate_cost
+    from graphopt.passmanager import PipelineReport
+
+    pipeline = ",".join(str(m) for m in run.managers)
+    merged = PipelineReport(pipeline, [r for report in run.reports for r in report.records],
+                            sum(r.seconds for r in run.reports))
     bindings = bindings_from_inputs(graph, inputs)
     before, after = estimate_cost(graph, bindings=bindings), estimate_cost(optimized, bindings=bindings)
-    report = OptimizeReport(pipeline, merged, before.total_params, after.total_params,
-                            before.total_macs, after.total_macs, backend, list(optimized.meta.get("prune_reports", [])))
-    if backend == "torch":
-        runner: Callable[..., Any] = to_module(optimized)
-    elif backend == "onnx":
+    return OptimizeReport(pipeline, merged, before.total_params, after.total_params,
+                          before.total_macs, after.total_macs, backend, merged.stats("prune"))
+
+
+def _runner(graph: Graph, backend: str) -> Callable[..., Any]:
+    """The callable that runs `graph` on `backend`."""
+    if backend == "onnx":
         from graphopt.backends import onnx as onnx_backend
 
-        runner = onnx_backend.compile(optimized)
-    else:
-        raise GraphoptError(f"unknown backend '{backend}'; choose 'torch' or 'onnx'")
-    return OptimizedModel(optimized, report, runner, trainable)
+        return onnx_backend.compile(graph)
+    from graphopt.backends.torch import to_module
+
+    return to_module(graph)

@@ -253,12 +253,13 @@ def test_analysis_is_bounded():
 
 
 def test_channel_groups_is_a_cached_pass_analysis():
+    from graphopt.analysis import ChannelGroups
     from graphopt.passmanager.analysis import AnalysisManager
 
     _, _, graph = traced_zoo_model("resnet18")
     analyses = AnalysisManager()
-    first = analyses.get("channel-groups", graph)
-    assert analyses.get("channel-groups", graph) is first
+    first = analyses.get(ChannelGroups, graph)
+    assert analyses.get(ChannelGroups, graph) is first
 
 
 def test_docs_analysis_examples_run():

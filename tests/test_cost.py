@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from graphopt.analysis.cost import CostReport, estimate_cost
+from graphopt.analysis.cost import CostAnalysis, CostReport, estimate_cost
 from graphopt.ir import Graph, dims as D
-from graphopt.passmanager import AnalysisManager
+from graphopt.passmanager import AnalysisManager, RunContext
 
 from conftest import traced_zoo_model
 
@@ -88,10 +88,10 @@ def test_shared_weight_counts_once_in_total():
 
 def test_cost_is_a_registered_analysis_using_manager_bindings():
     g = dense_graph()
-    am = AnalysisManager(example_inputs=(torch.zeros(4, 3, 8, 8), torch.zeros(4, 5, dtype=torch.long)))
-    cost = am.get("cost", g)
+    am = AnalysisManager(RunContext(example_inputs=(torch.zeros(4, 3, 8, 8), torch.zeros(4, 5, dtype=torch.long))))
+    cost = am.get(CostAnalysis, g)
     assert isinstance(cost, CostReport) and cost.bindings == {"batch": 4}
-    assert am.get("cost", g) is cost and am.computations["cost"] == 1
+    assert am.get(CostAnalysis, g) is cost and am.computations[CostAnalysis()] == 1
     table = cost.table(top=3)
     assert "total" in table and "batch=4" in table and len(table.splitlines()) == 6
     assert next(iter(cost.by_op())) == "conv"  # the op with the most MACs first

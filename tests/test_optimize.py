@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 import graphopt
 from graphopt import models_zoo
+from graphopt.passmanager import InvalidOptionError
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
@@ -19,6 +22,9 @@ def test_optimize_prunes_every_zoo_model(zoo_name, backend):
     report = result.report
     assert report.params_after < report.params_before and report.macs_after < report.macs_before
     assert "prune{ratio=0.5}" in report.pipeline and "MACs" in str(report)
+    # the prune report came through the pass result into the pipeline report, not through graph.meta
+    assert report.prune == report.passes.stats("prune") and len(report.prune) == 1
+    assert "prune_reports" not in result.graph.meta
     with torch.no_grad():
         out = result(*inputs)
         assert out.shape == model(*inputs).shape
@@ -39,6 +45,37 @@ def test_optimize_rejects_bad_arguments():
         graphopt.optimize(model, inputs, backend="tvmm")
     with pytest.raises(graphopt.GraphoptError, match="prune must be a ratio"):
         graphopt.optimize(model, inputs, prune="half")
+
+
+@pytest.mark.parametrize("prune, steps, option", [
+    (1.0, 1, "ratio"),
+    (1.5, 3, "ratio"),  # checked as given, before it is split into steps
+    ({"criterion": "taylorr"}, 1, "criterion"),
+    ({"ratio": 0.3, "target_macs": 0.5}, 1, "ratio"),
+    ({"target_macs": 0.5, "target_params": 0.5}, 1, "target_params"),
+    ({"target_macs": 1.5}, 2, "target_macs"),
+    ({"round_to": 0}, 1, "round_to"),
+])
+def test_bad_prune_options_fail_before_tracing(monkeypatch, prune, steps, option):
+    def no_export(*args, **kwargs):
+        raise AssertionError("torch.export.export was called: the options were not checked first")
+
+    monkeypatch.setattr(torch.export, "export", no_export)
+    model, inputs = models_zoo.get("resnet18", "tiny")
+    started = time.perf_counter()
+    with pytest.raises(InvalidOptionError, match=f"pass 'prune', option '{option}'") as info:
+        graphopt.optimize(model, inputs, prune=prune, steps=steps)
+    assert time.perf_counter() - started < 2.0
+    assert info.value.option == option and len(str(info.value).splitlines()) == 1
+    assert not isinstance(info.value, graphopt.passmanager.PassFailedError)  # no pass ran, no reproducer
+
+
+def test_iterative_targets_are_split_into_steps_without_a_ratio():
+    from graphopt.api import _prune_steps
+
+    passes = _prune_steps({"target_macs": 0.25}, 2)
+    assert [p.pipeline_text() for p in passes] == ["prune{target_macs=0.5}"] * 2
+    assert [p.pipeline_text() for p in _prune_steps(0.75, 2)] == ["prune{ratio=0.5}"] * 2
 
 
 @pytest.mark.parametrize("name", ["resnet50", "vit", "llama", "densenet"])

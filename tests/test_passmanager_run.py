@@ -106,6 +106,29 @@ class Crash(Pass):
         raise ValueError("boom in crash")
 
 
+@test_pass("needs-data")
+class NeedsData(Pass):
+    """Refuses its input on purpose, as a pass does when the user forgot calibration data."""
+
+    def run(self, graph, analyses):
+        analyses.context.calibration_batches()
+        return PassResult(graph, modified=False)
+
+
+@test_pass("count-nodes")
+class CountNodes(Pass):
+    """Reports statistics through its result; `limit` is validated when the pass is built."""
+
+    limit: int = 100
+
+    def validate(self):
+        if self.limit < 1:
+            raise self.invalid("limit", f"must be positive, got {self.limit}")
+
+    def run(self, graph, analyses):
+        return PassResult(graph, modified=False, stats={"nodes": len(graph.nodes)})
+
+
 @test_pass("silent-edit")
 class SilentEdit(Pass):
     """Changes the graph but says it did not."""
@@ -222,11 +245,51 @@ def test_failing_pass_leaves_callers_graph_and_names_the_pass(traced, tmp_path):
     assert read("input.ir").strip() == before
     # the graph the failing pass saw: canonicalised, and without the crash's half-done edit
     assert "batch_norm" not in read("before_failing_pass.ir") and "padding=[0,0]" not in read("before_failing_pass.ir")
-    # replaying the saved graph reproduces the failure
+    # replaying the saved graph reproduces the failure; its weights are not pickled by default
     saved = torch.load(os.path.join(err.reproducer, "graph.pt"), weights_only=False)
     assert saved.format(source=True) == read("before_failing_pass.ir").rstrip("\n")
+    assert all(v.data.device.type == "meta" for v in saved.weights.values())
+    assert all(v.data.device.type == "cpu" for v in graph.weights.values())  # only the saved copy
     with pytest.raises(PassFailedError, match="boom in crash"):
         PassManager.parse(read("failing_pass.txt"), reproducer_dir=None).run(saved)
+
+
+def test_reproducer_keeps_the_weights_when_asked(traced, tmp_path):
+    graph, _ = traced
+    with pytest.raises(PassFailedError) as info:
+        PassManager.parse("crash", reproducer_dir=tmp_path, reproducer_weights=True).run(graph)
+    saved = torch.load(os.path.join(info.value.reproducer, "graph.pt"), weights_only=False)
+    assert torch.equal(saved.weights["conv.weight"].data, graph.weights["conv.weight"].data)
+
+
+def test_a_pass_refusing_its_input_writes_no_reproducer(traced, tmp_path):
+    graph, _ = traced
+    with pytest.raises(PassFailedError, match="needs calibration data") as info:
+        PassManager.parse("needs-data", reproducer_dir=tmp_path).run(graph)
+    assert info.value.reproducer is None and "bug report" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pass_statistics_travel_in_the_report(traced):
+    graph, _ = traced
+    _, report = PassManager.parse("count-nodes,remove-identity,count-nodes").run(graph)
+    assert report.stats("count-nodes") == [{"nodes": len(graph.nodes)}, {"nodes": len(graph.nodes) - 1}]
+    assert report.stats("remove-identity") == [] and report.records[0].stats == {"nodes": len(graph.nodes)}
+
+
+def test_options_are_validated_when_the_pass_is_built(traced):
+    from graphopt.passmanager import InvalidOptionError
+
+    with pytest.raises(InvalidOptionError, match="pass 'count-nodes', option 'limit': must be positive, got 0") as info:
+        PassManager.parse("remove-identity,count-nodes{limit=0}")
+    assert info.value.option == "limit"
+    assert str(info.value).splitlines()[-1].index("^") == len("  remove-identity,count-nodes{")  # at the option
+    with pytest.raises(InvalidOptionError, match="must be positive"):
+        CountNodes(limit=-1)
+    late = CountNodes()
+    late.limit = 0  # assigned after construction: caught before the run does any work
+    with pytest.raises(InvalidOptionError, match="must be positive"):
+        PassManager([late]).run(traced[0])
 
 
 def test_first_pass_failure_and_no_reproducer(traced):

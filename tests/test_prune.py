@@ -22,8 +22,8 @@ PIPELINES = ["prune{ratio=0.5}", "prune{ratio=0.3}", "prune{ratio=0.3,scope=glob
 @pytest.mark.parametrize("pipeline", PIPELINES)
 def test_prune_every_zoo_model(zoo_name, pipeline):
     model, inputs, graph = traced_zoo_model(zoo_name)
-    pruned, _ = PassManager.parse(pipeline, instruments=[Verify()]).run(graph, inputs)  # Verify: shapes kept
-    report = pruned.meta["prune_reports"][-1]
+    pruned, runs = PassManager.parse(pipeline, instruments=[Verify()]).run(graph, inputs)  # Verify: shapes kept
+    report = runs.stats("prune")[-1]
     assert report.params_after < report.params_before
     assert report.macs_after < report.macs_before
     assert pruned.num_params() == report.params_after
@@ -42,8 +42,8 @@ def test_prune_every_zoo_model(zoo_name, pipeline):
 
 def test_local_ratio_halves_each_group():
     _, inputs, graph = traced_zoo_model("vgg_bn")
-    pruned, _ = PassManager.parse("prune{ratio=0.5}").run(graph, inputs)
-    report = pruned.meta["prune_reports"][-1]
+    pruned, runs = PassManager.parse("prune{ratio=0.5}").run(graph, inputs)
+    report = runs.stats("prune")[-1]
     assert all(d.kept == d.total - d.total // 2 for d in report.decisions)
     assert len(report.decisions) == sum(g.prunable for g in channel_groups(graph))
 
@@ -52,8 +52,8 @@ def test_params_and_macs_after_are_the_expected_numbers():
     """Linear(6,4) -> Linear(4,3) at ratio 0.5 becomes Linear(6,2) -> Linear(2,3): count by hand."""
     model = TwoLayer().eval()
     x = torch.randn(5, 6)
-    pruned, _ = PassManager.parse("prune{ratio=0.5}").run(graphopt.trace(model, (x,)), (x,))
-    report = pruned.meta["prune_reports"][-1]
+    pruned, runs = PassManager.parse("prune{ratio=0.5}").run(graphopt.trace(model, (x,)), (x,))
+    report = runs.stats("prune")[-1]
     assert (report.params_before, report.params_after) == (6 * 4 + 4 + 4 * 3 + 3, 6 * 2 + 2 + 2 * 3 + 3)
     assert (report.macs_before, report.macs_after) == (5 * (6 * 4 + 4 * 3), 5 * (6 * 2 + 2 * 3))
 
@@ -61,8 +61,8 @@ def test_params_and_macs_after_are_the_expected_numbers():
 def test_vgg_params_fall_quadratically():
     """In a plain conv chain, halving every group quarters each inner conv: params < 30% remain."""
     _, inputs, graph = traced_zoo_model("vgg_bn")
-    pruned, _ = PassManager.parse("prune{ratio=0.5}").run(graph, inputs)
-    report = pruned.meta["prune_reports"][-1]
+    pruned, runs = PassManager.parse("prune{ratio=0.5}").run(graph, inputs)
+    report = runs.stats("prune")[-1]
     assert 0.2 < report.params_after / report.params_before < 0.3
     assert 0.2 < report.macs_after / report.macs_before < 0.3
 
@@ -130,8 +130,8 @@ def test_unknown_criterion_is_a_clear_error():
 @pytest.mark.parametrize("name", ["resnet18", "vit", "llama"])
 def test_taylor_criterion_prunes_zoo_models(name):
     model, inputs, graph = traced_zoo_model(name)
-    pruned, _ = PassManager.parse("prune{ratio=0.5,criterion=taylor}", instruments=[Verify()]).run(graph, inputs)
-    report = pruned.meta["prune_reports"][-1]
+    pruned, runs = PassManager.parse("prune{ratio=0.5,criterion=taylor}", instruments=[Verify()]).run(graph, inputs)
+    report = runs.stats("prune")[-1]
     assert report.params_after < report.params_before
 
 

@@ -85,21 +85,21 @@ def test_reconstruction_reduces_error_on_held_out_inputs(name):
         want = leaves(model(*held_out))[0]
     errors = []
     for pipeline in ("prune{ratio=0.5}", "prune{ratio=0.5,reconstruct=true}"):
-        pruned, _ = PassManager.parse(pipeline, instruments=[Verify()]).run(graph, inputs, calibration_data=calibration)
+        pruned, runs = PassManager.parse(pipeline, instruments=[Verify()]).run(graph, inputs, calibration_data=calibration)
         with torch.no_grad():
             got = leaves(to_module(pruned)(*held_out))[0]
         errors.append(float((got - want).norm() / want.norm()))
-    report = pruned.meta["prune_reports"][-1].reconstruction
+    report = runs.stats("prune")[-1].reconstruction
     assert report.layers and all(f.error_after <= f.error_before for f in report.layers)
     assert errors[1] < 0.9 * errors[0], errors
 
 
 def test_reconstruction_with_too_few_rows_refits_only_the_bias():
     _, inputs, graph = traced_zoo_model("resnet18")
-    pruned, _ = PassManager.parse("prune{ratio=0.5,reconstruct=true}").run(graph, inputs)  # one batch of 2
-    fits = {f.node: f for f in pruned.meta["prune_reports"][-1].reconstruction.layers}
+    pruned, runs = PassManager.parse("prune{ratio=0.5,reconstruct=true}").run(graph, inputs)  # one batch of 2
+    fits = {f.node: f for f in runs.stats("prune")[-1].reconstruction.layers}
     assert fits["fc"].refitted == "bias"  # 2 rows for a 33-column classifier: weights would overfit
-    assert "bias only" in str(pruned.meta["prune_reports"][-1])
+    assert "bias only" in str(runs.stats("prune")[-1])
 
 
 class Spread(nn.Module):
@@ -149,8 +149,8 @@ def test_taylor_uses_the_given_loss_and_labels():
 @pytest.mark.parametrize("target", ["target_macs", "target_params"])
 def test_budget_targets_are_met(name, target):
     _, inputs, graph = traced_zoo_model(name)
-    pruned, _ = PassManager.parse(f"prune{{{target}=0.5}}", instruments=[Verify()]).run(graph, inputs)
-    report = pruned.meta["prune_reports"][-1]
+    pruned, runs = PassManager.parse(f"prune{{{target}=0.5}}", instruments=[Verify()]).run(graph, inputs)
+    report = runs.stats("prune")[-1]
     before, after = (report.macs_before, report.macs_after) if target == "target_macs" else \
         (report.params_before, report.params_after)
     assert 0.35 * before <= after <= 0.5 * before, (after / before, report.ratio)
@@ -243,7 +243,7 @@ def test_within_head_recipe_replays_exactly(tmp_path):
 
 def test_taylor_squares_per_batch_so_cancelling_batches_do_not_hide_a_channel():
     from graphopt.passes.prune.criteria import CriterionContext, taylor
-    from graphopt.passmanager import AnalysisManager
+    from graphopt.passmanager import RunContext
     from graphopt.analysis import channel_groups
 
     model = ConstantChannels().eval()
@@ -252,9 +252,9 @@ def test_taylor_squares_per_batch_so_cancelling_batches_do_not_hide_a_channel():
     group = next(g for g in channel_groups(graph) if g.prunable)
 
     def scores(targets):
-        analyses = AnalysisManager(example_inputs=(x,), calibration_data=[((x,), t) for t in targets],
-                                   loss=lambda out, t: (out * t).sum())
-        return taylor(group, CriterionContext(graph, analyses))
+        context = RunContext(example_inputs=(x,), calibration_data=[((x,), t) for t in targets],
+                             loss=lambda out, t: (out * t).sum())
+        return taylor(group, CriterionContext(graph, context))
 
     one = scores([1.0])
     assert one.max() > 0

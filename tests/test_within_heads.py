@@ -198,7 +198,7 @@ def test_einsum_attention_prunes_within_heads():
 def test_prune_pass_with_heads_false_shrinks_head_dim(name):
     model, inputs, graph = traced_zoo_model(name)
     pipeline = PassManager.parse("prune{ratio=0.5,heads=false}", instruments=[Verify()])
-    pruned, _ = pipeline.run(graph, inputs)
+    pruned, runs = pipeline.run(graph, inputs)
     before = {n.name: n for n in graph.nodes}
     attention = [n for n in pruned.nodes if n.op in ("sdpa", "matmul") and n.inputs[0].rank == 4
                  and isinstance(n.inputs[0].shape[-1], int)]  # not attention probabilities (seq, seq)
@@ -210,7 +210,7 @@ def test_prune_pass_with_heads_false_shrinks_head_dim(name):
         assert new[-3] == old[-3], f"{node.name}: heads {old[-3]} -> {new[-3]}"  # every head stays
         shrunk += new[-1] < old[-1]
     assert shrunk >= 2
-    assert any(d.kind == "head dims" for d in pruned.meta["prune_reports"][-1].decisions)
+    assert any(d.kind == "head dims" for d in runs.stats("prune")[-1].decisions)
     other = resize_inputs(inputs, models_zoo.spec(name).dynamic_axes, {"batch": 3, "seq": 9})
     with torch.no_grad():
         assert to_module(pruned)(*other).shape == model(*other).shape

@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from graphopt.analysis.base import Analyses, Analysis
 from graphopt.analysis.rule_columns import BARRIER, is_barrier, rule_for
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph, Node, Value
@@ -642,15 +643,14 @@ def analyse_with_stats(graph: Graph, **kwargs) -> ChannelAnalysis:
     return ChannelAnalysis(builder_groups, seconds, atoms)
 
 
-def _channel_groups_analysis(graph: Graph, analyses) -> list[ChannelGroup]:
-    """Coupled channel groups, cached for passes until a pass that does not preserve them runs."""
-    return channel_groups(graph)
+class ChannelGroups(Analysis):
+    """Coupled channel groups, cached for passes until a pass that does not preserve them runs.
 
+    `analyses.get(ChannelGroups, graph)` gives whole attention heads;
+    `ChannelGroups(heads=False)` the within-heads grouping (see the module docstring).
+    """
 
-def _register() -> None:
-    from graphopt.passmanager.analysis import register_analysis
+    heads: bool = True
 
-    register_analysis("channel-groups", _channel_groups_analysis)
-
-
-_register()
+    def compute(self, graph: Graph, analyses: Analyses) -> list[ChannelGroup]:
+        return channel_groups(graph, heads=self.heads)

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from graphopt.analysis import mac_rules  # noqa: F401 - attaches the built-in MAC rules to the op table
+from graphopt.analysis.base import Analyses, Analysis, bindings_from_inputs
 # MAC_RULES and mac_rule stay importable from here, where users registered MAC rules before the op table
 from graphopt.analysis.rule_columns import MAC_RULES, MacRule, mac_rule, mac_rule_for  # noqa: F401
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph, Value
-from graphopt.passmanager.analysis import AnalysisManager, bindings_from_inputs, register_analysis
 
 
 @dataclass(frozen=True)
@@ -123,9 +123,8 @@ def _numel(value: Value) -> int:
     return math.prod(int(d) for d in value.shape)
 
 
-def _cost_analysis(graph: Graph, analyses: AnalysisManager) -> CostReport:
-    """Params and MACs per node and in total (symbolic dims bound from the example inputs)."""
-    return estimate_cost(graph, bindings=analyses.bindings(graph))
+class CostAnalysis(Analysis):
+    """Params and MACs per node and in total (symbolic dims bound from the run's example inputs)."""
 
-
-register_analysis("cost", _cost_analysis)
+    def compute(self, graph: Graph, analyses: Analyses) -> CostReport:
+        return estimate_cost(graph, bindings=analyses.context.bindings(graph))

@@ -45,6 +45,14 @@ class UnknownOptionError(PipelineError):
     """A pipeline gives a pass an option it does not declare."""
 
 
+class InvalidOptionError(PipelineError):
+    """An option's value is out of range, or conflicts with another option (found when the pass is built)."""
+
+    def __init__(self, message: str, text: str | None = None, position: int | None = None, *, option: str = "") -> None:
+        self.option = option
+        super().__init__(message, text, position)
+
+
 class PassDefinitionError(GraphoptError):
     """A pass class breaks the Pass contract (found when the class is defined or registered)."""
 

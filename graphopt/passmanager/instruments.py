@@ -25,7 +25,7 @@ from graphopt.ir.interpreter import run_graph, run_graph_float64
 from graphopt.passmanager.errors import PassVerificationError
 
 if TYPE_CHECKING:  # the manager imports this module
-    from graphopt.passmanager.manager import RunContext
+    from graphopt.passmanager.context import RunContext
     from graphopt.passmanager.pass_base import Pass, PassResult, Tolerance
     from graphopt.passmanager.report import PipelineReport
 
@@ -174,7 +174,7 @@ class Verify(PassInstrument):
         if self._numeric:
             inputs = self.example_inputs if self.example_inputs is not None else ctx.example_inputs
             self._inputs = tuple(inputs) if inputs is not None else synthesize_inputs(
-                graph, ctx.analyses.bindings(graph), self.default_dim
+                graph, ctx.bindings(graph), self.default_dim
             )
             self._reference = run_graph(graph, self._inputs)
 

@@ -2,9 +2,10 @@
 
 Options are annotated class attributes (`ratio: float = 0.5`), so the same
 declaration gives keyword arguments in Python, options in pipeline text and
-a printed form that parses back. `verify_tolerance` says how closely the
-graph after the pass must reproduce the graph before it; the `Verify`
-instrument enforces it.
+a printed form that parses back; `validate()` checks their values together
+when the pass is built, so a bad value fails before any work is done.
+`verify_tolerance` says how closely the graph after the pass must reproduce
+the graph before it; the `Verify` instrument enforces it.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from typing import Any, ClassVar, Literal
 
 from graphopt.ir.graph import Graph
 from graphopt.passmanager.analysis import AnalysisManager, PreservedAnalyses, as_preserved
-from graphopt.passmanager.errors import PassDefinitionError, PipelineError, UnknownOptionError, did_you_mean
+from graphopt.passmanager.errors import (
+    InvalidOptionError, PassDefinitionError, PipelineError, UnknownOptionError, did_you_mean,
+)
 from graphopt.passmanager.options import MISSING, Option, OptionSpec, check_supported, coerce, format_value
 
 ToleranceKind = Literal["exact", "bounded", "shape"]
 _RESERVED = frozenset({
     "name", "requires", "preserves", "verify_tolerance", "rtol", "atol", "options",
-    "run", "tolerance", "option_values", "pipeline_text", "preserved_when_modified",
+    "run", "tolerance", "option_values", "pipeline_text", "preserved_when_modified", "validate", "invalid",
 })
 
 
@@ -49,12 +52,15 @@ class PassResult:
     """What a pass returns: the graph (usually the one it was given), whether it changed, what stays valid.
 
     `preserved=None` means: everything if `modified` is False, otherwise what
-    the pass class declares in `preserves`.
+    the pass class declares in `preserves`. `stats` is the pass's own report
+    (MLIR's pass statistics): the PassManager files it in the pipeline report,
+    where `report.stats("prune")` finds it.
     """
 
     graph: Graph
     modified: bool
     preserved: PreservedAnalyses | None = None
+    stats: Any = None
 
 
 def _kebab(name: str) -> str:
@@ -66,9 +72,9 @@ class Pass:
 
     Class attributes a pass may set:
       name             registry and pipeline name (`register_pass` sets it)
-      requires         analyses computed before `run` (names or registered objects)
+      requires         analyses computed before `run` (Analysis classes or instances)
       preserves        analyses still valid after a run that modified the graph:
-                       "all", "none" (default), names, or a PreservedAnalyses
+                       "all", "none" (default), Analysis classes, or a PreservedAnalyses
       verify_tolerance "exact" (default), "bounded" (set rtol/atol) or "shape"
     Every other annotated, public class attribute is an option.
     """
@@ -111,11 +117,28 @@ class Pass:
             setattr(self, key, copy.deepcopy(opt.default))  # a list default must not be shared
         # The options given explicitly, in order: what the pipeline text prints back.
         self._given: tuple[str, ...] = tuple(options)
+        self.validate()
 
     # ------------------------------------------------------------ the contract
     def run(self, graph: Graph, analyses: AnalysisManager) -> PassResult:
-        """Transform `graph` (in place is fine: the manager runs passes on a copy) and say what changed."""
+        """Transform `graph` (in place is fine: the manager runs passes on a copy) and say what changed.
+
+        `analyses.get(SomeAnalysis, graph)` reads cached analyses; `analyses.context`
+        holds the run's example inputs, calibration data and loss.
+        """
         raise NotImplementedError(f"pass '{self.name}' ({type(self).__qualname__}) does not implement run()")
+
+    def validate(self) -> None:
+        """Check option values beyond their types (ranges, exclusive options); called when the pass is built.
+
+        Raise `self.invalid(option, why)`: the user learns which option is wrong
+        before tracing or any pass has run. The PassManager calls it again before
+        a run, for options assigned after construction.
+        """
+
+    def invalid(self, option: str, message: str) -> InvalidOptionError:
+        """The error for a bad value of `option`: one line naming the pass and the option."""
+        return InvalidOptionError(f"pass '{self.name}', option '{option}': {message}", option=option)
 
     def tolerance(self) -> Tolerance:
         """The tolerance the Verify instrument applies; override when it depends on options."""
@@ -128,7 +151,7 @@ class Pass:
     def __call__(self, graph: Graph, analyses: AnalysisManager | None = None) -> PassResult:
         """Run this pass alone, IN PLACE on `graph` (PassManager.run works on a copy instead)."""
         analyses = analyses or AnalysisManager()
-        analyses.graph = graph
+        self.validate()
         for required in self.requires:
             analyses.get(required, graph)
         return self.run(graph, analyses)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence, Union
 
-from graphopt.passmanager.errors import PipelineError, UnknownOptionError, UnknownPassError
+from graphopt.passmanager.errors import InvalidOptionError, PipelineError, UnknownOptionError, UnknownPassError
 from graphopt.passmanager.options import QuotedStr
 from graphopt.passmanager.pass_base import Pass, _unknown_option_message
 from graphopt.passmanager.registry import PipelineDef, lookup
@@ -155,6 +155,9 @@ class _Parser:
                 raise self.error(str(exc), key_pos) from None
         try:
             return found(**options)
+        except InvalidOptionError as exc:  # point at the option that is wrong
+            where = raw[exc.option][1] if exc.option in raw else start
+            raise InvalidOptionError(str(exc), self.text, where, option=exc.option) from None
         except PipelineError as exc:
             raise self.error(str(exc), start) from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class PassRecord:
     seconds: float
     modified: bool
     iteration: int = 0  # round of a fixed-point named pipeline (0 outside one)
+    stats: Any = None  # the pass's own report (PassResult.stats), e.g. prune's PruneReport
 
 
 @dataclass
@@ -41,6 +43,10 @@ class PipelineReport:
     def for_pass(self, name: str) -> list[PassRecord]:
         """Records of the pass called `name` (its bare name, e.g. "fold-batchnorm")."""
         return [r for r in self.records if r.path.rsplit("/", 1)[-1] == name]
+
+    def stats(self, name: str) -> list[Any]:
+        """The reports (`PassResult.stats`) of the runs of the pass called `name`, in order (None left out)."""
+        return [r.stats for r in self.for_pass(name) if r.stats is not None]
 
     def table(self) -> str:
         headers = ("pass", "nodes", "weights", "time ms", "modified")

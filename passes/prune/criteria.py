@@ -17,7 +17,7 @@ from graphopt.analysis.channels import ChannelGroup, Space
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
 from graphopt.ir.interpreter import run_graph, structured_outputs, trainable_weights
-from graphopt.passmanager import AnalysisManager
+from graphopt.passmanager import RunContext
 
 from .activations import ActivationStats, activation_stats
 
@@ -28,21 +28,22 @@ class CriterionContext:
     """What data-driven criteria need beyond the weights: the graph and its calibration data.
 
     Gradients and activation statistics are computed once per graph and shared
-    by every group. `analyses` supplies the calibration batches and the loss
-    (`AnalysisManager.calibration_batches`); without it only weight criteria work.
+    by every group. `context` (the pass's `analyses.context`) supplies the calibration
+    batches and the loss (`RunContext.calibration_batches`); without it only
+    weight criteria work.
     """
 
-    def __init__(self, graph: Graph, analyses: AnalysisManager | None = None) -> None:
+    def __init__(self, graph: Graph, context: RunContext | None = None) -> None:
         self.graph = graph
-        self.analyses = analyses
+        self.run_context = context
         self._grads: list[dict[str, torch.Tensor]] | None = None
         self._stats: dict[str, ActivationStats] | None = None
 
     def _batches(self, *, targets: bool = False) -> list:
-        if self.analyses is None:
+        if self.run_context is None:
             raise GraphoptError("this criterion needs calibration data: run the pass with example inputs or "
                                 "calibration_data (graphopt.optimize(..., calibration_data=...))")
-        return self.analyses.calibration_batches(targets=targets)
+        return self.run_context.calibration_batches(targets=targets)
 
     def gradients(self) -> dict[str, torch.Tensor]:
         """d(loss)/d(weight) for every parameter, summed over the calibration batches."""
@@ -60,7 +61,7 @@ class CriterionContext:
         """
         if self._grads is None:
             weights = trainable_weights(self.graph)
-            loss_fn = self.analyses.loss if self.analyses is not None else None
+            loss_fn = self.run_context.loss if self.run_context is not None else None
             self._grads = []
             for inputs, target in self._batches(targets=True):
                 out = structured_outputs(self.graph, run_graph(self.graph, inputs, weights=weights, grad=True))

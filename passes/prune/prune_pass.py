@@ -23,9 +23,10 @@ from typing import Literal
 
 import numpy as np
 
-from graphopt.analysis.channels import ChannelGroup, channel_groups
-from graphopt.analysis.cost import estimate_cost
+from graphopt.analysis.channels import ChannelGroup, ChannelGroups
+from graphopt.analysis.cost import CostAnalysis, estimate_cost
 from graphopt.analysis.removal import remove_channels
+from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
 from graphopt.passmanager import AnalysisManager, Pass, PassResult, option, register_pass
 
@@ -88,7 +89,7 @@ class Prune(Pass):
     """Remove the least important channels of every prunable channel group."""
 
     verify_tolerance = "shape"  # pruning changes outputs by design; shapes must stay
-    requires = ("channel-groups",)
+    requires = (CostAnalysis,)  # the groups are read in run(): which ones depends on `heads`
 
     ratio: float = option(0.5, "fraction of each group's units to remove (local), or of all units (global)")
     target_macs: float | None = option(None, "instead of ratio: keep this fraction of the MACs (ratio is searched)")
@@ -103,15 +104,38 @@ class Prune(Pass):
     reconstruct: bool = option(False, "refit the layers reading pruned channels by least squares on calibration data")
     damp: float = option(0.01, "reconstruct: ridge term, relative to the mean diagonal of X^T X")
 
+    def validate(self) -> None:
+        """Ranges and exclusive options, checked when the pass is built (before tracing, in `optimize`)."""
+        if not 0.0 <= self.ratio < 1.0:
+            raise self.invalid("ratio", f"the fraction of units to remove must be in [0, 1), got {self.ratio}")
+        targets = [name for name in ("target_macs", "target_params") if getattr(self, name) is not None]
+        for name in targets:
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise self.invalid(name, f"must be the fraction to keep, in (0, 1]; got {value}")
+        if len(targets) == 2:
+            raise self.invalid("target_params", "give target_macs or target_params, not both")
+        if targets and "ratio" in self._given:
+            raise self.invalid("ratio", f"give ratio or {targets[0]}, not both (the ratio is searched for the target)")
+        try:
+            get_criterion(self.criterion)
+        except GraphoptError as exc:
+            raise self.invalid("criterion", str(exc)) from None
+        if self.round_to is not None and self.round_to < 1:
+            raise self.invalid("round_to", f"must be at least 1 (1: exact counts), got {self.round_to}")
+        if not 0.0 <= self.min_keep <= 1.0:
+            raise self.invalid("min_keep", f"the fraction of each group kept must be in [0, 1], got {self.min_keep}")
+        if self.damp < 0.0:
+            raise self.invalid("damp", f"the ridge term cannot be negative, got {self.damp}")
+
     def run(self, graph: Graph, analyses: AnalysisManager) -> PassResult:
-        self._check_options()
         start = time.perf_counter()
-        cost_before = analyses.get("cost", graph)
+        cost_before = analyses.get(CostAnalysis, graph)
         structure = structure_hash(graph)
-        found = analyses.get("channel-groups", graph) if self.heads else channel_groups(graph, heads=False)
+        found = analyses.get(ChannelGroups(heads=self.heads), graph)
         groups = [g for g in found if g.prunable and not self._ignored(g)]
         criterion = get_criterion(self.criterion)
-        context = CriterionContext(graph, analyses)
+        context = CriterionContext(graph, analyses.context)
         takes_context = len(inspect.signature(criterion).parameters) > 1
         scores = {g.id: _unit_scores(g, criterion(g, context) if takes_context else criterion(g)) for g in groups}
 
@@ -134,25 +158,17 @@ class Prune(Pass):
             decisions.append(GroupDecision(group.id, group.kind, n_keep, group.num_channels, group.width, params))
         reconstruction = None
         if original is not None:
-            reconstruction = reconstruct(original, graph, analyses.calibration_batches(), kept_outputs, damp=self.damp)
+            reconstruction = reconstruct(original, graph, analyses.context.calibration_batches(), kept_outputs,
+                                         damp=self.damp)
 
-        cost_after = estimate_cost(graph, bindings=analyses.bindings(graph))
+        cost_after = estimate_cost(graph, bindings=analyses.context.bindings(graph))
         report = PruneReport(decisions, cost_before.total_params, cost_after.total_params,
                              cost_before.total_macs, cost_after.total_macs, time.perf_counter() - start,
                              ratio, target, reconstruction)
-        graph.meta.setdefault("prune_reports", []).append(report)
-        graph.meta.setdefault("prune_recipes", []).append(PruneRecipe([step], __version__))
-        return PassResult(graph, modified=True)
-
-    def _check_options(self) -> None:
-        if not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"prune: ratio must be in [0, 1), got {self.ratio}")
-        for name in ("target_macs", "target_params"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 < value <= 1.0:
-                raise ValueError(f"prune: {name} is the fraction to keep, in (0, 1]; got {value}")
-        if self.target_macs is not None and self.target_params is not None:
-            raise ValueError("prune: give target_macs or target_params, not both")
+        # The recipe says how this graph was made, so it stays with the graph through later runs (a new
+        # list: the meta of a cloned graph shares the old one with the caller's graph).
+        graph.meta["prune_recipes"] = [*graph.meta.get("prune_recipes", []), PruneRecipe([step], __version__)]
+        return PassResult(graph, modified=True, stats=report)
 
     # ------------------------------------------------------------ planning
     def _plan(self, groups: list[ChannelGroup], scores: dict[int, np.ndarray], ratio: float) -> Plan:
@@ -177,7 +193,7 @@ class Prune(Pass):
         """
         metric, fraction = ("macs", self.target_macs) if self.target_macs is not None else ("params", self.target_params)
         before = cost_before.total_macs if metric == "macs" else cost_before.total_params
-        bindings = analyses.bindings(graph)
+        bindings = analyses.context.bindings(graph)
 
         def cost_at(ratio: float) -> int:
             trial = graph.clone()
