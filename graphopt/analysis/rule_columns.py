@@ -3,8 +3,9 @@
 Both are columns of `graphopt.ir.op_table`, so they follow graphopt's one
 duplicate policy: registering a second rule for an op raises `GraphoptError`
 unless `replace=True`. This module imports nothing from the rest of the
-analysis package, so the rules (`channel_rules/`, `mac_rules.py`) and the code
-that runs them (`channels.py`, `cost.py`) both depend on it and not on each other.
+analysis package: the code that runs the rules (`channels.py`, `cost.py`) reads
+them here without importing the modules that define them (`channel_rules/`,
+which needs `channels.Builder`, and `mac_rules.py`), so there is no import cycle.
 """
 
 from __future__ import annotations
