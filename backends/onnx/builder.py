@@ -54,6 +54,7 @@ class OnnxBuilder:
         self._names: dict[int, str] = {}  # id(IR value) -> ONNX tensor name
         self.weights: dict[str, torch.Tensor] = {}  # ONNX name -> tensor, for initializers attached at the end
         self.fused_attention = True
+        self.domains: dict[str, int] = {}  # custom operator domain -> its opset version, for the opset imports
         self._symbols = graph.symbols()
         for value in graph.all_values():
             self._used.add(value.name)
@@ -138,6 +139,8 @@ class OnnxBuilder:
         base = hint or (f"{self.current.name}/{op_type}" if self.current is not None else op_type)
         outs = [self.fresh(base if outputs == 1 else f"{base}.{i}") for i in range(outputs)]
         clean_attrs = {k: v for k, v in (attrs or {}).items() if v is not None}
+        if domain and domain != "ai.onnx":
+            self.domains.setdefault(domain, 1)
         node = helper.make_node(op_type, [i or "" for i in inputs], outs, name=self.fresh(base + ":node"),
                                 domain=domain or None, **clean_attrs)
         self.nodes.append(node)

@@ -138,9 +138,10 @@ def lower(
     weight_inputs = [_value_info(b, name, t.dtype, tuple(t.shape)) for name, t in b.weights.items()]
 
     graph_proto = helper.make_graph(b.nodes, graph.name, inputs + weight_inputs, outputs, b.initializers)
-    skeleton = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", opset)],
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in sorted(b.domains.items())]
+    skeleton = helper.make_model(graph_proto, opset_imports=opsets,
                                  producer_name="graphopt", producer_version=_version())
-    skeleton.ir_version = helper.find_min_ir_version_for(list(skeleton.opset_import))
+    skeleton.ir_version = helper.find_min_ir_version_for(list(skeleton.opset_import), ignore_unknown=True)
     if tidy:
         skeleton = _tidy(skeleton)
     used = {name for node in skeleton.graph.node for name in node.input} | {o.name for o in skeleton.graph.output}

@@ -84,7 +84,8 @@ def op_name(target: Any) -> str:
 
 
 def _packet(name: str) -> str:
-    return name.rsplit(".", 1)[0] if name.startswith("aten.") and name.count(".") >= 2 else name
+    """'ns.op.overload' -> 'ns.op' (aten or a custom namespace such as a torch.library op's)."""
+    return name.rsplit(".", 1)[0] if name.count(".") >= 2 and not name.startswith("torch.") else name
 
 
 def find_converter(name: str) -> Converter | None:
