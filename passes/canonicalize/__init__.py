@@ -2,6 +2,9 @@
 
 Every pass here is exact (outputs equal within fp32 rounding), keeps the
 `meta` (source locations) of the nodes it keeps, and is registered by name.
+Each is a set of rewrite rules (its module's `RULES`) applied to a fixed point
+by `graphopt.passmanager.rewrite.graph_rewrite`, which also erases what a rule
+bypassed; `eliminate-dead-code` is that driver's dead-code sweep alone.
 `canonicalize` runs them all, repeating until none changes the graph.
 """
 

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from graphopt.ir.graph import Graph
-from graphopt.passmanager import AnalysisManager, Pass, PassResult, register_pass
+from typing import ClassVar, Sequence
+
+from graphopt.passmanager import register_pass
+from graphopt.passmanager.rewrite import RewritePass, Rule
 
 
 @register_pass("eliminate-dead-code")
-class EliminateDeadCode(Pass):
+class EliminateDeadCode(RewritePass):
     """Erase nodes whose outputs reach no graph output, then weights no node reads.
 
-    Graph inputs stay even when unused: they are the lowered module's signature.
+    The rewrite driver's own dead-code sweep, with no rules. Graph inputs stay
+    even when unused: they are the lowered module's signature.
     """
 
-    def run(self, graph: Graph, analyses: AnalysisManager) -> PassResult:
-        outputs = {id(v) for v in graph.outputs}
-        removed = 0
-        for node in reversed(list(graph.nodes)):  # readers first, so whole dead chains go in one sweep
-            if any(out.uses() or id(out) in outputs for out in node.outputs):
-                continue
-            graph.erase_node(node)
-            removed += 1
-        removed += graph.remove_unused_weights()
-        return PassResult(graph, modified=removed > 0)
+    erase_dead: ClassVar[bool] = True
+
+    def rules(self) -> Sequence[Rule]:
+        return ()

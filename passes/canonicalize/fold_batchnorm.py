@@ -2,39 +2,46 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from graphopt.ir.graph import Graph, Node, Value
-from graphopt.passmanager import AnalysisManager, Pass, PassResult, register_pass
-
-from ._rewrite import drop_unused_weights
+from graphopt.passmanager import register_pass
+from graphopt.passmanager.rewrite import Outcome, RewritePass, Rule, rule
 
 FOLDABLE = ("conv", "conv_transpose", "linear")
 
 
-def foldable_producer(bn: Node) -> Node | None:
-    """The conv/linear whose output only this batch_norm reads, with weight tensors the fold can rewrite."""
+def fold_target(bn: Node) -> Node | str:
+    """The layer `bn` folds into (a conv/linear whose output only bn reads, weights stored), or why none."""
     x = bn.inputs[0]
     producer = x.producer
     if producer is None or producer.op not in FOLDABLE:
-        return None
-    if len(x.uses()) != 1 or any(out is x for out in bn.graph.outputs):
-        return None  # another reader needs the un-normalised output
+        return "its input is not produced by a conv, conv_transpose or linear"
+    if len(x.uses()) != 1 or x.is_graph_output():
+        return "another reader needs the un-normalised output"
     weight = producer.inputs[1]
     bias = producer.inputs[2] if len(producer.inputs) > 2 else None
     if weight is None or not weight.is_weight or (bias is not None and not bias.is_weight):
-        return None
+        return "the layer's weight or bias is computed, not a stored tensor"
     if not weight.dtype.is_floating_point:
-        return None  # already quantized: scaling would need requantization
+        return "the layer is already quantized: scaling would need requantization"
     stats = bn.inputs[1:5]
     if any(v is not None and not v.is_weight for v in stats) or stats[2] is None or stats[3] is None:
-        return None
+        return "its statistics are not stored tensors"
     channels = x.shape[1] if x.rank > 1 else None
     if not isinstance(channels, int) or channels != stats[2].shape[0]:
-        return None
+        return "its channel count is not known to match the statistics"
     if producer.op == "linear" and x.rank != 2:
-        return None  # batch_norm's channel axis 1 is the feature axis only for [N, features]
+        return "batch_norm's channel axis 1 is the feature axis of a linear only for [N, features]"
     return producer
+
+
+def foldable_producer(bn: Node) -> Node | None:
+    """The layer `bn` can be folded into, or None (`fold_target` says why)."""
+    target = fold_target(bn)
+    return None if isinstance(target, str) else target
 
 
 def _scaled_weight(op: str, weight: torch.Tensor, scale: torch.Tensor, groups: int) -> torch.Tensor:
@@ -55,13 +62,14 @@ def _bias_name(graph: Graph, weight: Value) -> str:
 
 def _own_weight(graph: Graph, layer: Node, index: int, value: Value, tensor: torch.Tensor) -> None:
     """Give `layer` input `index` the tensor, rewriting the weight in place only if no one else reads it."""
-    if len(value.uses()) == 1 and not any(out is value for out in graph.outputs):
+    if len(value.uses()) == 1 and not value.is_graph_output():
         value.set_data(tensor)
     else:
         layer.set_input(index, graph.add_weight(value.name + ".bn_folded", tensor, kind="param"))
 
 
-def fold(graph: Graph, bn: Node, layer: Node) -> None:
+def fold_into_layer(graph: Graph, bn: Node, layer: Node) -> None:
+    """Scale `layer`'s weight and bias so that its output is what `bn` made of it (bn itself stays)."""
     gamma, beta, mean, var = bn.inputs[1:5]
     weight = layer.inputs[1]
     bias = layer.inputs[2] if len(layer.inputs) > 2 else None
@@ -91,13 +99,32 @@ def fold(graph: Graph, bn: Node, layer: Node) -> None:
             layer.set_inputs([*layer.inputs, created])
     # Record the fold on the layer, as a new tuple: meta dicts are shallow-copied by Graph.clone.
     layer.meta["folded"] = (*layer.meta.get("folded", ()), bn.name)
-    bn.output.replace_all_uses_with(layer.output)
-    graph.erase_node(bn)
-    drop_unused_weights(graph, (gamma, beta, mean, var))
+
+
+def fold(graph: Graph, bn: Node, layer: Node) -> None:
+    """Fold `bn` into `layer` now, outside a rewrite: the layer's output replaces bn's, bn and its stats go."""
+    stats = bn.inputs[1:5]
+    fold_into_layer(graph, bn, layer)
+    graph.replace_node(bn, layer.output)
+    for value in stats:
+        graph.remove_weight_if_unused(value)
+
+
+@rule("fold-batchnorm-into-layer", "batch_norm")
+def fold_batchnorm_into_layer(bn: Node) -> Outcome:
+    """batch_norm(layer(x)) -> layer'(x), with the layer's weight and bias scaled and shifted."""
+    layer = fold_target(bn)
+    if isinstance(layer, str):
+        return layer
+    fold_into_layer(bn.graph, bn, layer)
+    return layer.output  # the driver redirects bn's readers, erases bn and its now unread statistics
+
+
+RULES: tuple[Rule, ...] = (fold_batchnorm_into_layer,)
 
 
 @register_pass("fold-batchnorm")
-class FoldBatchNorm(Pass):
+class FoldBatchNorm(RewritePass):
     """Fold each inference batch_norm into the conv/linear/conv_transpose before it (W*scale, b*scale+shift).
 
     Only when the layer's output has no other reader; a bias is created when
@@ -105,14 +132,8 @@ class FoldBatchNorm(Pass):
     rewritten under the other reader.
     """
 
-    def run(self, graph: Graph, analyses: AnalysisManager) -> PassResult:
-        folded = 0
-        for bn in graph.find_nodes("batch_norm"):
-            layer = foldable_producer(bn)
-            if layer is not None:
-                fold(graph, bn, layer)
-                folded += 1
-        return PassResult(graph, modified=folded > 0)
+    def rules(self) -> Sequence[Rule]:
+        return RULES
 
 
-__all__ = ["FoldBatchNorm", "foldable_producer", "fold"]
+__all__ = ["FoldBatchNorm", "RULES", "fold", "fold_into_layer", "fold_target", "foldable_producer"]

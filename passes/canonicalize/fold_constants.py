@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import sympy
 import torch
 
 from graphopt.ir import dims as D
-from graphopt.ir.graph import Graph, Node
-from graphopt.passmanager import AnalysisManager, Pass, PassResult, option, register_pass
-
-from ._rewrite import drop_unused_weights
+from graphopt.ir.graph import Node, Value
+from graphopt.ir.op_table import get_op_attr
+from graphopt.ir.ops import OPS, TORCH_KERNEL, TRAINING_AWARE
+from graphopt.passmanager import option, register_pass
+from graphopt.passmanager.rewrite import Outcome, RewritePass, Rule, rule
 
 
 def _concrete(obj: Any) -> Any:
@@ -31,8 +32,68 @@ def _result_kind(node: Node) -> str:
     return "param" if "param" in kinds else "buffer" if "buffer" in kinds else "const"
 
 
+def _training_aware(op: str) -> bool:
+    opdef = OPS.get(op)
+    return opdef is not None and opdef.has(TRAINING_AWARE)
+
+
+def why_not_foldable(node: Node, max_elements: int) -> str | None:
+    """Why `node` cannot be replaced by its value, or None when it can."""
+    if get_op_attr(node.op, TORCH_KERNEL) is None:
+        return f"op '{node.op}' has no torch kernel to evaluate it"
+    if any(v is not None and not v.is_weight for v in node.inputs):
+        return "an input is computed, not a stored tensor"
+    if any(v is not None and v.data is not None and v.data.device.type == "meta" for v in node.inputs):
+        return "an input has no data (meta tensor)"
+    if not all(D.shape_is_static(out.shape) for out in node.outputs) or D.free_symbols(node.attrs):
+        return "its shape or attributes depend on the input sizes"
+    if sum(D.prod(out.shape) for out in node.outputs) > max_elements:
+        return f"its result is larger than max_elements={max_elements}"
+    return None
+
+
+def _evaluate(node: Node) -> list[torch.Tensor] | str:
+    """The node's output tensors from its torch kernel, or why they could not be computed."""
+    kwargs = {k: _concrete(v) for k, v in node.attrs.items()}
+    if _training_aware(node.op):
+        kwargs["training"] = False
+    try:
+        with torch.no_grad():
+            result = get_op_attr(node.op, TORCH_KERNEL)(*(None if v is None else v.data for v in node.inputs),
+                                                        **kwargs)
+    except Exception as exc:  # noqa: BLE001 - an op the kernel cannot evaluate here stays in the graph
+        return f"its torch kernel failed here: {exc}"
+    tensors = list(result) if isinstance(result, (tuple, list)) else [result]
+    if len(tensors) != len(node.outputs) or any(
+        tuple(t.shape) != out.shape or t.dtype != out.dtype for t, out in zip(tensors, node.outputs)
+    ):
+        return "its kernel disagrees with its shape rule (left for the verifier to report)"
+    return tensors
+
+
+def fold_constant_rule(max_elements: int) -> Rule:
+    """The rule replacing a node that reads only weights (at most `max_elements` results) by its value."""
+
+    def fold_constant(node: Node) -> Outcome:
+        reason = why_not_foldable(node, max_elements)
+        tensors = reason or _evaluate(node)
+        if isinstance(tensors, str):
+            return tensors
+        graph, kind = node.graph, _result_kind(node)
+        values: list[Value] = []
+        for out, tensor in zip(node.outputs, tensors):
+            value = graph.add_weight(f"{out.name}_folded", tensor.contiguous(), kind=kind)
+            if node.source is not None:
+                value.meta["source"] = node.source
+            value.meta["folded_from"] = node.op
+            values.append(value)
+        return values  # the driver redirects the readers, erases the node and the weights only it read
+
+    return rule("fold-constant")(fold_constant)
+
+
 @register_pass("fold-constants")
-class FoldConstants(Pass):
+class FoldConstants(RewritePass):
     """Replace every node whose inputs are all weights (or that has none, e.g. arange) by its value.
 
     Skipped: outputs with symbolic shapes (they depend on the input sizes),
@@ -45,47 +106,7 @@ class FoldConstants(Pass):
     max_elements: int = option(1 << 20, "largest result (in elements, all outputs together) to fold")
 
     def foldable(self, node: Node) -> bool:
-        from graphopt.backends.torch.kernels import KERNELS
+        return why_not_foldable(node, self.max_elements) is None
 
-        if node.op not in KERNELS:
-            return False
-        if any(v is not None and not v.is_weight for v in node.inputs):
-            return False
-        if any(v is not None and v.data is not None and v.data.device.type == "meta" for v in node.inputs):
-            return False
-        if not all(D.shape_is_static(out.shape) for out in node.outputs) or D.free_symbols(node.attrs):
-            return False
-        return sum(D.prod(out.shape) for out in node.outputs) <= self.max_elements
-
-    def run(self, graph: Graph, analyses: AnalysisManager) -> PassResult:
-        from graphopt.backends.torch.kernels import KERNELS, TRAINING_AWARE
-
-        folded = 0
-        for node in list(graph.nodes):
-            if not self.foldable(node):
-                continue
-            kwargs = {k: _concrete(v) for k, v in node.attrs.items()}
-            if node.op in TRAINING_AWARE:
-                kwargs["training"] = False
-            try:
-                with torch.no_grad():
-                    result = KERNELS[node.op](*(None if v is None else v.data for v in node.inputs), **kwargs)
-            except Exception:  # noqa: BLE001 - an op the kernel cannot evaluate here stays in the graph
-                continue
-            tensors = list(result) if isinstance(result, (tuple, list)) else [result]
-            if len(tensors) != len(node.outputs) or any(
-                tuple(t.shape) != out.shape or t.dtype != out.dtype for t, out in zip(tensors, node.outputs)
-            ):
-                continue  # the kernel disagrees with the shape rule: leave it for the verifier to report
-            kind = _result_kind(node)
-            inputs = list(node.inputs)
-            for out, tensor in zip(node.outputs, tensors):
-                value = graph.add_weight(f"{out.name}_folded", tensor.contiguous(), kind=kind)
-                if node.source is not None:
-                    value.meta["source"] = node.source
-                value.meta["folded_from"] = node.op
-                out.replace_all_uses_with(value)
-            graph.erase_node(node)
-            drop_unused_weights(graph, inputs)
-            folded += 1
-        return PassResult(graph, modified=folded > 0)
+    def rules(self) -> Sequence[Rule]:
+        return (fold_constant_rule(self.max_elements),)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from graphopt.ir.graph import Graph, Node
-from graphopt.passmanager import AnalysisManager, Pass, PassResult, register_pass
+from typing import Sequence
 
-from ._rewrite import bypass, normalized_dims, same_shape
+from graphopt.ir.graph import Node
+from graphopt.passmanager import register_pass
+from graphopt.passmanager.rewrite import Outcome, RewritePass, Rule, rule
+
+from ._rewrite import normalized_dims, same_shape
+
+NOOP_OPS = ("identity", "dropout", "reshape", "expand", "permute", "cast", "slice", "concat", "split", "pad")
 
 
 def is_noop(node: Node) -> bool:
@@ -33,18 +38,30 @@ def is_noop(node: Node) -> bool:
     return False
 
 
+def noop_rule(name: str, ops: Sequence[str]) -> Rule:
+    """A rule on `ops` that makes the readers of a no-op node read its input instead."""
+
+    def bypass_noop(node: Node) -> Outcome:
+        if not is_noop(node):
+            return f"this {node.op} changes its input"
+        if node.outputs[0].dtype != node.inputs[0].dtype:
+            return "its output type differs from its input's"
+        return node.inputs[0]
+
+    return rule(name, *ops)(bypass_noop)
+
+
+REMOVE_NOOP = noop_rule("remove-noop", NOOP_OPS)
+RULES: tuple[Rule, ...] = (REMOVE_NOOP,)
+
+
 @register_pass("remove-identity")
-class RemoveIdentity(Pass):
+class RemoveIdentity(RewritePass):
     """Remove identity and inference-time dropout, and reshape/permute/expand/cast/slice/pad that change nothing.
 
     Why: front-ends keep such ops to mirror the source model; left in, they
     hide patterns (conv -> dropout -> batch_norm) from the passes that follow.
     """
 
-    def run(self, graph: Graph, analyses: AnalysisManager) -> PassResult:
-        removed = 0
-        for node in list(graph.nodes):
-            if is_noop(node) and node.outputs[0].dtype == node.inputs[0].dtype:
-                bypass(graph, node, node.inputs[0])
-                removed += 1
-        return PassResult(graph, modified=removed > 0)
+    def rules(self) -> Sequence[Rule]:
+        return RULES
