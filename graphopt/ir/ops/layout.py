@@ -27,9 +27,7 @@ def _reshape(node: Node) -> list[TensorType]:
     return [(shape, x.dtype)]
 
 
-@kernel("reshape")
-def reshape(x, *, shape):
-    return x.reshape(shape)
+kernel("reshape")(torch.reshape)
 
 
 @op("permute", "x", attrs={"dims": "new order of the axes"}, shape="x.shape permuted by dims", category="layout",
@@ -42,9 +40,7 @@ def _permute(node: Node) -> list[TensorType]:
     return [(tuple(x.shape[d] for d in dims), x.dtype)]
 
 
-@kernel("permute")
-def permute(x, *, dims):
-    return x.permute(dims)
+kernel("permute")(torch.permute)
 
 
 @op("expand", "x", attrs={"shape": "target shape (dims may be symbolic)"}, shape="the shape attr", category="layout",
