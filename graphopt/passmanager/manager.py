@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from graphopt.ir.graph import Graph
 from graphopt.passmanager.analysis import AnalysisManager, PreservedAnalyses
 from graphopt.passmanager.context import RunContext
-from graphopt.passmanager.errors import PassDefinitionError, PassFailedError
+from graphopt.passmanager.errors import PassFailedError
 from graphopt.passmanager.instruments import PassInstrument
 from graphopt.passmanager.pass_base import Pass, PassResult
 from graphopt.passmanager.pipeline import NamedPipeline, Step, format_steps, parse_steps
@@ -183,7 +183,7 @@ class PassManager:
                 raise fail(exc, type(instrument).__name__) from exc
         started = time.perf_counter()
         try:
-            result = _call_pass(pass_, graph, analyses)
+            result = pass_(graph, analyses)  # options, required analyses, run, result checked
         except Exception as exc:
             raise fail(exc, "run") from exc
         seconds = time.perf_counter() - started
@@ -216,18 +216,6 @@ class _Run:
     ctx: RunContext
     analyses: AnalysisManager
     report: PipelineReport
-
-
-def _call_pass(pass_: Pass, graph: Graph, analyses: AnalysisManager) -> PassResult:
-    """The pass's required analyses, then the pass itself, with its result checked."""
-    for required in pass_.requires:
-        analyses.get(required, graph)
-    result = pass_.run(graph, analyses)
-    if not isinstance(result, PassResult) or not isinstance(result.graph, Graph):
-        raise PassDefinitionError(
-            f"pass '{pass_.name}' must return PassResult(graph, modified, preserved), not {result!r}"
-        )
-    return result
 
 
 def _invalidate(pass_: Pass, result: PassResult, graph: Graph, analyses: AnalysisManager) -> None:

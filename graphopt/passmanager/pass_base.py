@@ -149,12 +149,20 @@ class Pass:
 
     # ----------------------------------------------------------------- helpers
     def __call__(self, graph: Graph, analyses: AnalysisManager | None = None) -> PassResult:
-        """Run this pass alone, IN PLACE on `graph` (PassManager.run works on a copy instead)."""
-        analyses = analyses or AnalysisManager()
+        """Run this pass IN PLACE on `graph` (PassManager.run works on a copy and calls this on it).
+
+        Options are checked, the required analyses computed, and the result's type checked.
+        """
+        analyses = analyses if analyses is not None else AnalysisManager()
         self.validate()
         for required in self.requires:
             analyses.get(required, graph)
-        return self.run(graph, analyses)
+        result = self.run(graph, analyses)
+        if not isinstance(result, PassResult) or not isinstance(result.graph, Graph):
+            raise PassDefinitionError(
+                f"pass '{self.name}' must return PassResult(graph, modified, preserved), not {result!r}"
+            )
+        return result
 
     def option_values(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in type(self).options}
