@@ -410,7 +410,7 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
     spaces = list(builder.spaces.values())
     members = _connected_spaces(spaces, labels)
 
-    blocked_ends = ({id(v) for v in graph.outputs}, {id(v) for v in graph.inputs})
+    graph_inputs = {id(v) for v in graph.inputs}
     ignored = set(ignore)
     groups: list[ChannelGroup] = []
     group_of_space: dict[int, ChannelGroup] = {}
@@ -420,7 +420,7 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
         group_spaces.sort(key=lambda sp: (0 if sp.role == "producer" else 1, created[id(sp)]))
         group = _new_group(len(groups), group_spaces, labels, builder)
         group_of_space.update((id(s), group) for s in group_spaces)
-        _judge_group(group, builder, blocked_ends, ignored)
+        _judge_group(group, builder, graph_inputs, ignored)
         groups.append(group)
     _judge_links(builder, group_of_space, heads)
     return groups
@@ -467,14 +467,13 @@ def _new_group(gid: int, group_spaces: list[Space], labels: np.ndarray, builder:
                         within_heads=any(id(s) in builder.head_dims for s in group_spaces))
 
 
-def _judge_group(group: ChannelGroup, builder: Builder, blocked_ends: tuple[set[int], set[int]],
+def _judge_group(group: ChannelGroup, builder: Builder, graph_inputs: set[int],
                  ignored: set[str]) -> None:
     """Block `group` (graph ends, barriers, ignored tensors, nothing to prune) and note what makes it inexact."""
-    outputs, inputs = blocked_ends
     for s in group.spaces:
-        if id(s.value) in outputs:
+        if s.value.is_graph_output():
             _block(group, f"reaches graph output %{s.value.name}")
-        if id(s.value) in inputs:
+        if id(s.value) in graph_inputs:
             _block(group, f"reaches graph input %{s.value.name}")
         if id(s) in builder.barriers:
             _block(group, builder.barriers[id(s)])

@@ -193,9 +193,8 @@ def _last_uses(graph: Graph) -> dict[int, list[Value]]:
             if v is not None and not v.is_weight:
                 last[id(v)] = node
                 values[id(v)] = v
-    keep = {id(v) for v in graph.outputs}
     freed: dict[int, list[Value]] = {}
     for key, node in last.items():
-        if key not in keep:
+        if not values[key].is_graph_output():
             freed.setdefault(id(node), []).append(values[key])
     return freed
