@@ -100,7 +100,7 @@ def _check_free(name: str, columns: dict[str, Any], targets: list[str]) -> None:
         raise GraphoptError(f"op '{name}' already has {', '.join(taken)}; pass replace=True to override it")
     for target in targets:
         if target in CONVERTERS:
-            raise GraphoptError(f"a converter for torch op '{target}' is already registered "
+            raise GraphoptError(f"a torch converter for '{target}' is already registered "
                                 f"({CONVERTERS.get(target)!r}); pass replace=True to override it")
 
 

@@ -76,6 +76,16 @@ def test_registering_a_converter_makes_the_op_traceable():
         CONVERTERS.unregister("aten.cumprod.default")
 
 
+def test_a_second_converter_for_a_torch_op_raises():
+    from graphopt.frontends import torch_ops  # noqa: F401 - the built-in converters
+    from graphopt.frontends.torch import CONVERTERS
+
+    relu = CONVERTERS.get("aten.relu")
+    with pytest.raises(graphopt.GraphoptError, match="torch converter for 'aten.relu' is already registered"):
+        graphopt.register_torch_op("aten.relu")(lambda ctx, node: ctx.value(node.args[0]))
+    assert CONVERTERS.get("aten.relu") is relu
+
+
 class UsesCumprodPositive(nn.Module):
     def forward(self, x):
         return torch.cumprod(torch.sigmoid(x), dim=1)

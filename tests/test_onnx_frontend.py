@@ -294,7 +294,20 @@ def test_register_onnx_op_adds_a_converter():
             fonnx.register_onnx_op("Swish", domain="com.example")(lambda ctx, node: ctx.value(node.input[0]))
         fonnx.register_onnx_op("Swish", domain="com.example", replace=True)(convert)
     finally:
-        fonnx.CONVERTERS.unregister(("com.example", "Swish"))
+        fonnx.CONVERTERS.unregister("com.example::Swish")
+
+
+def test_converters_folders_and_lowerings_have_one_duplicate_policy():
+    import graphopt.frontends.onnx_ops  # noqa: F401 - the built-in converters and folders
+
+    before = (fonnx.CONVERTERS.snapshot(), fonnx.FOLDERS.snapshot(), gonnx.LOWERINGS.snapshot())
+    with pytest.raises(GraphoptError, match="converter from ONNX for 'Relu' is already registered"):
+        fonnx.register_onnx_op("Relu")(lambda ctx, node: ctx.value(node.input[0]))
+    with pytest.raises(GraphoptError, match="folder of known values for 'Shape' is already registered"):
+        fonnx.folder("Shape")(lambda ctx, node, ins: None)  # folders used to be overwritten silently
+    with pytest.raises(GraphoptError, match="onnx lowering for 'relu' is already registered"):
+        gonnx.register_lowering("relu", lambda b, node, ins: ins[0])
+    assert (fonnx.CONVERTERS.snapshot(), fonnx.FOLDERS.snapshot(), gonnx.LOWERINGS.snapshot()) == before
 
 
 def test_data_dependent_reshape_is_reported():

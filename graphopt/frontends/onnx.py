@@ -57,12 +57,13 @@ REGISTER_HINT = (
     "(see docs/ir.md for the canonical ops; graphopt.define_op adds a new one, see docs/custom_ops.md)."
 )
 
-# Keyed by (domain, op_type), the source op: a converter belongs to the ONNX operator it reads,
-# not to one canonical op (Gemm becomes linear or matmul), so it is a table of its own, not an op column.
-CONVERTERS: Registry[Converter] = Registry("converter for ONNX op")
+# Keyed by the source op ("Relu", or "com.example::Swish" outside the standard domain): a converter
+# belongs to the ONNX operator it reads, not to one canonical op (Gemm becomes linear or matmul), so it
+# is a table of its own, not an op-table column.
+CONVERTERS: Registry[Converter] = Registry("converter from ONNX")
 _CONVERTERS = CONVERTERS  # the name tests and users already call
 # How to evaluate an ONNX op on known values at import (onnx_ops/folding.py), keyed by op_type.
-FOLDERS: Registry[Folder] = Registry("ONNX folder")
+FOLDERS: Registry[Folder] = Registry("folder of known values")
 
 
 def register_onnx_op(*op_types: str, domain: str = "", replace: bool = False) -> Callable[[Converter], Converter]:
@@ -73,7 +74,7 @@ def register_onnx_op(*op_types: str, domain: str = "", replace: bool = False) ->
     `ctx.value(name)` / `ctx.emit(op, inputs, attrs)`. A second converter for
     the same operator raises `GraphoptError` unless `replace=True`.
     """
-    return CONVERTERS.decorator(*((_domain(domain), op_type) for op_type in op_types), replace=replace)
+    return CONVERTERS.decorator(*(converter_key(op_type, domain) for op_type in op_types), replace=replace)
 
 
 def folder(*op_types: str, replace: bool = False) -> Callable[[Folder], Folder]:
@@ -83,6 +84,12 @@ def folder(*op_types: str, replace: bool = False) -> Callable[[Folder], Folder]:
 
 class NotFoldable(Exception):
     """A folder found its inputs cannot be evaluated at import (e.g. symbolic comparisons)."""
+
+
+def converter_key(op_type: str, domain: str = "") -> str:
+    """The key of an ONNX operator's converter: 'Relu', or 'com.example::Swish' outside the standard domain."""
+    domain = _domain(domain)
+    return f"{domain}::{op_type}" if domain else op_type
 
 
 def _domain(domain: str) -> str:
@@ -465,7 +472,7 @@ def _import_node(ctx: OnnxImportContext, node: "onnx.NodeProto") -> None:
                 if out:
                     ctx.knowns[out] = k
             return
-    converter = _CONVERTERS.get((domain, node.op_type))
+    converter = CONVERTERS.get(converter_key(node.op_type, domain))
     if converter is None:
         op = node.op_type if not domain else f"{domain}::{node.op_type}"
         raise UnsupportedOpError(op, node.name or node.output[0],

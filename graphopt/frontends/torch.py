@@ -34,7 +34,7 @@ Converter = Callable[["ImportContext", torch.fx.Node], "Value | Sequence[Value] 
 
 # Keyed by the source op (an aten overload or packet): one aten op may become several canonical ops and
 # several aten ops one canonical op, so converters are a table of their own, not a column of the op table.
-CONVERTERS: Registry[Converter] = Registry("converter for torch op")
+CONVERTERS: Registry[Converter] = Registry("torch converter")
 _CONVERTERS = CONVERTERS  # the name tests and users already call
 
 # Ops that only assert or annotate; they compute nothing the graph needs.
