@@ -1,4 +1,4 @@
-"""The coverage table in docs/ir.md: current, complete (torch kernel and ONNX lowering for every op), barriers listed."""
+"""The coverage table in docs/ir.md: current, complete (a torch kernel and ONNX lowering per op), barriers listed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ONNX converters for ops that create tensors from shapes: ConstantOfShape, Range (Shape and Size are always folded)."""
+"""ONNX converters for ops creating tensors from shapes: ConstantOfShape, Range (Shape and Size are folded)."""
 
 from __future__ import annotations
 

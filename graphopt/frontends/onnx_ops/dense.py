@@ -1,4 +1,4 @@
-"""ONNX converters for dense ops: convolutions, MatMul/Gemm (as `linear` when the weight is constant), Einsum, Attention."""
+"""ONNX converters for dense ops: convolutions, MatMul/Gemm (`linear` for a constant weight), Einsum, Attention."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ONNX converters for layout ops: Reshape and its spellings, Transpose, Concat/Split/Slice, Gather, Expand/Tile, Pad."""
+"""ONNX converters for layout ops: Reshape and its spellings, Transpose, Concat/Split/Slice, Gather, Expand, Pad."""
 
 from __future__ import annotations
 

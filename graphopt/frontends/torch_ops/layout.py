@@ -1,4 +1,4 @@
-"""ATen converters for layout ops: views and reshapes, permutes, expand/repeat, cat/split/slice/select, indexing, padding."""
+"""ATen converters for layout ops: views, permutes, expand/repeat, cat/split/slice/select, indexing, padding."""
 
 from __future__ import annotations
 
