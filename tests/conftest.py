@@ -54,6 +54,10 @@ def _restore_registries():
     from graphopt.analysis import channel_rules
     from graphopt.frontends import torch as torch_frontend
     from graphopt.frontends import torch_ops  # noqa: F401 - registers the built-in converters first
+    try:  # the ONNX lowerings are an op-table column declared on import: declare it before the snapshot,
+        import graphopt.backends.onnx  # noqa: F401 - or the first test importing it would drop it after
+    except ImportError:  # the optional [onnx] extra is not installed
+        pass
     from graphopt.ir import op_table, ops
     from graphopt.passes.prune import CRITERIA
 
