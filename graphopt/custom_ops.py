@@ -29,6 +29,7 @@ CUSTOM_CATEGORY = "custom"  # the docs/ir.md section user-defined ops are listed
 # "elementwise": the op's channels pass straight through, broadcasting like `mul` (whose rule it reuses)
 _ELEMENTWISE_LIKE = "mul"
 ChannelRule = Union[str, Callable[..., None], None]
+_COLUMN_KEYS = (TORCH_KERNEL, CHANNEL_RULE, MAC_RULE, ONNX_LOWERING)
 
 
 def define_op(
@@ -65,19 +66,25 @@ def define_op(
     Defining an op that exists, or a torch target that has a converter, raises
     `GraphoptError` unless `replace=True`; nothing is registered then.
     """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise GraphoptError(f"define_op: the op name must be an identifier such as 'scaled_swish', not {name!r}")
     opdef = OpDef(name, _shape_rule(name, shape), inputs, dict(attrs or {}), _shape_doc(shape),
                   CUSTOM_CATEGORY, doc or f"user-defined op '{name}'")
     columns = _columns(name, kernel, channel_rule, macs, onnx)
     targets = [_target_name(t) for t in torch_targets]
+    if convert is not None and not targets:
+        raise GraphoptError(f"define_op('{name}'): convert= maps torch ops onto the op; name them in torch_targets")
     converter = convert if convert is not None else (_default_converter(opdef) if targets else None)
     if not replace:
         _check_free(name, columns, targets)
-    tables = [OPS, CONVERTERS, *(op_table.column(key) for key in columns)]
+    tables = [OPS, CONVERTERS, *(op_table.column(key) for key in _COLUMN_KEYS)]
     saved = [table.snapshot() for table in tables]
     try:
         register_op(opdef, replace=replace)
+        for key in _COLUMN_KEYS:  # a redefinition keeps none of the columns it no longer gives
+            op_table.column(key).unregister(name)
         for key, value in columns.items():
-            op_table.register_op_attr(name, key, value, replace=True)
+            op_table.register_op_attr(name, key, value)
         for target in targets:
             CONVERTERS.register(target, converter, replace=True)
     except GraphoptError:

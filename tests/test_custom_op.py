@@ -145,8 +145,9 @@ def test_defining_twice_raises_and_registers_nothing():
                            torch_targets=["graphopt_test::scaled_swish"])
     assert "other_swish" not in OPS and op_table.get_op_attr("other_swish", "torch_kernel") is None
     assert [table.snapshot() for table in (OPS, CONVERTERS)] == before
-    _define(kernel=torch.sigmoid, replace=True)  # replace=True redefines every column
+    _define(kernel=torch.sigmoid, onnx=None, replace=True)  # replace=True redefines every column
     assert op_table.get_op_attr("scaled_swish", "torch_kernel") is torch.sigmoid
+    assert op_table.get_op_attr("scaled_swish", "onnx_lowering") is None  # not kept from the old definition
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -154,11 +155,17 @@ def test_defining_twice_raises_and_registers_nothing():
     (dict(shape=42), "shape must be"),
     (dict(kernel="x * sigmoid(x)"), "kernel must be a function"),
     (dict(onnx="Mul"), "onnx must be"),
+    (dict(torch_targets=(), convert=lambda ctx, node: None), "name them in torch_targets"),
 ])
 def test_bad_definitions_are_refused_before_registering(bad, match):
     with pytest.raises(graphopt.GraphoptError, match=match):
         _define(**bad)
     assert "scaled_swish" not in OPS
+
+
+def test_op_name_must_be_an_identifier():
+    with pytest.raises(graphopt.GraphoptError, match="must be an identifier"):
+        graphopt.define_op("scaled swish", inputs="x", shape="same", kernel=torch.sigmoid)
 
 
 def test_custom_domain_node():
