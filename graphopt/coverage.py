@@ -26,7 +26,7 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised without onnx installed
     raise GraphoptError("the coverage table needs the ONNX back-end: pip install 'graphopt[onnx]'") from _exc
 
-ONNX_LOWERING = "onnx_lowering"
+ONNX_LOWERING = op_table.ONNX_LOWERING
 REQUIRED = (TORCH_KERNEL, ONNX_LOWERING)  # every canonical op must run on torch and export to ONNX
 # column key -> table heading; columns a later layer declares (quantization, ...) follow under their key
 HEADINGS = {TORCH_KERNEL: "torch kernel", CHANNEL_RULE: "channel rule", MAC_RULE: "MAC rule",

@@ -12,16 +12,16 @@ docs/custom_ops.md has the worked example.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 from graphopt.analysis.rule_columns import BARRIER, CHANNEL_RULE, MAC_RULE
 from graphopt.errors import GraphoptError
 from graphopt.frontends.torch import CONVERTERS, Converter, ImportContext, op_name
 from graphopt.ir import op_table
 from graphopt.ir.graph import Node
+from graphopt.ir.op_table import ONNX_LOWERING
 from graphopt.ir.ops import OPS, TORCH_KERNEL, OpDef, ShapeRule, register_op
-from graphopt.backends.onnx.lowering import COLUMN as ONNX_LOWERING
-from graphopt.backends.onnx.lowering import CustomNode, Lowering
 
 __all__ = ["define_op", "CustomNode", "CUSTOM_CATEGORY"]
 
@@ -29,6 +29,9 @@ CUSTOM_CATEGORY = "custom"  # the docs/ir.md section user-defined ops are listed
 # "elementwise": the op's channels pass straight through, broadcasting like `mul` (whose rule it reuses)
 _ELEMENTWISE_LIKE = "mul"
 ChannelRule = Union[str, Callable[..., None], None]
+# an ONNX lowering, fn(builder, node, input_names) -> output name(s); the builder is the ONNX back-end's
+# OnnxBuilder, which this module does not import, so that defining an op needs no onnx install
+Lowering = Callable[[Any, Node, list], "str | Sequence[str]"]
 _COLUMN_KEYS = (TORCH_KERNEL, CHANNEL_RULE, MAC_RULE, ONNX_LOWERING)
 
 
@@ -206,3 +209,38 @@ def _default_converter(opdef: OpDef) -> Converter:
 
     return convert
 
+
+@dataclass(frozen=True)
+class CustomNode:
+    """A lowering to one node of a custom ONNX domain, for a runtime that has a kernel for it.
+
+    The node takes the op's inputs and attributes as they are in the IR (None
+    attributes are left out) and the model imports `domain` at `version`.
+    ONNX Runtime runs such a node only with a custom-op library registered in
+    its session; to run anywhere, lower to standard ONNX ops instead.
+    """
+
+    op_type: str
+    domain: str
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.domain or self.domain in ("ai.onnx", "ai.onnx.ml"):
+            raise GraphoptError(f"CustomNode('{self.op_type}') needs a custom domain such as 'com.example', "
+                                f"not {self.domain!r}: the standard domains' operators are fixed by ONNX")
+
+    def __call__(self, b: Any, node: Node, ins: list) -> Any:
+        attrs = {key: _attribute(node, key, value) for key, value in node.attrs.items()}
+        b.domains[self.domain] = self.version
+        outputs = len(node.outputs)
+        return b.op(self.op_type, ins, attrs, outputs=outputs, dtype=node.outputs[0].dtype, domain=self.domain)
+
+
+def _attribute(node: Node, key: str, value: Any) -> Any:
+    """An IR attribute as an ONNX attribute value (numbers, strings and lists of them)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if value is None or all(isinstance(v, (bool, int, float, str)) for v in items):
+        return [int(v) if isinstance(v, bool) else v for v in value] if isinstance(value, (list, tuple)) \
+            else (int(value) if isinstance(value, bool) else value)
+    raise GraphoptError(f"{node.where()}: attribute {key}={value!r} has no ONNX attribute form for a custom node "
+                        "(numbers, strings and lists of them have)")

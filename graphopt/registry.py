@@ -18,11 +18,17 @@ T = TypeVar("T")
 
 
 def _same_definition(a: Any, b: Any) -> bool:
-    """True when `b` is `a` again, e.g. the module that defines it was re-imported."""
+    """True when `b` is `a` again, e.g. the module that defines it was re-imported.
+
+    Only module-level definitions count: two lambdas or closures made by the same code share
+    a qualified name but are different definitions, so registering the second one clashes.
+    """
     if a is b:
         return True
     module, qualname = getattr(a, "__module__", None), getattr(a, "__qualname__", None)
-    return module is not None and qualname is not None and (module, qualname) == (
+    if qualname is None or "<lambda>" in qualname or "<locals>" in qualname:
+        return False
+    return module is not None and (module, qualname) == (
         getattr(b, "__module__", None), getattr(b, "__qualname__", None))
 
 

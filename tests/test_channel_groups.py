@@ -57,19 +57,12 @@ def test_removal_equals_masking_for_every_prunable_group(zoo_name):
 # output, and Llama's rotary tables (they follow head dims, which head pruning never removes).
 EXPECTED_NOT_PRUNABLE = {
     "bert": ["reaches graph output %classifier"],
-    "convnext": ["reaches graph input %x", "reaches graph output %head"],
-    "densenet": ["reaches graph input %x", "reaches graph output %classifier"],
-    "efficientnet": ["reaches graph input %x", "reaches graph output %classifier.1"],
     "llama": ["broadcasts into the channels of group", "reaches graph output %lm_head"],
-    "mobilenet_v2": ["reaches graph input %x", "reaches graph output %classifier.1"],
-    "mobilenet_v3": ["reaches graph input %x", "reaches graph output %classifier.3"],
-    "regnet": ["reaches graph input %x", "reaches graph output %fc"],
-    "resnet18": ["reaches graph input %x", "reaches graph output %fc"],
-    "resnet50": ["reaches graph input %x", "reaches graph output %fc"],
-    "resnext": ["reaches graph input %x", "reaches graph output %fc"],
-    "unet": ["reaches graph input %x", "reaches graph output %outc"],
-    "vgg_bn": ["reaches graph input %x", "reaches graph output %classifier.6"],
-    "vit": ["reaches graph input %x", "reaches graph output %head"],
+    # image models: the colour channels at the input and the classes at the head
+    **{model: ["reaches graph input %x", f"reaches graph output %{head}"] for model, head in {
+        "convnext": "head", "densenet": "classifier", "efficientnet": "classifier.1", "mobilenet_v2": "classifier.1",
+        "mobilenet_v3": "classifier.3", "regnet": "fc", "resnet18": "fc", "resnet50": "fc", "resnext": "fc",
+        "unet": "outc", "vgg_bn": "classifier.6", "vit": "head"}.items()},
 }
 
 
@@ -172,38 +165,6 @@ def test_layer_norm_groups_are_prunable_but_reported_inexact():
     assert any("layer_norm" in reason for reason in residual.inexact)
 
 
-def test_unknown_op_is_a_barrier_with_a_clear_reason():
-    if "mystery_scale" not in OPS:
-        register_op(OpDef("mystery_scale", lambda node: [(node.inputs[0].shape, node.inputs[0].dtype)], "x"))
-    g = graphopt.Graph("barrier")
-    x = g.add_input("x", (2, 8), torch.float32)
-    fc1 = g.create_node("linear", [x, g.add_weight("fc1.weight", torch.randn(16, 8)), None])
-    odd = g.create_node("mystery_scale", [fc1.output])
-    fc2 = g.create_node("linear", [odd.output, g.add_weight("fc2.weight", torch.randn(4, 16)), None])
-    g.outputs = [fc2.output]
-    hidden = next(gr for gr in channel_groups(g) if gr.num_channels == 16)
-    assert not hidden.prunable
-    assert "op 'mystery_scale'" in hidden.reasons[0] and "register_channel_rule" in hidden.reasons[0]
-
-
-def test_registering_a_rule_makes_the_op_transparent():
-    if "mystery_scale2" not in OPS:
-        register_op(OpDef("mystery_scale2", lambda node: [(node.inputs[0].shape, node.inputs[0].dtype)], "x"))
-
-    @register_channel_rule("mystery_scale2", replace=True)
-    def elementwise(builder, node):
-        builder.identity(node.inputs[0], node.output, range(node.output.rank), range(node.output.rank))
-
-    g = graphopt.Graph("rule")
-    x = g.add_input("x", (2, 8), torch.float32)
-    fc1 = g.create_node("linear", [x, g.add_weight("fc1.weight", torch.randn(16, 8)), None])
-    odd = g.create_node("mystery_scale2", [fc1.output])
-    fc2 = g.create_node("linear", [odd.output, g.add_weight("fc2.weight", torch.randn(4, 16)), None])
-    g.outputs = [fc2.output]
-    hidden = next(gr for gr in channel_groups(g) if gr.num_channels == 16)
-    assert hidden.prunable
-
-
 def _through_custom_op(op: str):
     """fc1 -> `op` -> fc2, with `op` an elementwise op defined here; returns the 16-channel hidden group."""
     if op not in OPS:
@@ -215,6 +176,20 @@ def _through_custom_op(op: str):
     fc2 = g.create_node("linear", [odd.output, g.add_weight("fc2.weight", torch.randn(4, 16)), None])
     g.outputs = [fc2.output]
     return next(gr for gr in channel_groups(g) if gr.num_channels == 16)
+
+
+def test_unknown_op_is_a_barrier_with_a_clear_reason():
+    hidden = _through_custom_op("mystery_scale")
+    assert not hidden.prunable
+    assert "op 'mystery_scale'" in hidden.reasons[0] and "register_channel_rule" in hidden.reasons[0]
+
+
+def test_registering_a_rule_makes_the_op_transparent():
+    @register_channel_rule("mystery_scale2", replace=True)
+    def elementwise(builder, node):
+        builder.identity(node.inputs[0], node.output, range(node.output.rank), range(node.output.rank))
+
+    assert _through_custom_op("mystery_scale2").prunable
 
 
 def test_an_op_registered_as_barrier_blocks_and_says_it_is_on_purpose():

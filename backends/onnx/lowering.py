@@ -11,7 +11,6 @@ lowerings, by op family, are in the `lowerings` package.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from graphopt.errors import GraphoptError
@@ -22,7 +21,7 @@ from graphopt.backends.onnx.builder import OnnxBuilder
 
 Lowering = Callable[[OnnxBuilder, Node, list], "str | Sequence[str]"]
 
-COLUMN = "onnx_lowering"
+COLUMN = op_table.ONNX_LOWERING
 LOWERINGS: Registry[Lowering] = op_table.column(
     COLUMN, "ONNX lowering: fn(builder, node, input_names) -> output name(s) (graphopt.backends.onnx)")
 
@@ -49,39 +48,3 @@ def register_lowering(op: str, fn: Lowering, *, replace: bool = False) -> Loweri
 def lowering_for(op: str) -> Lowering | None:
     """The ONNX lowering of `op`, or None when it has none."""
     return op_table.get_op_attr(op, COLUMN)
-
-
-@dataclass(frozen=True)
-class CustomNode:
-    """A lowering to one node of a custom ONNX domain, for a runtime that has a kernel for it.
-
-    The node takes the op's inputs and attributes as they are in the IR (None
-    attributes are left out) and the model imports `domain` at `version`.
-    ONNX Runtime runs such a node only with a custom-op library registered in
-    its session; to run anywhere, lower to standard ONNX ops instead.
-    """
-
-    op_type: str
-    domain: str
-    version: int = 1
-
-    def __post_init__(self) -> None:
-        if not self.domain or self.domain in ("ai.onnx", "ai.onnx.ml"):
-            raise GraphoptError(f"CustomNode('{self.op_type}') needs a custom domain such as 'com.example', "
-                                f"not {self.domain!r}: the standard domains' operators are fixed by ONNX")
-
-    def __call__(self, b: OnnxBuilder, node: Node, ins: list) -> Any:
-        attrs = {key: _attribute(node, key, value) for key, value in node.attrs.items()}
-        b.domains[self.domain] = self.version
-        outputs = len(node.outputs)
-        return b.op(self.op_type, ins, attrs, outputs=outputs, dtype=node.outputs[0].dtype, domain=self.domain)
-
-
-def _attribute(node: Node, key: str, value: Any) -> Any:
-    """An IR attribute as an ONNX attribute value (numbers, strings and lists of them)."""
-    items = value if isinstance(value, (list, tuple)) else [value]
-    if value is None or all(isinstance(v, (bool, int, float, str)) for v in items):
-        return [int(v) if isinstance(v, bool) else v for v in value] if isinstance(value, (list, tuple)) \
-            else (int(value) if isinstance(value, bool) else value)
-    raise GraphoptError(f"{node.where()}: attribute {key}={value!r} has no ONNX attribute form for a custom node "
-                        "(numbers, strings and lists of them have)")

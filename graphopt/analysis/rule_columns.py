@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Node
+from graphopt.ir import op_table
 from graphopt.ir.op_table import column
 
 if TYPE_CHECKING:  # only for the Rule type: channels.py imports this module
     from graphopt.analysis.channels import Builder
 
-CHANNEL_RULE = "channel_rule"
-MAC_RULE = "mac_rule"
+CHANNEL_RULE = op_table.CHANNEL_RULE
+MAC_RULE = op_table.MAC_RULE
 
 CHANNEL_RULES = column(CHANNEL_RULE, "how channel positions correspond across the op (an op without one, "
                                      "or with BARRIER, stops channel groups)")

@@ -19,6 +19,14 @@ from typing import Any
 from graphopt.errors import GraphoptError
 from graphopt.registry import Registry
 
+# The columns graphopt's own layers attach, named here, in the table's one home, so that a layer (or a
+# user's `define_op`) can fill another layer's column without importing it: defining an op's ONNX
+# lowering must not need onnx installed.
+TORCH_KERNEL = "torch_kernel"  # ir: the reference torch implementation
+CHANNEL_RULE = "channel_rule"  # analysis: how channel positions correspond across the op
+MAC_RULE = "mac_rule"  # analysis: multiply-accumulates the op performs
+ONNX_LOWERING = "onnx_lowering"  # backends/onnx: how the op is spelled in ONNX operators
+
 _COLUMNS: dict[str, Registry[Any]] = {}
 _COLUMN_DOCS: dict[str, str] = {}
 

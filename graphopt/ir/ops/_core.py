@@ -24,7 +24,7 @@ TensorType = tuple  # (shape tuple, torch.dtype)
 ShapeRule = Callable[[Node], "list[TensorType]"]
 Kernel = Callable[..., Any]
 
-TORCH_KERNEL = "torch_kernel"
+TORCH_KERNEL = op_table.TORCH_KERNEL
 op_table.column(TORCH_KERNEL, "reference torch implementation (inputs positional, attributes as keywords)")
 
 # Traits the ir layer gives ops; later layers read them instead of keeping their own op sets.
