@@ -246,7 +246,7 @@ class RewritePass(Pass):
 
     def run(self, graph: Graph, analyses: AnalysisManager) -> PassResult:
         stats = graph_rewrite(graph, self.rules(), erase_dead=self.erase_dead)
-        return PassResult(graph, modified=stats.modified)
+        return PassResult(graph, modified=stats.modified, stats=stats)
 
 
 __all__ = ["Rule", "rule", "graph_rewrite", "RewriteStats", "RewritePass", "Replacement", "Outcome"]
