@@ -27,6 +27,7 @@ import torch.fx
 
 from graphopt.errors import GraphoptError, UnsupportedOpError
 from graphopt.ir import dims as D
+from graphopt.frontends.torch_inplace import rewrite_local_inplace
 from graphopt.ir.graph import Graph, Node, SourceLocation, Value
 from graphopt.registry import Registry
 
@@ -248,9 +249,14 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic) -
         except Exception as exc2:
             raise GraphoptError(f"torch.export could not trace {type(model).__name__}: {exc2}") from exc2
     # Functionalising re-traces the whole program (about 2/3 of the time on a 7B-size
-    # decoder), so do it only when the program has in-place ops that need it.
+    # decoder, 3/4 on ResNet-50), so do it only when the program has in-place ops that
+    # need it: writes to fresh activations (ReLU(inplace=True), `out += identity`) are
+    # renamed into their functional twins instead (torch_inplace.py).
     if _has_mutations(ep):
-        ep = ep.run_decompositions({})
+        if rewrite_local_inplace(ep.graph):
+            ep.graph_module.recompile()
+        else:
+            ep = ep.run_decompositions({})
     return ep
 
 
