@@ -10,6 +10,11 @@ less for narrow groups) keeps channel counts multiples of 16: oneDNN blocks CPU 
 channels, and other counts are padded and converted on a slower path (measured:
 MobileNetV2 pruned 30 % at exact counts ran no faster than dense at batch 1; see
 docs/benchmarks.md).
+
+After removal a safety net (passes/prune/safety.py) runs the pruned graph on
+the example inputs and checks it against the masked original; groups the
+channel analysis got wrong are found by bisection and left unpruned, named in
+the report, so an analysis gap costs compression instead of a broken model.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import fnmatch
 import inspect
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,13 +34,14 @@ from graphopt.analysis.cost import CostAnalysis, estimate_cost
 from graphopt.analysis.removal import remove_channels
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
-from graphopt.passmanager import AnalysisManager, Pass, PassResult, option, register_pass
+from graphopt.passmanager import AnalysisManager, Pass, PassResult, RunContext, option, register_pass
 
 from graphopt import __version__
 
 from .criteria import CriterionContext, get_criterion
 from .recipe import PruneRecipe, PruneStep, anchor_of, structure_hash
 from .reconstruct import ReconstructionReport, reconstruct
+from .safety import Plan, SafetyNet, SafetyReport
 
 
 @dataclass
@@ -60,9 +67,10 @@ class PruneReport:
     ratio: float = 0.0  # the ratio applied (found by search when a target was given)
     target: str = ""  # "macs 50%" when a budget chose the ratio
     reconstruction: ReconstructionReport | None = None
+    safety: SafetyReport | None = None  # what the safety net checked and left unpruned (None: option off)
 
     def summary(self) -> str:
-        """Two lines at most: the totals and what reconstruction did."""
+        """The totals, what reconstruction did, what the safety net checked (and every group it left out)."""
         how = f"ratio {self.ratio:.3f}" + (f" (searched for {self.target})" if self.target else "")
         lines = [f"prune ({how}): {len(self.decisions)} groups pruned, params {self.params_before:,} -> "
                  f"{self.params_after:,} ({self.params_after / max(self.params_before, 1):.1%}), MACs "
@@ -70,6 +78,8 @@ class PruneReport:
                  f"{self.seconds:.2f} s"]
         if self.reconstruction is not None:
             lines.append(f"  {self.reconstruction}")
+        if self.safety is not None:
+            lines.append(f"  {self.safety}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -80,8 +90,7 @@ class PruneReport:
         return "\n".join(lines)
 
 
-Plan = list[tuple[ChannelGroup, np.ndarray]]
-AUTO_ROUND_TO = 16  # oneDNN's channel block on AVX-512 CPUs  # per group, the channel ids to remove
+AUTO_ROUND_TO = 16  # oneDNN's channel block on AVX-512 CPUs
 
 
 @register_pass("prune")
@@ -103,6 +112,10 @@ class Prune(Pass):
     heads: bool = option(True, "attention: remove whole heads (True) or the same head_dim positions of every head (False)")
     reconstruct: bool = option(False, "refit the layers reading pruned channels by least squares on calibration data")
     damp: float = option(0.01, "reconstruct: ridge term, relative to the mean diagonal of X^T X")
+    safety: bool = option(True, "check the pruned graph on the example inputs (it runs; exact groups equal masking) "
+                                "and leave unpruned, found by bisection, the groups that fail")
+    safety_max_checks: int = option(64, "the safety net's budget of checks (each runs the graph twice); "
+                                         "needing more is an error")
 
     def validate(self) -> None:
         """Ranges and exclusive options, checked when the pass is built (before tracing, in `optimize`)."""
@@ -127,6 +140,8 @@ class Prune(Pass):
             raise self.invalid("min_keep", f"the fraction of each group kept must be in [0, 1], got {self.min_keep}")
         if self.damp < 0.0:
             raise self.invalid("damp", f"the ridge term cannot be negative, got {self.damp}")
+        if self.safety_max_checks < 1:
+            raise self.invalid("safety_max_checks", f"must be at least 1, got {self.safety_max_checks}")
 
     def run(self, graph: Graph, analyses: AnalysisManager) -> PassResult:
         start = time.perf_counter()
@@ -146,29 +161,69 @@ class Prune(Pass):
         if not plan:
             return PassResult(graph, modified=False)
 
-        original = graph.clone() if self.reconstruct else None
+        original = graph.clone() if self.reconstruct or self.safety else None
+        graph, plan, safety = self._remove(graph, plan, original, analyses.context)
         step = PruneStep(structure, heads=self.heads)
         decisions, kept_outputs = [], {}
         for group, channels in plan:
             step.groups.append({"anchor": anchor_of(group), "removed": sorted(int(c) for c in channels)})
             kept_outputs.update(_kept_weight_positions(group, channels))
-            remove_channels(graph, group, channels)
             params = sorted({s.value.name for s in group.spaces if s.value.kind == "param"})
             n_keep = group.num_channels - len(channels)
             decisions.append(GroupDecision(group.id, group.kind, n_keep, group.num_channels, group.width, params))
         reconstruction = None
-        if original is not None:
+        if self.reconstruct:
             reconstruction = reconstruct(original, graph, analyses.context.calibration_batches(), kept_outputs,
                                          damp=self.damp)
 
         cost_after = estimate_cost(graph, bindings=analyses.context.bindings(graph))
         report = PruneReport(decisions, cost_before.total_params, cost_after.total_params,
                              cost_before.total_macs, cost_after.total_macs, time.perf_counter() - start,
-                             ratio, target, reconstruction)
+                             ratio, target, reconstruction, safety)
         # The recipe says how this graph was made, so it stays with the graph through later runs (a new
         # list: the meta of a cloned graph shares the old one with the caller's graph).
         graph.meta["prune_recipes"] = [*graph.meta.get("prune_recipes", []), PruneRecipe([step], __version__)]
         return PassResult(graph, modified=True, stats=report)
+
+    def _remove(self, graph: Graph, plan: Plan, original: Graph | None,
+                context: RunContext) -> tuple[Graph, Plan, SafetyReport | None]:
+        """Remove `plan` from `graph` in place; with the safety net, check the result and leave out what fails.
+
+        Returns the pruned graph (a copy of `original` when groups had to be left
+        out), the part of the plan it has removed, and the net's report.
+        """
+        net = self._safety_net(original, context)
+        failure = None
+        for group, channels in plan:
+            try:
+                remove_channels(graph, group, channels)
+            except Exception as exc:  # noqa: BLE001 - with the net, a removal that raises is a failed check
+                if net is None:
+                    raise
+                failure = f"removing its channels fails: {type(exc).__name__}: {exc}".splitlines()[0]
+                break
+        if net is None:
+            return graph, plan, None if not self.safety else SafetyReport(skipped=self._why_no_net(context))
+        graph, plan = net.accept(graph, plan, failure)
+        return graph, plan, net.report
+
+    def _safety_net(self, original: Graph | None, context: RunContext) -> SafetyNet | None:
+        """The net over `original`, or None (option off, or nothing to check on: then a warning says so)."""
+        if not self.safety or original is None:
+            return None
+        why = self._why_no_net(context, original)
+        if why:
+            warnings.warn(f"prune: safety net skipped ({why}); the pruned graph is not checked", stacklevel=2)
+            return None
+        return SafetyNet(original, context.example_inputs, max_checks=self.safety_max_checks)
+
+    @staticmethod
+    def _why_no_net(context: RunContext, graph: Graph | None = None) -> str:
+        if context.example_inputs is None:
+            return "no example inputs: give them to PassManager.run or optimize"
+        if graph is not None and any(v.data is not None and v.data.device.type == "meta" for v in graph.weights.values()):
+            return "the weights are on the meta device"
+        return ""
 
     # ------------------------------------------------------------ planning
     def _plan(self, groups: list[ChannelGroup], scores: dict[int, np.ndarray], ratio: float) -> Plan:
