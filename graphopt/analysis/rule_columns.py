@@ -5,7 +5,7 @@ duplicate policy: registering a second rule for an op raises `GraphoptError`
 unless `replace=True`. This module imports nothing from the rest of the
 analysis package: the code that runs the rules (`channels.py`, `cost.py`) reads
 them here without importing the modules that define them (`channel_rules/`,
-which needs `channels.Builder`, and `mac_rules.py`), so there is no import cycle.
+which needs `channel_space.Builder`, and `mac_rules.py`), so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from graphopt.ir.graph import Node
 from graphopt.ir import op_table
 from graphopt.ir.op_table import column
 
-if TYPE_CHECKING:  # only for the Rule type: channels.py imports this module
-    from graphopt.analysis.channels import Builder
+if TYPE_CHECKING:  # only for the Rule type: channel_space.py imports this module
+    from graphopt.analysis.channel_space import Builder
 
 CHANNEL_RULE = op_table.CHANNEL_RULE
 MAC_RULE = op_table.MAC_RULE
