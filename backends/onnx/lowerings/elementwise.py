@@ -167,10 +167,13 @@ for _op, _onnx in _COMPARE.items():
 lowering("ne")(_compare("Equal", negate=True))
 
 
-@lowering("logical_and", "logical_or")
+_LOGICAL = {"logical_and": "And", "logical_or": "Or", "logical_xor": "Xor"}
+
+
+@lowering(*_LOGICAL)
 def _logical(b, node, ins):
     args = casted(b, node, ins, torch.bool)
-    return b.op("And" if node.op == "logical_and" else "Or", args, dtype=torch.bool)
+    return b.op(_LOGICAL[node.op], args, dtype=torch.bool)
 
 
 @lowering("div")

@@ -1,4 +1,4 @@
-"""ONNX lowerings of layout ops: reshape, permute, expand, concat/split/slice, select and gathers, pad."""
+"""ONNX lowerings of layout ops: reshape, permute, expand, concat/split/slice, select, gathers, pad."""
 
 from __future__ import annotations
 
@@ -60,6 +60,12 @@ def _select(b, node, ins):
 @lowering("index_select")
 def _index_select(b, node, ins):
     return b.op("Gather", ins[:2], {"axis": int(node.attrs["axis"])}, dtype=out_of(node).dtype)
+
+
+@lowering("gather")
+def _gather(b, node, ins):
+    return b.op("GatherElements", ins[:2], {"axis": int(node.attrs["axis"]) % node.inputs[0].rank},
+                dtype=out_of(node).dtype)
 
 
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}

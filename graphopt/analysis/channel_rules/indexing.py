@@ -1,4 +1,4 @@
-"""Channel rules of ops that pick or mask positions: select, index_select, triu, tril."""
+"""Channel rules of ops that pick or mask positions: select, index_select, gather, triu, tril."""
 
 from __future__ import annotations
 
@@ -37,3 +37,25 @@ def _triangle(b: Builder, node: Node) -> None:
     for s in b.spaces_of(out):
         if set(s.axes) & {x.rank - 1, x.rank - 2}:
             b.barriers.setdefault(id(s), f"{node.op} %{node.name} depends on channel positions")
+
+
+@register_channel_rule("gather")
+def _gather(b: Builder, node: Node) -> None:
+    """out[..., i, ...] = x[..., indices[..., i, ...], ...]: out and indices correspond position by position.
+
+    x corresponds to them on the other axes where the sizes agree; never along the
+    gathered axis, where positions are picked by the index values.
+    """
+    x, idx = node.inputs
+    out = node.output
+    axis = node.attrs["axis"] % x.rank
+    every = list(range(out.rank))
+    b.identity(idx, out, every, every)
+    same = [a for a in every if a != axis and x.shape[a] == out.shape[a]]
+    b.identity(x, out, same, same)
+    for s in b.spaces_of(x):
+        if not set(s.axes) <= set(same):
+            b.barriers.setdefault(id(s), f"gather %{node.name} picks channels by position")
+    for s in b.spaces_of(out):  # a prefix of x's axis: removing a channel would shift the rest
+        if set(s.axes) - set(same) - {axis}:
+            b.barriers.setdefault(id(s), f"gather %{node.name} reads a prefix of the channels")

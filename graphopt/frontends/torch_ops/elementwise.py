@@ -19,9 +19,20 @@ _UNARY = {
 
 def _unary(op: str):
     def convert(ctx: ImportContext, node):
-        return ctx.emit1(op, [ctx.value(node.args[0])])
+        x = ctx.value(node.args[0])
+        _check_bitwise_on_bool(node, x)
+        return ctx.emit1(op, [x])
 
     return convert
+
+
+def _check_bitwise_on_bool(node, *values) -> None:
+    """Bitwise ops map onto logical ones, which agree with them on bool tensors (masks) only."""
+    name = str(node.target)
+    if ("bitwise" in name or "__" in name) and any(v.dtype != torch.bool for v in values):
+        dtypes = ", ".join(str(v.dtype) for v in values)
+        raise GraphoptError(f"node '{node.name}' ({name}): bitwise ops are supported on bool tensors (masks) only, "
+                            f"not on {dtypes}")
 
 
 for _aten, _op in _UNARY.items():
@@ -73,14 +84,14 @@ def _clamp(ctx, node):
     return ctx.emit1("clamp", [ctx.value(node.args[0])], {"min": lo, "max": hi})
 
 
-@register_torch_op("aten.clamp_min", "aten.clamp_min_")
-def _clamp_min(ctx, node):
-    return ctx.emit1("clamp", [ctx.value(node.args[0])], {"min": node.args[1], "max": None})
-
-
-@register_torch_op("aten.clamp_max", "aten.clamp_max_")
-def _clamp_max(ctx, node):
-    return ctx.emit1("clamp", [ctx.value(node.args[0])], {"min": None, "max": node.args[1]})
+@register_torch_op("aten.clamp_min", "aten.clamp_min_", "aten.clamp_max", "aten.clamp_max_")
+def _clamp_one_side(ctx, node):
+    lower = "clamp_min" in str(node.target)
+    x, bound = ctx.value(node.args[0]), node.args[1]
+    if isinstance(bound, torch.fx.Node):  # a tensor bound (clamp_min.Tensor): elementwise max/min
+        out = ctx.emit1("maximum" if lower else "minimum", [x, ctx.value(bound)])
+        return cast_to(ctx, out, ctx.out_dtype())
+    return ctx.emit1("clamp", [x], {"min": bound, "max": None} if lower else {"min": None, "max": bound})
 
 
 @register_torch_op("aten.dropout", "aten.dropout_", "aten.feature_dropout", "aten.alpha_dropout")
@@ -105,8 +116,12 @@ def _cumsum(ctx, node):
 # --------------------------------------------------------------- binary ops
 _BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "maximum": "maximum",
            "minimum": "minimum", "eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge",
-           "logical_and": "logical_and", "logical_or": "logical_or", "bitwise_and": "logical_and",
-           "bitwise_or": "logical_or"}
+           "logical_and": "logical_and", "logical_or": "logical_or", "logical_xor": "logical_xor",
+           "bitwise_and": "logical_and", "bitwise_or": "logical_or", "bitwise_xor": "logical_xor"}
+# `a & b`, `a | b`, `a ^ b` on masks, and the binary overloads of torch.min/max (T5's relative position buckets)
+_OPERATORS = {"aten.__and__": "logical_and", "aten.__iand__": "logical_and", "aten.__or__": "logical_or",
+              "aten.__ior__": "logical_or", "aten.__xor__": "logical_xor", "aten.__ixor__": "logical_xor",
+              "aten.min.other": "minimum", "aten.max.other": "maximum"}
 
 
 def _binary(op: str):
@@ -122,8 +137,7 @@ def _binary(op: str):
             mode = node.kwargs.get("rounding_mode")
             if mode is not None:
                 attrs["rounding_mode"] = mode
-        if op in ("logical_and", "logical_or") and (a_val.dtype != torch.bool or b_val.dtype != torch.bool):
-            raise GraphoptError(f"node '{node.name}': bitwise ops are supported on bool tensors only")
+        _check_bitwise_on_bool(node, a_val, b_val)
         return ctx.emit1(op, [a_val, b_val], attrs)
 
     return convert
@@ -131,6 +145,20 @@ def _binary(op: str):
 
 for _aten, _op in _BINARY.items():
     register_torch_op(f"aten.{_aten}", f"aten.{_aten}_")(_binary(_op))
+for _aten, _op in _OPERATORS.items():
+    register_torch_op(_aten)(_binary(_op))
+
+
+@register_torch_op("aten.addcmul", "aten.addcmul_", "aten.addcdiv", "aten.addcdiv_")
+def _addcmul(ctx, node):
+    # x + (value * t1) * t2, or (value * t1) / t2: the order torch's kernel rounds in
+    dtype = ctx.out_dtype()
+    x, t1, t2 = (cast_to(ctx, ctx.value(a), dtype) for a in node.args[:3])
+    value = schema_arg(node, 3, "value", 1)
+    if value != 1:
+        t1 = ctx.emit1("mul", [ctx.scalar(value, dtype=dtype), t1])
+    term = ctx.emit1("mul" if "addcmul" in str(node.target) else "div", [t1, t2])
+    return ctx.emit1("add", [x, term])
 
 
 @register_torch_op("aten.rsub")
@@ -171,3 +199,4 @@ def _to(ctx, node):
                    "aten.lift_fresh", "aten.alias_copy", "aten.detach_", "aten.view_copy.dtype")
 def _identity(ctx, node):
     return ctx.value(node.args[0])
+

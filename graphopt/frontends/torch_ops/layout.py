@@ -1,4 +1,4 @@
-"""ATen converters for layout ops: views, permutes, expand/repeat, cat/split/slice/select, indexing, padding."""
+"""ATen converters for layout ops: views, permutes, expand/repeat, cat/stack/split/slice/roll, indexing, padding."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import torch
 
 from graphopt.errors import GraphoptError
 from graphopt.frontends.torch import register_torch_op
-from graphopt.frontends.torch_ops._common import cast_to, clamp_range, same_dim, schema_arg
+from graphopt.frontends.torch_ops._common import as_list, cast_to, clamp_range, same_dim, schema_arg
+from graphopt.ir import dims as D
 from graphopt.ir.graph import Value
 
 
@@ -151,11 +152,114 @@ def _index_select(ctx, node):
 @register_torch_op("aten.index.Tensor")
 def _index(ctx, node):
     x = ctx.value(node.args[0])
-    indices = node.args[1]
-    used = [i for i, idx in enumerate(indices) if idx is not None]
-    if len(used) != 1 or ctx.value(indices[used[0]]).rank != 1 or ctx.value(indices[used[0]]).dtype == torch.bool:
-        raise GraphoptError(f"node '{node.name}': only x[..., idx, ...] with one 1-d integer index tensor is supported")
-    return ctx.emit1("index_select", [x, ctx.value(indices[used[0]])], {"axis": used[0]})
+    used = {i: ctx.value(idx) for i, idx in enumerate(node.args[1]) if idx is not None}
+    if any(v.dtype == torch.bool for v in used.values()):
+        raise GraphoptError(f"node '{node.name}': indexing with a boolean mask has a data-dependent shape; "
+                            "use torch.where or masked_fill instead")
+    if len(used) == 1 and next(iter(used.values())).rank == 1:  # x[..., idx, ...]: one gather of whole slices
+        (axis, idx), = used.items()
+        return ctx.emit1("index_select", [x, idx], {"axis": axis})
+    return _advanced_index(ctx, node, x, used)
+
+
+def _advanced_index(ctx, node, x: Value, used: dict[int, Value]) -> Value:
+    """x[i0, i1, ...] with several or n-d index tensors, as one index_select over the merged indexed axes.
+
+    transformers' mask functions index `mask[batch_idx, kv_idx]` with broadcasting
+    index tensors. The indexed axes are moved together and merged, the indices
+    combined into one flat row-major index, and whole slices gathered at once.
+    """
+    axes = sorted(used)
+    adjacent = axes == list(range(axes[0], axes[-1] + 1))
+    first = axes[0] if adjacent else 0
+    if not adjacent:  # torch puts the broadcast index dims first then; so does moving the axes to the front
+        x = ctx.emit1("permute", [x], {"dims": axes + [a for a in range(x.rank) if a not in used]})
+    sizes = [x.shape[first + k] for k in range(len(axes))]
+    flat: Value | None = None
+    for k, axis in enumerate(axes):
+        stride = D.prod(sizes[k + 1:])
+        if not isinstance(stride, int):
+            raise GraphoptError(f"node '{node.name}': advanced indexing needs static sizes after the first "
+                                f"indexed axis, not {sizes[k + 1:]}")
+        term = cast_to(ctx, used[axis], torch.int64)
+        if stride != 1:
+            term = ctx.emit1("mul", [term, ctx.scalar(stride)])
+        flat = term if flat is None else ctx.emit1("add", [flat, term])
+    assert flat is not None
+    merged = list(x.shape[:first]) + [D.prod(sizes)] + list(x.shape[first + len(axes):])
+    x = ctx.emit1("reshape", [x], {"shape": merged})
+    flat = ctx.emit1("reshape", [flat], {"shape": [D.prod(flat.shape)]}) if flat.rank != 1 else flat
+    picked = ctx.emit1("index_select", [x, flat], {"axis": first})
+    return ctx.emit1("reshape", [picked], {"shape": list(ctx.out_shape())})
+
+
+@register_torch_op("aten.gather")
+def _gather(ctx, node):
+    x = ctx.value(node.args[0])
+    axis = int(schema_arg(node, 1, "dim", 0)) % max(x.rank, 1)
+    return ctx.emit1("gather", [x, ctx.value(schema_arg(node, 2, "index"))], {"axis": axis})
+
+
+@register_torch_op("aten.stack")
+def _stack(ctx, node):
+    # stack = unsqueeze each at dim, then concat: the channel analysis already knows both
+    dtype = ctx.out_dtype()
+    out_rank = len(ctx.out_shape())
+    axis = int(schema_arg(node, 1, "dim", 0)) % out_rank
+    parts = []
+    for arg in node.args[0]:
+        x = cast_to(ctx, ctx.value(arg), dtype)
+        shape = list(x.shape)
+        parts.append(ctx.emit1("reshape", [x], {"shape": shape[:axis] + [1] + shape[axis:]}))
+    return parts[0] if len(parts) == 1 else ctx.emit1("concat", parts, {"axis": axis})
+
+
+@register_torch_op("aten.roll")
+def _roll(ctx, node):
+    # roll by s along an axis of size n = concat(x[n - s:], x[:n - s]); without dims, over the flattened tensor
+    x = ctx.value(node.args[0])
+    shifts = [int(s) for s in as_list(schema_arg(node, 1, "shifts"))]
+    dims = [int(d) for d in as_list(schema_arg(node, 2, "dims", []))]
+    if not dims:
+        flat = ctx.emit1("reshape", [x], {"shape": [D.prod(x.shape)]}) if x.rank != 1 else x
+        rolled = _roll_axis(ctx, node, flat, shifts[0], 0)
+        return rolled if x.rank == 1 else ctx.emit1("reshape", [rolled], {"shape": list(x.shape)})
+    if len(shifts) != len(dims):
+        raise GraphoptError(f"node '{node.name}': roll got {len(shifts)} shifts for {len(dims)} dims")
+    for shift, dim in zip(shifts, dims):
+        x = _roll_axis(ctx, node, x, shift, dim % x.rank)
+    return x
+
+
+def _roll_axis(ctx, node, x: Value, shift: int, axis: int) -> Value:
+    size = x.shape[axis]
+    if not isinstance(size, int):
+        raise GraphoptError(f"node '{node.name}': roll along axis {axis} of dynamic size {size} is not supported; "
+                            "export with that axis static")
+    cut = size - shift % size if size else 0
+    if cut in (0, size):
+        return x
+    tail = ctx.emit1("slice", [x], {"axis": axis, "start": cut, "end": size, "step": 1})
+    head = ctx.emit1("slice", [x], {"axis": axis, "start": 0, "end": cut, "step": 1})
+    return ctx.emit1("concat", [tail, head], {"axis": axis})
+
+
+@register_torch_op("aten.meshgrid")
+def _meshgrid(ctx, node):
+    # each output broadcasts one 1-d input along its own axis: a reshape and an expand
+    xs = [ctx.value(a) for a in node.args[0]]
+    indexing = schema_arg(node, 1, "indexing", "ij") or "ij"
+    axes = list(range(len(xs)))
+    if indexing == "xy" and len(xs) >= 2:
+        axes[0], axes[1] = 1, 0
+    outs = []
+    for i, (x, axis) in enumerate(zip(xs, axes)):
+        full = list(ctx.out_shape(index=i))
+        line = [1] * len(full)
+        line[axis] = full[axis]
+        y = ctx.emit1("reshape", [x], {"shape": line}) if list(x.shape) != line else x
+        outs.append(ctx.emit1("expand", [y], {"shape": full}) if line != full else y)
+    return outs
 
 
 @register_torch_op("aten.constant_pad_nd", "aten.pad")

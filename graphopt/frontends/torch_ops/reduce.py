@@ -1,6 +1,8 @@
-"""ATen converters for reductions: sum/mean/amax/..., argmax/argmin, max.dim, var."""
+"""ATen converters for reductions: sum/mean/amax/..., argmax/argmin, max.dim, var, vector norms."""
 
 from __future__ import annotations
+
+import math
 
 from graphopt.frontends.torch import register_torch_op
 from graphopt.frontends.torch_ops._common import as_list, cast_to, schema_arg
@@ -9,17 +11,27 @@ from graphopt.frontends.torch_ops._common import as_list, cast_to, schema_arg
 def _reduce(op: str):
     def convert(ctx, node):
         x = ctx.value(node.args[0])
-        whole = str(node.target).endswith(".default")  # e.g. sum(x, dtype=None): reduce everything
-        axes = None if whole else schema_arg(node, 1, "dim", None)
-        keepdim = False if whole else bool(schema_arg(node, 2, "keepdim", False))
-        if axes is not None:
-            axes = [int(a) % max(x.rank, 1) for a in as_list(axes)]
-            if not axes:
-                axes = None
+        axes, keepdim = _axes_keepdim(node, x)
         out = ctx.emit1(op, [x], {"axes": axes, "keepdim": keepdim})
         return cast_to(ctx, out, ctx.out_dtype())
 
     return convert
+
+
+def _axes_keepdim(node, x) -> tuple[list[int] | None, bool]:
+    """The reduced axes (None: all) and keepdim, read by the overload's schema.
+
+    Overloads without a `dim` argument (sum.default, any.default) reduce everything;
+    amax.default does take `dim`, a list, where an empty one means every axis.
+    """
+    names = [a.name for a in node.target._schema.arguments] if hasattr(node.target, "_schema") else []
+    if "dim" not in names:
+        return None, False
+    axes = schema_arg(node, names.index("dim"), "dim", None)
+    keepdim = bool(schema_arg(node, names.index("keepdim"), "keepdim", False)) if "keepdim" in names else False
+    if axes is not None:
+        axes = [int(a) % max(x.rank, 1) for a in as_list(axes)] or None
+    return axes, keepdim
 
 
 for _aten, _op in {"mean": "mean", "sum": "sum", "amax": "amax", "amin": "amin", "any": "any", "all": "all"}.items():
@@ -66,3 +78,27 @@ def _var(ctx, node):
         correction = 1 if node.kwargs["unbiased"] else 0
     return ctx.emit1("var", [x], {"axes": None if axes is None else [int(a) % x.rank for a in as_list(axes)],
                                   "keepdim": bool(node.kwargs.get("keepdim", False)), "correction": correction})
+
+
+@register_torch_op("aten.linalg_vector_norm")
+def _vector_norm(ctx, node):
+    """||x||_ord over dim, decomposed: ord 2 (the common one) is sqrt(sum(x * x))."""
+    x = ctx.value(node.args[0])
+    order = float(schema_arg(node, 1, "ord", 2))
+    axes, keepdim = _axes_keepdim(node, x)
+    dtype = ctx.out_dtype()
+    x = cast_to(ctx, x, dtype)
+    reduce = {"axes": axes, "keepdim": keepdim}
+    if order == 0:  # the number of non-zero entries
+        nonzero = cast_to(ctx, ctx.emit1("ne", [x, ctx.scalar(0.0, dtype=dtype)]), dtype)
+        return ctx.emit1("sum", [nonzero], reduce)
+    if order == 2:
+        return ctx.emit1("sqrt", [ctx.emit1("sum", [ctx.emit1("mul", [x, x])], reduce)])
+    size = ctx.emit1("abs", [x])
+    if order in (math.inf, -math.inf):
+        return ctx.emit1("amax" if order > 0 else "amin", [size], reduce)
+    if order == 1:
+        return ctx.emit1("sum", [size], reduce)
+    powered = ctx.emit1("pow", [size, ctx.scalar(order, dtype=dtype)])
+    total = ctx.emit1("sum", [powered], reduce)
+    return ctx.emit1("pow", [total, ctx.scalar(1.0 / order, dtype=dtype)])

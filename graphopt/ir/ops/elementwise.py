@@ -114,7 +114,7 @@ _BINARY = {
 _COMPARE = {
     "eq": ("a == b", torch.eq), "ne": ("a != b", torch.ne), "lt": ("a < b", torch.lt), "le": ("a <= b", torch.le),
     "gt": ("a > b", torch.gt), "ge": ("a >= b", torch.ge), "logical_and": ("a and b", torch.logical_and),
-    "logical_or": ("a or b", torch.logical_or),
+    "logical_or": ("a or b", torch.logical_or), "logical_xor": ("a xor b", torch.logical_xor),
 }
 
 

@@ -1,4 +1,4 @@
-"""Layout ops (reshape, permute, expand, concat, split, slice, select, index_select, pad).
+"""Layout ops (reshape, permute, expand, concat, split, slice, select, index_select, gather, pad).
 
 Each op's definition and shape rule sit next to its torch kernel.
 """
@@ -134,6 +134,24 @@ def _index_select(node: Node) -> list[TensorType]:
 @kernel("index_select")
 def index_select(x, indices, *, axis):
     return torch.index_select(x, axis, indices)
+
+
+@op("gather", "x, indices", attrs={"axis": "axis"}, shape="indices.shape (same rank as x), x's dtype",
+    category="layout", doc="out[..., i, ...] = x[..., indices[..., i, ...], ...] along axis (torch.gather)",
+    traits={LAYOUT})
+def _gather(node: Node) -> list[TensorType]:
+    x, idx = in_(node, 0), in_(node, 1)
+    norm_axis(node.attrs["axis"], x.rank)
+    if idx.rank != x.rank:
+        raise ShapeError(f"{node.where()}: gather indices have rank {idx.rank}, the input rank {x.rank}")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise ShapeError(f"{node.where()}: gather indices must be integers, not {idx.dtype}")
+    return [(idx.shape, x.dtype)]
+
+
+@kernel("gather")
+def gather(x, indices, *, axis):
+    return torch.gather(x, axis, indices)
 
 
 @op("pad", "x", attrs={"pad": "torch order: (last_lo, last_hi, prev_lo, prev_hi, ...)", "mode": "constant|reflect|replicate",
