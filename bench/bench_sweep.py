@@ -1,0 +1,599 @@
+"""Sweep Hugging Face transformers architectures through graphopt and Torch-Pruning; write the coverage table.
+
+Usage: python bench/bench_sweep.py [--families bert gpt2 vit ...] [--limit N] [--budget-s 3000]
+           [--timeout-s 300] [--tp-timeout-s 30] [--out docs/coverage_models.md] [--no-tp]
+
+Every model type in transformers' MODEL_MAPPING whose base model takes `input_ids` (text) or
+`pixel_values` (vision) is a candidate; audio, video, time-series and multimodal families (a
+config with sub-configs: text + vision/audio towers) are listed as skipped with the reason. Each
+model is built offline from a small random config (`SMALL_TEXT` / `SMALL_VISION`, plus `OVERRIDES`
+per family where those keys do not make it small), `torch.manual_seed(0)`, never a download.
+
+Per model, in its own subprocess with a timeout (`--timeout-s`), so one hang or crash cannot stop
+the sweep; the child writes its record after every stage, so a timeout still says where it stopped:
+- trace: `graphopt.trace` on a batch-2 example (batch axis dynamic; "ok (batch static)" when torch.export
+  fell back to static shapes, with its warning as the reason: the graph then runs at batch 2 only);
+- batch 1: `graphopt.trace` on a batch-1 example: is the batch axis still symbolic?
+- round trip: `to_module(graph)` equals the original at batch 2 and, if the batch axis is dynamic, at
+  batch 1 (rtol = atol = 1e-4);
+- prune heads / within heads: `graphopt.optimize(model, x, prune={"ratio": 0.5, "heads": ...})`
+  (verify=True), then the pruned model runs at batch 2 (and batch 1 when dynamic) with the original
+  output shape;
+  the cell gives pruned params / dense params;
+- ORT: the pruned (heads) graph, or the traced graph where pruning failed, on ONNX Runtime equals
+  the same graph on torch (rtol = atol = 1e-4);
+- Torch-Pruning (`--no-tp` to leave out; `--tp-timeout-s` inside the child): `MetaPruner` with L2
+  magnitude importance at ratio 0.5 and default options (it is given no head counts: a user's first
+  try); whether it prunes without error, whether its pruned model runs, and whether it equals its
+  masked original (the same model with the removed output channels of every pruned layer zeroed).
+
+The output is a markdown table (one row per model, then a summary of counts and percentages)
+written to `--out` with the command line and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+TOLERANCE = 1e-4  # rtol and atol of every comparison: float32 reassociation, nothing more
+SEQ = 16
+# Keys that make most families small; a config class that does not know a key keeps it as an unused attribute.
+SMALL_TEXT: dict[str, Any] = dict(
+    vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    intermediate_size=64, head_dim=8, max_position_embeddings=128, pad_token_id=0, d_model=32, d_ff=64, d_kv=8,
+    num_layers=2, num_decoder_layers=2, num_heads=4, encoder_layers=2, decoder_layers=2,
+    encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, n_embd=32,
+    n_layer=2, n_head=4, n_inner=64, n_positions=128, ffn_dim=64, embedding_size=32, num_experts=4,
+    num_local_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+)
+SMALL_VISION: dict[str, Any] = dict(
+    image_size=32, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    intermediate_size=64, embed_dim=16, depths=[1, 1], num_heads=[2, 4], hidden_sizes=[16, 32], window_size=4,
+    embedding_size=16, out_features=None, out_indices=None,
+)
+# Families whose defaults the keys above do not shrink, or shrink into an invalid config.
+OVERRIDES: dict[str, dict[str, Any]] = {
+    "swin": dict(embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4),
+    "swinv2": dict(embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4),
+    "convnext": dict(hidden_sizes=[16, 32], depths=[1, 1]),
+    "convnextv2": dict(hidden_sizes=[16, 32], depths=[1, 1]),
+    "resnet": dict(hidden_sizes=[16, 32], depths=[1, 1], embedding_size=16),
+    "regnet": dict(hidden_sizes=[16, 32], depths=[1, 1], embedding_size=16, groups_width=8),
+    "levit": dict(image_size=64, patch_size=16, hidden_sizes=[32, 48], num_attention_heads=[2, 3], depths=[1, 1],
+                  key_dim=[8, 8], drop_path_rate=0.0, mlp_ratio=[2, 2], attention_ratio=[2, 2],
+                  down_ops=[["Subsample", 8, 2, 4, 2, 2]]),
+    "mobilevit": dict(image_size=64, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64]),
+    "mobilevitv2": dict(image_size=64, width_multiplier=0.5),
+    "t5": dict(relative_attention_num_buckets=8),
+    "reformer": dict(attn_layers=["local", "local"], axial_pos_shape=[4, 4], axial_pos_embds_dim=[16, 16],
+                     local_attn_chunk_length=8),
+}
+MAX_PARAMS = 5_000_000  # a config still this big after shrinking needs an OVERRIDES entry, not minutes of CPU
+PRIORITY = ("bert", "roberta", "albert", "electra", "gpt2", "llama", "mistral", "qwen2", "gemma", "gemma3_text",
+            "phi3", "opt", "bloom", "falcon", "modernbert", "t5", "bart", "mpnet", "deberta-v2", "vit", "deit",
+            "swin", "beit", "convnext", "convnextv2", "levit", "mobilevit", "resnet", "regnet", "dinov2")
+MULTIMODAL_MAPPINGS = ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES",
+                       "MODEL_FOR_VISUAL_QUESTION_ANSWERING_MAPPING_NAMES",
+                       "MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+                       "MODEL_FOR_DOCUMENT_QUESTION_ANSWERING_MAPPING_NAMES")
+STAGES = ("trace", "batch1", "round_trip", "prune_heads", "prune_within", "ort", "tp_prune", "tp_match")
+
+
+@dataclass
+class Family:
+    """A model type of transformers' MODEL_MAPPING: its modality, or why the sweep skips it."""
+
+    name: str
+    modality: str  # "text", "vision" or "" (skipped)
+    skip: str = ""
+
+
+@dataclass
+class Record:
+    """One model's results: per stage "ok", "ok (...)", "FAIL", "timeout", "—" (not reached) or "skip"."""
+
+    model: str
+    modality: str
+    params: int = 0
+    cells: dict[str, str] = field(default_factory=lambda: {s: "—" for s in STAGES})
+    reasons: dict[str, str] = field(default_factory=dict)
+    graphopt_s: float = 0.0
+    tp_s: float = 0.0
+
+    def reason(self) -> str:
+        """The first failure, naming the stage: what the table's reason column shows."""
+        return "; ".join(f"{stage}: {text}" for stage, text in self.reasons.items())[:400]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _modality(forward: Any) -> str:
+    params = list(inspect.signature(forward).parameters)[1:]
+    first = params[0] if params else ""
+    return {"input_ids": "text", "pixel_values": "vision"}.get(first, f"skip: first input '{first}'")
+
+
+def families() -> list[Family]:
+    """Every MODEL_MAPPING model type, classified by its base model's first input and its config."""
+    import transformers
+    from transformers.models.auto import modeling_auto as auto
+    from transformers import CONFIG_MAPPING
+
+    multimodal = set().union(*(getattr(auto, name, {}) for name in MULTIMODAL_MAPPINGS))
+    found = []
+    for name, cls_name in auto.MODEL_MAPPING_NAMES.items():
+        cls_name = cls_name[0] if isinstance(cls_name, (tuple, list)) else cls_name
+        try:
+            modality = _modality(getattr(transformers, cls_name).forward)
+            sub_configs = getattr(CONFIG_MAPPING[name], "sub_configs", {}) or {}
+        except Exception as exc:  # a family that cannot even be imported here (a missing optional package)
+            found.append(Family(name, "", f"skip: {_first_line(exc)}"))
+            continue
+        if modality.startswith("skip"):
+            found.append(Family(name, "", modality + " (audio, video, time series or other)"))
+        elif name in multimodal or sub_configs:
+            found.append(Family(name, "", f"skip: multimodal (sub-configs {', '.join(sorted(sub_configs))})"))
+        else:
+            found.append(Family(name, modality))
+    return found
+
+
+def small_config(name: str, modality: str) -> Any:
+    """The family's config built from the small keys and its OVERRIDES entry."""
+    from transformers import CONFIG_MAPPING
+
+    cls = CONFIG_MAPPING[name]
+    keys = dict(SMALL_TEXT if modality == "text" else SMALL_VISION)
+    keys.update(OVERRIDES.get(name, {}))
+    # An alias (attribute_map: Swin's num_attention_heads -> num_heads) must not overwrite the key it names.
+    aliases = getattr(cls, "attribute_map", {}) or {}
+    return cls(**{k: v for k, v in keys.items() if aliases.get(k) not in keys})
+
+
+class HFWrapper(torch.nn.Module):
+    """The model called by keyword with the sweep's inputs; returns last_hidden_state, else the first output.
+
+    One tensor out keeps the comparisons (and Torch-Pruning's output check) the same for every family.
+    """
+
+    def __init__(self, model: torch.nn.Module, keys: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.keys = list(keys)
+        accepts = set(inspect.signature(model.forward).parameters)
+        self.extra = {k: False for k in ("use_cache", "output_attentions", "output_hidden_states") if k in accepts}
+
+    # Named parameters, not *inputs: torch.export cannot match a per-input dynamic axis to a varargs tuple.
+    def forward(self, first: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = (first,) if second is None else (first, second)
+        out = self.model(**dict(zip(self.keys, inputs)), **self.extra)
+        hidden = getattr(out, "last_hidden_state", None)
+        if hidden is None:
+            hidden = out.to_tuple()[0] if hasattr(out, "to_tuple") else out[0]
+        return hidden
+
+
+def build(name: str, modality: str) -> tuple[Any, tuple, tuple]:
+    """The wrapped model of a family and its batch-1 and batch-2 examples (the batch-1 one is row 0)."""
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    config = small_config(name, modality)
+    model = AutoModel.from_config(config).eval()
+    if modality == "text":
+        vocab = max(4, min(getattr(config, "vocab_size", 256) or 256, 256))
+        ids = torch.randint(3, vocab, (2, SEQ))
+        keys = ["input_ids"]
+        inputs: tuple = (ids,)
+        if getattr(config, "is_encoder_decoder", False):
+            keys.append("decoder_input_ids")
+            inputs = (ids, torch.randint(3, vocab, (2, SEQ // 2)))
+    else:
+        size = getattr(config, "image_size", 32)
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        inputs = (torch.randn(2, getattr(config, "num_channels", 3), size, size),)
+        keys = ["pixel_values"]
+    return HFWrapper(model, keys).eval(), tuple(t[:1] for t in inputs), inputs
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> str:
+    """"" when `a` equals `b` within TOLERANCE, else what differs."""
+    if a.shape != b.shape:
+        return f"shape {tuple(a.shape)} != {tuple(b.shape)}"
+    if not torch.allclose(a, b, rtol=TOLERANCE, atol=TOLERANCE):
+        return f"max abs diff {(a - b).abs().max().item():.3g}"
+    return ""
+
+
+class Child:
+    """One model's stages, run in the child process; the record is written after each stage."""
+
+    def __init__(self, name: str, modality: str, path: str) -> None:
+        self.record = Record(name, modality)
+        self.path = path
+
+    def save(self) -> None:
+        Path(self.path).write_text(json.dumps(asdict(self.record)))
+
+    def stage(self, stage: str, fn: Any, *args: Any) -> Any:
+        """Run `fn(*args)` -> (cell, value); a raised error marks the stage FAIL with its first line."""
+        self.record.cells[stage] = "timeout"  # what the parent reads if the child is killed in this stage
+        self.save()
+        try:
+            cell, value = fn(*args)
+        except _Static as static:
+            cell, value = "ok (batch static)", static.graph
+            self.record.reasons[stage] = str(static)
+        except Exception as exc:
+            cell, value = "FAIL", None
+            self.record.reasons.setdefault(stage, _first_line(exc))
+        self.record.cells[stage] = cell
+        if cell.startswith("FAIL") and stage not in self.record.reasons:
+            self.record.reasons[stage] = cell[len("FAIL ("):-1] if cell.startswith("FAIL (") else "failed"
+        self.save()
+        return value
+
+
+def _trace(model: torch.nn.Module, inputs: tuple) -> tuple[str, Any]:
+    """Trace at batch 2; a graph whose batch axis fell back to static is "ok (batch static)", with the warning."""
+    import graphopt
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = graphopt.trace(model, inputs)
+    if graph.symbols():
+        return "ok", graph
+    said = [" ".join(str(w.message).split())[:300] for w in caught if "static" in str(w.message)]
+    raise _Static(graph, said[0] if said else "graph.symbols() == {}")
+
+
+class _Static(Exception):
+    """The trace succeeded but with static shapes: Child.stage records it as ok, with the reason."""
+
+    def __init__(self, graph: Any, why: str) -> None:
+        super().__init__(why)
+        self.graph = graph
+
+
+def _batch1(model: torch.nn.Module, x1: tuple, x2: tuple) -> tuple[str, Any]:
+    """Trace at batch 1; the graph must keep the batch axis and then compute the batch-2 output too."""
+    import graphopt
+    from graphopt.backends.torch import to_module
+
+    graph = graphopt.trace(model, x1)
+    if not graph.symbols():
+        return "FAIL (batch fixed: graph.symbols() == {})", graph
+    with torch.no_grad():
+        diff = _close(to_module(graph)(*x2), model(*x2))
+    return (f"FAIL ({diff} at batch 2)" if diff else "ok"), graph
+
+
+def _round_trip(graph: Any, model: torch.nn.Module, x1: tuple, x2: tuple) -> tuple[str, Any]:
+    """The batch-2 trace as a torch module equals the original at batch 2 and, its batch axis dynamic, at 1."""
+    from graphopt.backends.torch import to_module
+
+    module = to_module(graph)
+    with torch.no_grad():
+        for batch, x in ((2, x2), (1, x1))[:2 if graph.symbols() else 1]:
+            diff = _close(module(*x), model(*x))
+            if diff:
+                return f"FAIL ({diff} at batch {batch})", None
+    return "ok", None
+
+
+def _prune(model: torch.nn.Module, x1: tuple, x2: tuple, heads: bool) -> tuple[str, Any]:
+    """optimize(prune 0.5); the pruned model must run at batch 2 (and 1 if dynamic) with the original output shape."""
+    import graphopt
+
+    optimized = graphopt.optimize(model, x2, prune={"ratio": 0.5, "heads": heads})
+    with torch.no_grad():
+        for x in (x2, x1)[:2 if optimized.graph.symbols() else 1]:
+            want, got = model(*x), optimized(*x)
+            if got.shape != want.shape:
+                return f"FAIL (pruned output {tuple(got.shape)} != {tuple(want.shape)})", None
+    kept = optimized.report.params_after / max(optimized.report.params_before, 1)
+    return f"ok ({kept:.0%} params)", optimized
+
+
+def _ort(graph: Any, x2: tuple, what: str) -> tuple[str, Any]:
+    from graphopt.backends.onnx import runtime
+    from graphopt.backends.torch import to_module
+
+    with torch.no_grad():
+        diff = _close(runtime.compile(graph, threads=1)(*x2), to_module(graph)(*x2))
+    return (f"FAIL ({what}: {diff})" if diff else f"ok ({what})"), None
+
+
+class _Alarm:
+    """SIGALRM after `seconds` raises TimeoutError in the stage that runs (Torch-Pruning hangs on some models)."""
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds
+
+    def _raise(self, *_: Any) -> None:
+        raise TimeoutError(f"no result within {self.seconds} s")
+
+    def __enter__(self) -> "_Alarm":
+        signal.signal(signal.SIGALRM, self._raise)
+        signal.alarm(self.seconds)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        signal.alarm(0)
+
+
+def _mask_out_channels(module: torch.nn.Module, idxs: Sequence[int]) -> None:
+    """Zero the output channels `idxs` of one layer: what Torch-Pruning's removal should equal."""
+    idx = torch.as_tensor(list(idxs), dtype=torch.long)
+    dim = 1 if isinstance(module, (torch.nn.Embedding, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d)) else 0
+    with torch.no_grad():
+        for pname in ("weight", "bias"):
+            param = getattr(module, pname, None)
+            if isinstance(param, torch.Tensor) and param.dim() > (dim if pname == "weight" else 0):
+                param.index_fill_(dim if pname == "weight" else 0, idx, 0.0)
+
+
+def _tp_prune(model: torch.nn.Module, x2: tuple, seconds: int) -> tuple[str, Any]:
+    """Torch-Pruning's MetaPruner at 0.5 on a copy; returns (pruned, masked original) for _tp_match."""
+    import torch_pruning as tp
+
+    pruned, masked = copy.deepcopy(model), copy.deepcopy(model)
+    names = {m: n for n, m in pruned.named_modules()}
+    masked_modules = dict(masked.named_modules())
+    with _Alarm(seconds):
+        pruner = tp.pruner.MetaPruner(pruned, x2, importance=tp.importance.MagnitudeImportance(p=2),
+                                      pruning_ratio=0.5)
+        for group in pruner.step(interactive=True):
+            for dep, idxs in group:
+                if "out_channels" in getattr(dep.handler, "__name__", "") and dep.target.module in names:
+                    _mask_out_channels(masked_modules[names[dep.target.module]], idxs)
+            group.prune()
+    before = sum(p.numel() for p in model.parameters())
+    after = sum(p.numel() for p in pruned.parameters())
+    return f"ok ({after / max(before, 1):.0%} params)", (pruned, masked)
+
+
+def _tp_match(pruned: torch.nn.Module, masked: torch.nn.Module, x2: tuple) -> tuple[str, Any]:
+    with torch.no_grad():
+        try:
+            got = pruned(*x2)
+        except Exception as exc:
+            return f"FAIL (pruned model does not run: {_first_line(exc)})", None
+        want = masked(*x2)
+    if got.shape != want.shape:
+        return f"n/a (runs; output {tuple(want.shape)} -> {tuple(got.shape)})", None
+    diff = _close(got, want)
+    return (f"FAIL ({diff})" if diff else "ok"), None
+
+
+def run_child(name: str, modality: str, path: str, tp_seconds: int | None) -> Record:
+    """Every stage of one model, in this process (the parent runs this in a subprocess)."""
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    child = Child(name, modality, path)
+    record = child.record
+    try:
+        model, x1, x2 = build(name, modality)
+    except Exception as exc:
+        record.cells = {s: "skip" for s in STAGES}
+        record.reasons["build"] = _first_line(exc)
+        child.save()
+        return record
+    record.params = sum(p.numel() for p in model.parameters())
+    if record.params > MAX_PARAMS:
+        record.cells = {s: "skip" for s in STAGES}
+        record.reasons["build"] = f"{record.params:,} params with the small config: needs an OVERRIDES entry"
+        child.save()
+        return record
+    start = time.perf_counter()
+    graph = child.stage("trace", _trace, model, x2)
+    child.stage("batch1", _batch1, model, x1, x2)
+    pruned = None
+    if graph is not None:
+        child.stage("round_trip", _round_trip, graph, model, x1, x2)
+        pruned = child.stage("prune_heads", _prune, model, x1, x2, True)
+        child.stage("prune_within", _prune, model, x1, x2, False)
+        ort_graph, what = (pruned.graph, "pruned") if pruned is not None else (graph, "dense")
+        child.stage("ort", _ort, ort_graph, x2, what)
+    record.graphopt_s = time.perf_counter() - start
+    if tp_seconds:
+        start = time.perf_counter()
+        both = child.stage("tp_prune", _tp_prune, model, x2, tp_seconds)
+        record.tp_s = time.perf_counter() - start
+        if both is not None:
+            child.stage("tp_match", _tp_match, *both, x2)
+    child.save()
+    return record
+
+
+def run_isolated(family: Family, timeout_s: float, tp_seconds: int | None) -> Record:
+    """`run_child` in a subprocess; a timeout or crash keeps the stages the child had recorded."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "record.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", family.name, family.modality, path,
+               str(tp_seconds or 0)]
+        env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+        problem, timed_out = "", False
+        try:
+            done = subprocess.run(cmd, timeout=timeout_s, capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                problem = f"child exited {done.returncode}: {(done.stderr.strip().splitlines() or [''])[-1][:200]}"
+        except subprocess.TimeoutExpired:
+            problem, timed_out = f"timeout after {timeout_s:g} s", True
+        if not os.path.exists(path):
+            return Record(family.name, family.modality, reasons={"child": problem or "no record written"},
+                          cells={s: "FAIL" for s in STAGES})
+        record = Record(**json.loads(Path(path).read_text()))
+    if problem:
+        stuck = [s for s, cell in record.cells.items() if cell == "timeout"]
+        for stage in stuck:  # the stage the child was in when it was killed or crashed
+            record.cells[stage] = "timeout" if timed_out else "FAIL"
+        record.reasons[stuck[0] if stuck else "child"] = problem
+    return record
+
+
+COLUMNS = (("trace", "trace"), ("batch1", "batch 1"), ("round_trip", "round trip"), ("prune_heads", "prune heads"),
+           ("prune_within", "prune within heads"), ("ort", "ORT"), ("tp_prune", "TP prune"),
+           ("tp_match", "TP = masked"))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(records: Sequence[Record]) -> str:
+    """One markdown row per model: stage cells, times, and the first failure of each stage."""
+    head = "| model | kind | params | " + " | ".join(title for _, title in COLUMNS) + " | graphopt s | TP s | reason |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in records:
+        cells = " | ".join(_cell(r.cells.get(key, "—")) for key, _ in COLUMNS)
+        lines.append(f"| {r.model} | {r.modality} | {r.params:,} | {cells} | {r.graphopt_s:.1f} | {r.tp_s:.2f} | "
+                     f"{_cell(r.reason())} |")
+    return "\n".join(lines)
+
+
+def summary(records: Sequence[Record]) -> str:
+    """Per stage: how many of the models that were built passed, as a count and a percentage."""
+    built = [r for r in records if r.cells.get("trace") != "skip"]
+    lines = [f"Models built: {len(built)} of {len(records)} run "
+             f"({len(records) - len(built)} did not build from the small config or were too large).", "",
+             "| stage | ok | of | % |", "|---|---|---|---|"]
+    for key, title in COLUMNS:
+        done = [r for r in built if r.cells.get(key) not in ("skip",)]
+        ok = sum(1 for r in done if r.cells.get(key, "").startswith("ok"))
+        pct = f"{100 * ok / len(done):.0f} %" if done else "—"
+        lines.append(f"| {title} | {ok} | {len(done)} | {pct} |")
+    broken = [r.model for r in built if r.cells["prune_heads"].startswith("FAIL (pruned output")]
+    lines += ["", f"Pruned models that did not run or changed the output shape: {len(broken)}"
+              + (f" ({', '.join(broken)})" if broken else "") + "."]
+    return "\n".join(lines)
+
+
+def document(records: Sequence[Record], skipped: Sequence[Family], not_run: Sequence[str], command: str) -> str:
+    import transformers
+
+    try:
+        import torch_pruning
+        tp_version = torch_pruning.__version__
+    except ImportError:
+        tp_version = "not installed"
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    reasons: dict[str, list[str]] = {}
+    for fam in skipped:
+        reasons.setdefault(fam.skip, []).append(fam.name)
+    skip_lines = "\n".join(f"- {reason}: {', '.join(names)}" for reason, names in sorted(reasons.items()))
+    return f"""# Coverage on Hugging Face transformers models
+
+Generated by `bench/bench_sweep.py` (see its docstring for what each column checks) on {date}:
+
+    {command}
+
+graphopt at commit {head or "?"} (other changes may have landed in the working tree while it ran),
+torch {torch.__version__}, transformers {transformers.__version__}, torch-pruning {tp_version}; small random
+configs, `torch.manual_seed(0)`, no downloads; one CPU thread per model. Comparisons: rtol = atol = {TOLERANCE:g}.
+Cells: `ok`, `FAIL`, `timeout`, `—` (not reached: an earlier stage failed), `skip`; `n/a` in "TP = masked"
+means Torch-Pruning's model ran but pruned the output width, so it cannot be compared with the original.
+"ok (batch static)" in "trace": torch.export could not keep the batch axis dynamic and graphopt fell back to
+static shapes (the reason column quotes its warning); round trip and prune are then checked at batch 2 only.
+"batch 1" traces a batch-1 example and asks that the batch axis stay symbolic and the graph match at batch 2.
+"ORT" runs the pruned (heads) graph, or the traced one where pruning failed, on ONNX Runtime.
+
+## Summary
+
+{summary(records)}
+
+## Models
+
+{table(records)}
+
+## Not run in this sweep
+
+Families that were candidates but were not run within the time budget ({len(not_run)}): {', '.join(not_run) or 'none'}.
+
+Skipped families ({len(skipped)}), by reason:
+
+{skip_lines}
+"""
+
+
+def order(candidates: Sequence[Family], chosen: Sequence[str] | None) -> list[Family]:
+    """The families to run: `chosen` in its order, else the PRIORITY ones first, then alphabetically."""
+    by_name = {f.name: f for f in candidates}
+    if chosen:
+        unknown = [n for n in chosen if n not in by_name]
+        if unknown:
+            raise SystemExit(f"not a text or vision family here: {', '.join(unknown)}")
+        return [by_name[n] for n in chosen]
+    first = [by_name[n] for n in PRIORITY if n in by_name]
+    return first + sorted((f for f in candidates if f.name not in PRIORITY), key=lambda f: f.name)
+
+
+def sweep(fams: Sequence[Family], timeout_s: float, tp_seconds: int | None, budget_s: float,
+          log: Any = None) -> tuple[list[Record], list[str]]:
+    """Run each family isolated until the budget is spent; returns the records and the families not run."""
+    start, records = time.monotonic(), []
+    for index, fam in enumerate(fams):
+        if time.monotonic() - start > budget_s:
+            return records, [f.name for f in fams[index:]]
+        record = run_isolated(fam, timeout_s, tp_seconds)
+        records.append(record)
+        if log is not None:
+            print(f"[{time.monotonic() - start:6.0f}s] {fam.name}: "
+                  + " ".join(f"{k}={v.split(' ')[0]}" for k, v in record.cells.items()), file=log, flush=True)
+    return records, []
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--child"]:
+        name, modality, path, tp_seconds = argv[1:5]
+        run_child(name, modality, path, int(tp_seconds) or None)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", nargs="*", help="run these model types only (default: all candidates)")
+    parser.add_argument("--limit", type=int, default=None, help="run at most this many families")
+    parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no model after this many seconds")
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="kill one model's subprocess after this")
+    parser.add_argument("--tp-timeout-s", type=int, default=30, help="Torch-Pruning's own time limit per model")
+    parser.add_argument("--no-tp", action="store_true", help="leave out the Torch-Pruning columns")
+    parser.add_argument("--out", default=None, help="write the markdown document here (default: print it)")
+    args = parser.parse_args(argv)
+    found = families()
+    candidates = [f for f in found if f.modality]
+    fams = order(candidates, args.families)
+    not_run = [f.name for f in fams[args.limit:]] if args.limit is not None else []
+    fams = fams[:args.limit] if args.limit is not None else fams
+    records, over_budget = sweep(fams, args.timeout_s, None if args.no_tp else args.tp_timeout_s, args.budget_s,
+                                 log=sys.stderr)
+    if not args.families:
+        not_run = over_budget + not_run
+    command = "python bench/bench_sweep.py " + " ".join(argv)
+    text = document(records, [f for f in found if not f.modality], not_run, command.strip())
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
