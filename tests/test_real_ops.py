@@ -153,47 +153,57 @@ def test_roll_along_a_dynamic_axis_says_so():
 
 
 # ------------------------------------------------------------------ channels
-class GatherNet(nn.Module):
-    """A conv whose output channels are reordered by gather (not prunable) or whose positions are (prunable)."""
+class ChannelNet(nn.Module):
+    """conv -> relu -> `mix` -> conv: the group of the first conv's channels meets the op under test."""
 
-    def __init__(self, axis: int) -> None:
+    def __init__(self, mix: Callable[..., torch.Tensor], **buffers: torch.Tensor) -> None:
         super().__init__()
-        self.axis = axis
-        self.conv = nn.Conv1d(3, 8, 1)
-        self.fc = nn.Conv1d(8, 4, 1)
-        sizes = [1, 8, 5]
-        index = torch.randint(0, 8 if axis == 1 else 5, sizes)
-        self.register_buffer("index", index)
+        self.mix = mix
+        self.a, self.c, self.b = nn.Conv1d(3, 8, 1), nn.Conv1d(3, 8, 1), nn.Conv1d(8, 4, 1)
+        for name, value in buffers.items():
+            self.register_buffer(name, value)
 
     def forward(self, x):
-        y = self.conv(x).relu()
-        return self.fc(torch.gather(y, self.axis, self.index.expand(x.shape[0], -1, -1)))
+        return self.b(self.mix(self, self.a(x).relu(), self.c(x)))
 
 
-def _group_through(graph, op: str):
-    conv = next(n for n in graph.nodes if n.op == "conv")
-    name = conv.inputs[1].name
-    return [g for g in channel_groups(graph) if any(name in m for m in g.members())]
+SOUND = {  # the op keeps the channels prunable, and removal equals masking
+    "gather-positions": ChannelNet(lambda m, y, z: torch.gather(y, 2, m.index.expand(y.shape[0], -1, -1)),
+                                   index=torch.randint(0, 5, (1, 8, 5))),
+    "roll-channels": ChannelNet(lambda m, y, z: torch.roll(y, 3, 1)),  # slices + concat: the pieces move together
+    "stack": ChannelNet(lambda m, y, z: torch.stack([y, z], 0).sum(0)),
+}
+BARRIER = {  # the op picks channels by value: not prunable, and the report names it
+    "gather-channels": (ChannelNet(lambda m, y, z: torch.gather(y, 1, m.index.expand(y.shape[0], -1, -1)),
+                                   index=torch.randint(0, 8, (1, 8, 5))), "gather %gather picks channels by position"),
+}
 
 
-def test_gather_along_the_channels_is_a_barrier():
-    graph = _trace(GatherNet(axis=1), (torch.randn(2, 3, 5),))
-    groups = _group_through(graph, "conv")
-    assert groups and not any(g.prunable for g in groups)
-    assert any("gather %gather picks channels by position" in "; ".join(g.reasons) for g in groups)
+def _first_conv_group(graph):
+    name = next(n for n in graph.nodes if n.op == "conv").inputs[1].name
+    return next(g for g in channel_groups(graph) if any(name in m for m in g.members()))
 
 
-def test_gather_along_positions_keeps_channels_prunable_and_exact():
-    graph = _trace(GatherNet(axis=2), (torch.randn(2, 3, 5),))
-    group = next(g for g in _group_through(graph, "conv") if g.prunable)
+@pytest.mark.parametrize("name", sorted(SOUND))
+def test_channels_through_the_op_are_prunable_and_removal_equals_masking(name):
+    graph = _trace(SOUND[name], (torch.randn(2, 3, 5),))
+    group = _first_conv_group(graph)
+    assert group.prunable and group.exact, group.summary()
     channels = np.concatenate(group.units[:3])
-    x = torch.randn(3, 3, 5)
     removed = remove_channels(graph.clone(), group, channels)
     assert removed.num_params() < graph.num_params()
+    x = torch.randn(3, 3, 5)
     with torch.no_grad():
         got = to_module(removed)(x)
         want = to_module(mask_channels(graph.clone(), group, channels))(x)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", sorted(BARRIER))
+def test_channels_picked_by_value_are_a_barrier_with_a_reason(name):
+    model, reason = BARRIER[name]
+    group = _first_conv_group(_trace(model, (torch.randn(2, 3, 5),)))
+    assert not group.prunable and reason in "; ".join(group.reasons), group.summary()
 
 
 # ------------------------------------------------------------ real model code
@@ -211,6 +221,8 @@ def _tiny(name: str):
                transformers.T5EncoderModel, tokens),
         "convnextv2": (transformers.ConvNextV2Config, dict(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2),
                        transformers.ConvNextV2Model, (torch.randn(2, 3, 32, 32),)),
+        "bloom": (transformers.BloomConfig, dict(vocab_size=50, hidden_size=16, n_layer=1, n_head=2, use_cache=False),
+                  transformers.BloomModel, tokens),
         "swin": (transformers.SwinConfig, dict(image_size=32, patch_size=4, embed_dim=8, depths=[2], num_heads=[2],
                                                window_size=2), transformers.SwinModel, (torch.randn(2, 3, 32, 32),)),
     }
@@ -232,8 +244,13 @@ class LastHiddenState(nn.Module):
 
 # model -> (canonical op, the model's source code that stopped its trace before and now becomes that op)
 # (torch.min in T5's bucket helper and torch.roll in Swin's cyclic_shift show their caller's line)
-REAL = {"bert": ("gather", "torch.gather"), "t5": ("minimum", "compute_bias("), "convnextv2": ("sqrt", "vector_norm"),
-        "swin": ("concat", "cyclic_shift(")}
+REAL = {
+    "bert": ("gather", "torch.gather"),
+    "bloom": ("matmul", "baddbmm("),
+    "convnextv2": ("sqrt", "vector_norm"),
+    "swin": ("concat", "cyclic_shift("),
+    "t5": ("minimum", "compute_bias("),
+}
 
 
 @pytest.mark.parametrize("name", sorted(REAL))

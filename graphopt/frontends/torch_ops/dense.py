@@ -84,13 +84,15 @@ def _matmul(ctx, node):
     return ctx.emit1("matmul", [ctx.value(node.args[0]), ctx.value(node.args[1])])
 
 
-@register_torch_op("aten.addmm")
+@register_torch_op("aten.addmm", "aten.baddbmm")  # baddbmm: BLOOM's alibi attention scores
 def _addmm(ctx, node):
     bias, a, b = (ctx.value(v) for v in node.args[:3])
     beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
     prod = ctx.emit1("matmul", [a, b])
     if alpha != 1:
         prod = ctx.emit1("mul", [prod, ctx.value(alpha)])
+    if beta == 0:  # torch ignores the input then, NaNs included
+        return prod
     if beta != 1:
         bias = ctx.emit1("mul", [bias, ctx.value(beta)])
     return ctx.emit1("add", [prod, bias])
