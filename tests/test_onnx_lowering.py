@@ -107,6 +107,18 @@ INT = torch.randint(-7, 7, (2, 3, 8))
 NZ_INT = torch.where(INT == 0, torch.ones_like(INT), INT)
 scalar = lambda v, dt=torch.float32: w(torch.tensor(v, dtype=dt))  # noqa: E731
 
+
+def lstm_weights(inputs: int, hidden: int, layers: int, directions: int, biases: bool) -> list:
+    """nn.LSTM's flat weights: per layer and direction w_ih, w_hh (and b_ih, b_hh), as graph weights."""
+    out = []
+    for layer in range(layers):
+        width = inputs if layer == 0 else directions * hidden
+        for _ in range(directions):
+            shapes = [(4 * hidden, width), (4 * hidden, hidden)] + ([(4 * hidden,), (4 * hidden,)] if biases else [])
+            out += [w(torch.randn(*shape) * 0.5) for shape in shapes]
+    return out
+
+
 CASES: list[Case] = [
     # ---------------------------------------------------------- elementwise
     *[Case(op, [X]) for op in ("relu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "mish", "exp", "neg",
@@ -285,6 +297,30 @@ CASES: list[Case] = [
     Case("all", [X > -1], {"axes": [1], "keepdim": True}),
     Case("var", [X], {"axes": [2], "keepdim": False, "correction": 1}),
     Case("var", [X], {"axes": [1, 2], "keepdim": True, "correction": 0}, id="var-population"),
+    # ------------------------------------------------- selection, patches, recurrent
+    Case("topk", [X], {"k": 3, "axis": 2, "largest": True, "sorted": True}),
+    Case("topk", [X], {"k": 2, "axis": 1, "largest": False, "sorted": True}, id="topk-smallest"),
+    Case("topk", [torch.randperm(48).reshape(2, 3, 8) - 20], {"k": 4, "axis": -1, "largest": True, "sorted": True},
+         id="topk-int"),  # no ties: torch's topk may order equal entries either way
+    Case("sort", [X], {"axis": 2, "descending": False, "stable": False}),
+    Case("sort", [X], {"axis": 1, "descending": True, "stable": False}, id="sort-descending"),
+    Case("sort", [INT], {"axis": 2, "descending": True, "stable": True}, id="sort-stable-ties"),
+    Case("im2col", [IMG], {"kernel": [3, 3], "dilation": [1, 1], "padding": [1, 1], "stride": [2, 2]}),
+    Case("im2col", [IMG], {"kernel": [2, 3], "dilation": [2, 1], "padding": [0, 0], "stride": [1, 2]},
+         id="im2col-dilated"),
+    Case("im2col", [IMG.masked_fill(IMG > 1.5, float("inf"))], {"kernel": [2, 2], "dilation": [1, 1],
+                                                                "padding": [0, 0], "stride": [2, 2]},
+         id="im2col-inf-copied-exactly"),
+    Case("col2im", [torch.randn(2, 36, 16)], {"output_size": [8, 8], "kernel": [3, 3], "dilation": [1, 1],
+                                              "padding": [1, 1], "stride": [2, 2]}),
+    Case("col2im", [torch.randn(2, 12, 16)], {"output_size": [5, 5], "kernel": [2, 2], "dilation": [1, 1],
+                                              "padding": [0, 0], "stride": [1, 1]}, id="col2im-overlapping"),
+    *[Case("lstm", [torch.randn(*x_shape), torch.randn(layers * dirs, 2, 6), torch.randn(layers * dirs, 2, 6),
+                    *lstm_weights(4, 6, layers, dirs, biases)],
+           {"hidden_size": 6, "num_layers": layers, "bidirectional": dirs == 2, "batch_first": batch_first,
+            "has_biases": biases}, dynamic=False, id=f"lstm-{layers}layer-{dirs}dir-{id_}", atol=1e-4)
+      for x_shape, batch_first, id_ in (((5, 2, 4), False, "seq-first"), ((2, 5, 4), True, "batch-first"))
+      for layers, dirs, biases in ((1, 1, True), (2, 2, True), (2, 1, False))],
 ]
 
 

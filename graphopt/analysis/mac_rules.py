@@ -1,7 +1,8 @@
 """Multiply-accumulates per canonical op: the "mac_rule" column of the op table, used by the cost analysis.
 
 MACs are counted for dense ops only (conv, conv_transpose, linear, matmul,
-einsum, sdpa); an op without a MAC rule counts 0, see graphopt/analysis/cost.py.
+einsum, sdpa, lstm); an op without a MAC rule counts 0 (topk, sort, im2col and
+col2im only move or compare values), see graphopt/analysis/cost.py.
 A rule is `fn(node, numel) -> int`, where `numel(shape)` evaluates a (symbolic)
 shape's size; register one for your own op with `mac_rule("my_op")`.
 """
@@ -66,3 +67,17 @@ def _sdpa(node: Node, numel) -> int:
     batch_and_l = numel(q.shape[:-1])
     s = numel(k.shape[-2:-1])
     return batch_and_l * s * (numel(q.shape[-1:]) + numel(v.shape[-1:]))
+
+
+@mac_rule("lstm")
+def _lstm(node: Node, numel) -> int:
+    """Every step of every layer and direction: the 4 gates' products with x_t (w_ih) and with h_{t-1} (w_hh)."""
+    x, a = node.inputs[0], node.attrs
+    steps_times_batch = numel(x.shape[:2])
+    hidden, directions = a["hidden_size"], 2 if a["bidirectional"] else 1
+    per_direction = 4 if a["has_biases"] else 2
+    total = 0
+    for layer in range(a["num_layers"]):
+        w_ih = node.inputs[3 + layer * directions * per_direction]
+        total += directions * steps_times_batch * 4 * hidden * (numel(w_ih.shape[1:]) + hidden)
+    return total

@@ -13,3 +13,4 @@ output dtype (constants are converted in place by the builder).
 from graphopt.backends.onnx.lowerings import (  # noqa: F401 - each module attaches its family's lowerings
     creation, dense, elementwise, layout, norm, pooling, reduce,
 )
+from graphopt.backends.onnx.lowerings import patches, recurrent, selection  # noqa: F401,E402

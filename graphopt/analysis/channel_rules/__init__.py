@@ -17,9 +17,12 @@ from graphopt.analysis.channel_rules import (  # noqa: F401 - each module regist
     indexing,
     layout,
     norms,
+    patches,
     pooling,
+    recurrent,
     reductions,
     reshape,
+    selection,
 )
 from graphopt.analysis.rule_columns import BARRIER, Rule, is_barrier, register_channel_rule, rule_for
 

@@ -1,10 +1,17 @@
-"""ATen converters for normalisation and softmax: batch/layer/group/RMS norm, (log_)softmax."""
+"""ATen converters for normalisation and softmax: batch/layer/group/RMS norm, (log_)softmax.
+
+A batch norm without running statistics (nn.BatchNorm with track_running_stats=False, or
+the weight standardisation of NFNet/BiT convs, F.batch_norm(w, None, None, training=True))
+normalises by the statistics of its own input; it decomposes exactly into mean, var and
+elementwise ops, which the channel analysis and every back-end already know.
+"""
 
 from __future__ import annotations
 
 from graphopt.errors import GraphoptError
 from graphopt.frontends.torch import register_torch_op
 from graphopt.frontends.torch_ops._common import cast_to, schema_arg
+from graphopt.ir.graph import Value
 
 
 @register_torch_op("aten._native_batch_norm_legit_no_training")
@@ -14,12 +21,48 @@ def _bn_no_training(ctx, node):
     return [out, None, None]
 
 
+def _batch_statistics_norm(ctx, x: Value, w: Value | None, b: Value | None, eps: float) -> Value:
+    """(x - mean) / sqrt(var + eps) * w + b, with mean and biased var over every axis but the channel axis 1."""
+    axes = [a for a in range(x.rank) if a != 1]
+    mean = ctx.emit1("mean", [x], {"axes": axes, "keepdim": True})
+    var = ctx.emit1("var", [x], {"axes": axes, "keepdim": True, "correction": 0})
+    inv_std = ctx.emit1("rsqrt", [ctx.emit1("add", [var, ctx.scalar(eps)])])
+    y = ctx.emit1("mul", [ctx.emit1("sub", [x, mean]), inv_std])
+    per_channel = [x.shape[1]] + [1] * (x.rank - 2)
+    if w is not None:
+        y = ctx.emit1("mul", [y, ctx.emit1("reshape", [w], {"shape": per_channel})])
+    if b is not None:
+        y = ctx.emit1("add", [y, ctx.emit1("reshape", [b], {"shape": per_channel})])
+    return y
+
+
+def _batch_norm_from(ctx, node, args: list) -> Value:
+    """Convert batch_norm(x, w, b, running_mean, running_var, training, momentum, eps) in any of its spellings."""
+    x, w, b, mean, var = (ctx.maybe_value(a) for a in args[:5])
+    training, momentum, eps = bool(args[5]), float(args[6]), float(args[7])
+    if mean is None and var is None:
+        return _batch_statistics_norm(ctx, x, w, b, eps)
+    if training:
+        raise GraphoptError(f"node '{node.name}': batch_norm in training mode updates its running statistics; "
+                            "trace the model in eval mode")
+    return ctx.emit1("batch_norm", [x, w, b, mean, var], {"eps": eps, "momentum": momentum})
+
+
 @register_torch_op("aten.batch_norm")
 def _batch_norm(ctx, node):
-    x, w, b, mean, var = (ctx.maybe_value(a) for a in node.args[:5])
-    if node.args[5]:
-        raise GraphoptError(f"node '{node.name}': batch_norm in training mode; trace the model in eval mode")
-    return ctx.emit1("batch_norm", [x, w, b, mean, var], {"eps": float(node.args[7]), "momentum": float(node.args[6])})
+    return _batch_norm_from(ctx, node, list(node.args[:8]))
+
+
+@register_torch_op("aten.native_batch_norm", "aten._native_batch_norm_legit_functional")
+def _native_batch_norm(ctx, node):
+    out = _batch_norm_from(ctx, node, list(node.args[:8]))
+    return [out] + [None] * (len(ctx.current.meta["val"]) - 1)  # the saved statistics are for backward only
+
+
+@register_torch_op("aten._native_batch_norm_legit.no_stats")
+def _batch_norm_no_stats(ctx, node):
+    x, w, b = (ctx.maybe_value(a) for a in node.args[:3])
+    return [_batch_statistics_norm(ctx, x, w, b, float(node.args[5])), None, None]
 
 
 @register_torch_op("aten.layer_norm")

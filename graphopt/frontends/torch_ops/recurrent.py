@@ -1,0 +1,23 @@
+"""ATen converters for recurrent layers: aten.lstm (nn.LSTM on padded, not packed, sequences)."""
+
+from __future__ import annotations
+
+from graphopt.errors import GraphoptError
+from graphopt.frontends.torch import register_torch_op
+from graphopt.ir.ops.recurrent import lstm_weights_per_direction
+
+
+@register_torch_op("aten.lstm.input")
+def _lstm(ctx, node):
+    x = ctx.value(node.args[0])
+    h0, c0 = (ctx.value(v) for v in node.args[1])
+    weights = [ctx.value(w) for w in node.args[2]]
+    has_biases, num_layers = bool(node.args[3]), int(node.args[4])
+    bidirectional, batch_first = bool(node.args[7]), bool(node.args[8])
+    expected = num_layers * (2 if bidirectional else 1) * lstm_weights_per_direction(has_biases)
+    if len(weights) != expected:  # the extra weight per direction is weight_hr, the projection
+        raise GraphoptError(f"node '{node.name}': nn.LSTM with proj_size is not supported "
+                            f"({len(weights)} weights, {expected} expected without a projection)")
+    attrs = {"hidden_size": int(weights[1].shape[1]), "num_layers": num_layers, "bidirectional": bidirectional,
+             "batch_first": batch_first, "has_biases": has_biases}
+    return list(ctx.emit("lstm", [x, h0, c0, *weights], attrs).outputs)
