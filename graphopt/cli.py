@@ -22,9 +22,12 @@ from graphopt.errors import GraphoptError
 from graphopt.timing import median_seconds
 
 
-def _load_zoo(name: str, size: str):
+def _load_zoo(name: str, size: str, batch: int = 2):
+    """A zoo model and its example inputs at `batch` (batch 1 keeps the batch axis dynamic too)."""
+    if batch < 1:
+        raise GraphoptError(f"--batch must be at least 1, not {batch}")
     try:
-        return models_zoo.get(name, size)
+        return models_zoo.get(name, size, batch_size=batch)
     except KeyError as exc:
         raise GraphoptError(str(exc).strip("'\"")) from None
 
@@ -37,9 +40,9 @@ def _timed(fn, *args, repeat: int = 5) -> float:
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     """Trace a zoo model, canonicalise it, analyse its channels, lower it, check it, and report."""
-    model, inputs = _load_zoo(args.model, args.size)
+    model, inputs = _load_zoo(args.model, args.size, args.batch)
     spec = models_zoo.spec(args.model)
-    console.print(f"[bold]graphopt demo[/bold]: {args.model} ({args.size}) - {spec.description}")
+    console.print(f"[bold]graphopt demo[/bold]: {args.model} ({args.size}, batch {args.batch}) - {spec.description}")
 
     start = time.perf_counter()
     traced = graphopt.trace(model, inputs, dynamic=spec.dynamic_axes)
@@ -67,6 +70,8 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     table.add_row("IR nodes traced -> canonical", f"{len(traced.nodes)} -> {len(graph.nodes)}")
     table.add_row("parameters", f"{graph.num_params():,}")
     table.add_row("dynamic axes", ", ".join(sorted(graph.symbols())) or "none")
+    if "batch" in graph.symbols():
+        table.add_row(*_other_batch(model, module, inputs))
     table.add_row("channel groups (prunable)", f"{len(channels.groups)} ({len(channels.prunable())})")
     table.add_row("max |graphopt - torch|", f"{max_diff:.2e}")
     table.add_row("torch eager latency (median)", f"{_timed(model, *inputs) * 1e3:.2f} ms")
@@ -88,6 +93,15 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _other_batch(model, module, inputs) -> tuple[str, str]:
+    """Check the graph's module at three times the example's batch (zoo inputs are batch-first)."""
+    wider = tuple(torch.cat([x] * 3) for x in inputs)
+    with torch.no_grad():
+        expected, got = model(*wider), module(*wider)
+    torch.testing.assert_close(got, expected)
+    return f"graphopt torch module at batch {wider[0].shape[0]}", "checked"
+
+
 def _onnx_runtime(graph):
     """An ONNX Runtime callable for the graph, or None when the [onnx] extra is not installed."""
     try:
@@ -105,7 +119,7 @@ def _leaves(out) -> list[torch.Tensor]:
 
 def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     """Print the IR of a zoo model, or its channel groups (`--groups`), optionally as a picture."""
-    model, inputs = _load_zoo(args.model, args.size)
+    model, inputs = _load_zoo(args.model, args.size, args.batch)
     graph = graphopt.trace(model, inputs, dynamic=models_zoo.spec(args.model).dynamic_axes)
     if not (args.groups or args.picture):
         sys.stdout.write(graph.format(source=args.source, weights=not args.no_weights) + "\n")
@@ -148,11 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run graphopt end to end on a zoo model and print the report")
     demo.add_argument("--model", default="resnet18", help="zoo model name (see `graphopt zoo`)")
     demo.add_argument("--size", default="tiny", help="zoo config: tiny or base")
+    demo.add_argument("--batch", type=int, default=2, help="batch size of the example inputs (the axis stays dynamic)")
     demo.set_defaults(func=cmd_demo)
 
     inspect = sub.add_parser("inspect", help="print the IR of a zoo model")
     inspect.add_argument("model")
     inspect.add_argument("--size", default="tiny")
+    inspect.add_argument("--batch", type=int, default=2, help="batch size of the example inputs")
     inspect.add_argument("--source", action="store_true", help="annotate nodes with module path and file:line")
     inspect.add_argument("--no-weights", action="store_true", help="omit the weight declarations")
     inspect.add_argument("--groups", action="store_true", help="show the coupled channel groups instead of the IR")

@@ -48,9 +48,11 @@ class Lowered:
 
 def static_bind(graph: Graph, bind: Mapping[str, int] | None = None,
                 example_inputs: Sequence[Any] | None = None) -> dict[str, int]:
-    """Sizes for every symbol of `graph`: `bind`, else read off `example_inputs`, else batch=1."""
+    """Sizes for every symbol of `graph`: `bind`, else read off `example_inputs`, else the sizes of the
+    example it was traced on (`graph.meta["example_sizes"]`), else batch=1."""
     symbols = graph.symbols()
     sizes = {k: int(v) for k, v in (bind or {}).items()}
+    traced = graph.meta.get("example_sizes") or {}
     unknown = sorted(set(sizes) - set(symbols))
     if unknown:
         raise GraphoptError(f"bind names {unknown}, which are not symbols of graph '{graph.name}' "
@@ -60,6 +62,8 @@ def static_bind(graph: Graph, bind: Mapping[str, int] | None = None,
             continue
         if example_inputs is not None:
             sizes[name] = int(example_inputs[index].shape[axis])
+        elif name in traced:
+            sizes[name] = int(traced[name])
         elif name in DEFAULT_BIND:
             sizes[name] = DEFAULT_BIND[name]
     missing = sorted(set(symbols) - set(sizes))

@@ -160,7 +160,7 @@ def compile(graph: Graph, target: Any = None, tune: Any = None, work_dir: Any = 
     database root (default ~/.cache/graphopt/tvm, or $GRAPHOPT_TVM_CACHE), shared by every
     graph compiled for the same target. runner: where candidates are measured: None (this
     machine) or a MetaSchedule runner such as `rpc.rpc_runner("host:9190", "key")`.
-    bind / example_inputs: sizes of the dynamic axes (default batch=1). pipeline: graphopt passes
+    bind / example_inputs: sizes of the dynamic axes (default: the traced example's sizes, else batch=1). pipeline: graphopt passes
     run first (textual pipeline; None for none). layout: None/'NCHW' or 'NHWC' for convolutions.
     prepack: let tuned kernels choose their weights' layout, transformed once at compile time.
     """

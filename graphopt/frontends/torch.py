@@ -16,9 +16,7 @@ axis, say).
 
 from __future__ import annotations
 
-import inspect
 import re
-import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import sympy
@@ -28,6 +26,9 @@ import torch.fx
 from graphopt.errors import GraphoptError, UnsupportedOpError
 from graphopt.ir import dims as D
 from graphopt.frontends.torch_inplace import rewrite_local_inplace
+from graphopt.frontends.torch_dynamic import (  # noqa: F401 - StaticAxisWarning is public here
+    Failure, StaticAxisWarning, differs_at_example, export_dynamic, export_static,
+)
 from graphopt.ir.graph import Graph, Node, SourceLocation, Value
 from graphopt.registry import Registry
 
@@ -214,40 +215,18 @@ def _default_dynamic(args: Sequence[Any]) -> dict[int, dict[int, str]]:
     return {i: {0: "batch"} for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.dim() > 0}
 
 
-def _dynamic_shapes(model: torch.nn.Module, args, kwargs, dynamic: Mapping[int, Mapping[int, str]]):
-    def spec(i: int, a: Any):
-        if not isinstance(a, torch.Tensor):
-            return None
-        axes = dynamic.get(i, {})
-        return {axis: torch.export.Dim.AUTO for axis in axes} or None
+def export_program(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic,
+                   rejected: Failure | None = None) -> torch.export.ExportedProgram:
+    """torch.export the model, functionalised but not decomposed; raise a clear error if export fails.
 
-    if not kwargs:
-        return tuple(spec(i, a) for i, a in enumerate(args))
-    params = list(inspect.signature(model.forward).parameters)
-    shapes: dict[str, Any] = {}
-    for i, a in enumerate(args):
-        shapes[params[i]] = spec(i, a)
-    for j, (k, a) in enumerate(kwargs.items()):
-        shapes[k] = spec(len(args) + j, a)
-    return shapes
-
-
-def export_program(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic) -> torch.export.ExportedProgram:
-    """torch.export the model, functionalised but not decomposed; raise a clear error if export fails."""
-    shapes = _dynamic_shapes(model, args, kwargs, dynamic) if dynamic else None
-    try:
-        ep = torch.export.export(model, args, kwargs or None, dynamic_shapes=shapes, strict=False)
-    except Exception as exc:  # export errors are long; keep them, but say what failed first
-        if shapes is None:
-            raise GraphoptError(f"torch.export could not trace {type(model).__name__}: {exc}") from exc
-        warnings.warn(
-            f"torch.export with dynamic axes failed ({type(exc).__name__}); tracing with static shapes",
-            stacklevel=3,
-        )
-        try:
-            ep = torch.export.export(model, args, kwargs or None, strict=False)
-        except Exception as exc2:
-            raise GraphoptError(f"torch.export could not trace {type(model).__name__}: {exc2}") from exc2
+    The `dynamic` axes stay symbolic even where the example has size 1 (`rejected`: why a program
+    traced so was not the model at size 1; those axes are then traced as given). Each axis that
+    still comes out static is named, with the source line that forced it, in a `StaticAxisWarning`.
+    """
+    if dynamic:
+        ep = export_dynamic(model, args, kwargs, dynamic, rejected=rejected)
+    else:
+        ep = export_static(model, args, kwargs)
     # Functionalising re-traces the whole program (about 2/3 of the time on a 7B-size
     # decoder, 3/4 on ResNet-50), so do it only when the program has in-place ops that
     # need it: writes to fresh activations (ReLU(inplace=True), `out += identity`) are
@@ -281,6 +260,12 @@ def trace(
     `dynamic`: "batch" (default) keeps axis 0 of every tensor input symbolic;
     a mapping {input_index: {axis: symbol_name}} chooses the axes (inputs are
     numbered over positional then keyword inputs); None traces static shapes.
+    An example of size 1 on such an axis (batch 1) keeps it dynamic too: with "batch",
+    every tensor input whose axis 0 is 1 is taken to be batched (name the batched
+    inputs with a mapping when one is not). An axis that torch.export still fixes
+    gives a `StaticAxisWarning` naming it and the source line that fixed it.
+    `graph.meta["example_sizes"]` keeps each symbol's size in the example (the
+    sizes the TVM back-end compiles for unless told otherwise).
     """
     import graphopt.frontends.torch_ops  # noqa: F401 - registers the aten converters
 
@@ -297,10 +282,29 @@ def trace(
     was_training = model.training
     model.eval()
     try:
-        ep = export_program(model, args, kwargs, dynamic_map)
+        graph = _trace_eval(model, args, kwargs, dynamic_map, name or type(model).__name__)
     finally:
         model.train(was_training)
-    return import_program(ep, name=name or type(model).__name__, dynamic=dynamic_map or {})
+    graph.meta["example_sizes"] = _example_sizes(graph, flat_inputs)
+    return graph
+
+
+def _trace_eval(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic, name: str) -> Graph:
+    """Export and import; a size-1 axis traced at size 2 must give a graph that computes the model at size 1."""
+    graph = import_program(export_program(model, args, kwargs, dynamic), name=name, dynamic=dynamic or {})
+    failure = differs_at_example(graph, model, args, kwargs, dynamic) if dynamic else None
+    if failure is not None:
+        graph = import_program(export_program(model, args, kwargs, dynamic, rejected=failure),
+                               name=name, dynamic=dynamic)
+    return graph
+
+
+def _example_sizes(graph: Graph, flat_inputs: Sequence[Any]) -> dict[str, int]:
+    """Each symbol's size in the user's example (not the widened one torch.export saw)."""
+    tensors = [a for a in flat_inputs if isinstance(a, torch.Tensor)]
+    if len(tensors) != len(graph.inputs):  # inputs nested in lists: the graph's sizes are all there is
+        return {}
+    return {name: int(tensors[index].shape[axis]) for name, (index, axis) in graph.symbols().items()}
 
 
 def import_program(ep: torch.export.ExportedProgram, *, name: str = "graph", dynamic: Mapping[int, Mapping[int, str]] | None = None) -> Graph:
