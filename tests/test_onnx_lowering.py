@@ -124,6 +124,8 @@ CASES: list[Case] = [
     *[Case(op, [X]) for op in ("relu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "mish", "exp", "neg",
                                 "abs", "erf", "sin", "cos", "identity")],
     *[Case(op, [POS]) for op in ("log", "sqrt", "rsqrt", "reciprocal")],
+    *[Case(op, [X * 3]) for op in ("sign", "floor", "ceil")],
+    *[Case(op, [INT], id=f"{op}-int") for op in ("sign", "floor", "ceil")],
     Case("gelu", [X], {"approximate": "none"}, id="gelu-erf"),
     Case("gelu", [X], {"approximate": "tanh"}, id="gelu-tanh"),
     Case("hardtanh", [X * 3], {"min_val": -0.5, "max_val": 0.7}),

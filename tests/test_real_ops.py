@@ -1,6 +1,8 @@
-"""ATen ops real model code uses (gather, masks, stack, roll, binary min/max, addcmul, meshgrid, norms, ...)
-trace, run on torch and ONNX Runtime as the eager model does, and analyse channels soundly; tiny transformers
-models that use them (BERT, Mistral, T5, ConvNeXt-V2, Swin) round-trip.
+"""ATen ops real model code uses trace, run on torch and ONNX Runtime as eager does, and keep channels sound.
+
+The ops: gather, bitwise ops on masks, stack, roll, binary min/max, tensor clamp bounds, addcmul, meshgrid,
+vector norms, amax over several axes, advanced indexing, sign/floor/ceil. Tiny transformers models that use
+them (BERT, DeBERTa-v2, Mistral, BLOOM, T5, ConvNeXt-V2, Swin) round-trip.
 
 Each op case is a small module written the way model code writes it; the check is numeric (the traced graph
 on torch and on ONNX Runtime, at the example batch and another one) plus which canonical ops it became, so a
@@ -103,6 +105,10 @@ OP_CASES = [
     # one converter returned the wrong shape for these
     OpCase("amax-amin-several-axes", Fn(lambda m, x: torch.amax(x, dim=(1, 2)) + torch.amin(x, dim=(0, 2), keepdim=True)
                                         .sum()), (X,), {"amax", "amin"}),
+    # DeBERTa's log-bucketed relative positions
+    OpCase("sign-floor-ceil", Fn(lambda m, x: torch.sign(x) * torch.ceil(torch.abs(x * 3)) + torch.floor(x * 2)
+                                 + torch.sign(m.pos - 3) * torch.ceil(m.pos), pos=torch.arange(6)),
+           (X,), {"sign", "ceil", "floor"}),
     # transformers' mask indexing
     OpCase("advanced-index", Fn(lambda m, x: x[m.b[:, None, None], m.q[None, :, None]].sum((-1, -2))
                                 + x[:, m.q[:, None], m.r].sum(-1), b=torch.tensor([1, 0]), q=torch.tensor([3, 0, 1]),
@@ -221,6 +227,9 @@ def _tiny(name: str):
                transformers.T5EncoderModel, tokens),
         "convnextv2": (transformers.ConvNextV2Config, dict(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2),
                        transformers.ConvNextV2Model, (torch.randn(2, 3, 32, 32),)),
+        "deberta-v2": (transformers.DebertaV2Config, dict(text, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                                          max_relative_positions=16, position_buckets=8),
+                       transformers.DebertaV2Model, tokens),
         "bloom": (transformers.BloomConfig, dict(vocab_size=50, hidden_size=16, n_layer=1, n_head=2, use_cache=False),
                   transformers.BloomModel, tokens),
         "swin": (transformers.SwinConfig, dict(image_size=32, patch_size=4, embed_dim=8, depths=[2], num_heads=[2],
@@ -248,6 +257,8 @@ REAL = {
     "bert": ("gather", "torch.gather"),
     "bloom": ("matmul", "baddbmm("),
     "convnextv2": ("sqrt", "vector_norm"),
+    "deberta-v2": ("gather", "disentangled_attention_bias("),  # and sign/ceil in its log-bucketed positions
+    "mistral": ("logical_and", "mask_function("),
     "swin": ("concat", "cyclic_shift("),
     "t5": ("minimum", "compute_bias("),
 }

@@ -14,7 +14,7 @@ from graphopt.backends.onnx.lowerings._common import casted, out_of, scalar
 _DIRECT_UNARY = {
     "relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "exp": "Exp", "log": "Log", "sqrt": "Sqrt",
     "neg": "Neg", "abs": "Abs", "erf": "Erf", "sin": "Sin", "cos": "Cos", "reciprocal": "Reciprocal",
-    "hardswish": "HardSwish", "identity": "Identity", "dropout": "Identity",
+    "hardswish": "HardSwish", "identity": "Identity", "dropout": "Identity", "sign": "Sign",
 }
 
 
@@ -27,6 +27,14 @@ def _direct_unary(op_type: str) -> Lowering:
 
 for _op, _onnx in _DIRECT_UNARY.items():
     lowering(_op)(_direct_unary(_onnx))
+
+
+@lowering("floor", "ceil")
+def _round(b, node, ins):
+    dt = out_of(node).dtype
+    if not dt.is_floating_point:  # ONNX Floor/Ceil take floats only; on integers torch returns x
+        return b.op("Identity", ins[:1], dtype=dt)
+    return b.op("Floor" if node.op == "floor" else "Ceil", ins[:1], dtype=dt)
 
 
 @lowering("logical_not")

@@ -13,7 +13,7 @@ _UNARY = {
     "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "silu": "silu", "hardswish": "hardswish",
     "hardsigmoid": "hardsigmoid", "mish": "mish", "exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt",
     "neg": "neg", "abs": "abs", "erf": "erf", "sin": "sin", "cos": "cos", "reciprocal": "reciprocal",
-    "logical_not": "logical_not", "bitwise_not": "logical_not",
+    "logical_not": "logical_not", "bitwise_not": "logical_not", "sign": "sign", "floor": "floor", "ceil": "ceil",
 }
 
 
