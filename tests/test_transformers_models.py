@@ -1,0 +1,110 @@
+"""Real Hugging Face model code: trace -> round trip -> prune 0.5 (heads, within heads) -> ONNX Runtime.
+
+A representative subset of the families bench/bench_sweep.py sweeps (docs/coverage_models.md), built the
+same way: `bench_sweep.build` makes the small random config (no download), the wrapper that returns the
+model's first output tensor, and a batch-1 and a batch-2 example. A family that fails today is marked
+`xfail(strict=True)` with the exact error, so the test flips to a failure when the fix lands and the mark
+must go. Each model is built and traced once (cached); pruning goes through
+`graphopt.optimize`, which traces again, as a user's call would.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_sweep  # noqa: E402 - after the skip: it imports transformers' config classes when used
+import graphopt  # noqa: E402
+from graphopt.backends.torch import to_module  # noqa: E402
+
+TOLERANCE = 1e-4  # float32 reassociation only: the traced graph runs the same ops
+
+
+# family -> modality; every family is traced, round-tripped, pruned by heads and run on ONNX Runtime.
+FAMILIES = {"bert": "text", "gpt2": "text", "llama": "text", "mistral": "text", "t5": "text", "deberta-v2": "text",
+            "vit": "vision", "swin": "vision", "convnext": "vision"}
+# Batch-1 tracing and within-head pruning on the families whose pattern the zoo lacks (fused Conv1D qkv,
+# GQA + RoPE, relative position buckets, disentangled attention, shifted windows), to stay within ~60 s.
+BATCH1 = ["bert", "llama", "swin"]
+WITHIN_HEADS = ["gpt2", "llama", "t5", "deberta-v2", "swin"]
+# (test, family) -> the exact error it fails with today: xfail(strict=True), so the fix that lands flips it.
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
+
+
+def _params(test: str, names) -> list:
+    return [pytest.param(name, id=name, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[test, name])]
+                         if (test, name) in KNOWN_FAILURES else []) for name in names]
+
+
+@functools.lru_cache(maxsize=None)
+def _built(name: str):
+    """(model, batch-1 example, batch-2 example) of a family, built once."""
+    return bench_sweep.build(name, FAMILIES[name])
+
+
+@functools.lru_cache(maxsize=None)
+def _traced(name: str):
+    model, x1, x2 = _built(name)
+    return graphopt.trace(model, x2)
+
+
+def _assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    torch.testing.assert_close(got, want, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("name", _params("trace", FAMILIES))
+def test_trace_round_trip(name):
+    """The batch-2 trace keeps the batch axis and computes what the model computes at batch 2 and 1."""
+    model, x1, x2 = _built(name)
+    graph = _traced(name)
+    assert set(graph.symbols()) == {"batch"}, graph.symbols()
+    module = to_module(graph)
+    with torch.no_grad():
+        _assert_close(module(*x2), model(*x2))
+        _assert_close(module(*x1), model(*x1))
+
+
+@pytest.mark.parametrize("name", _params("batch1", BATCH1))
+def test_batch1_trace_keeps_batch_axis(name):
+    model, x1, x2 = _built(name)
+    graph = graphopt.trace(model, x1)
+    assert set(graph.symbols()) == {"batch"}, graph.symbols()
+    with torch.no_grad():
+        _assert_close(to_module(graph)(*x2), model(*x2))
+
+
+def _prune_half(name: str, heads: bool) -> None:
+    """optimize(prune 0.5) removes parameters; the pruned model runs at batch 2 and 1 with the same output shape."""
+    model, x1, x2 = _built(name)
+    optimized = graphopt.optimize(model, x2, prune={"ratio": 0.5, "heads": heads})
+    assert optimized.report.params_after < optimized.report.params_before
+    with torch.no_grad():
+        for x in (x2, x1):
+            assert optimized(*x).shape == model(*x).shape
+
+
+@pytest.mark.parametrize("name", _params("prune_heads", FAMILIES))
+def test_prune_half_by_heads(name):
+    _prune_half(name, heads=True)
+
+
+@pytest.mark.parametrize("name", _params("prune_within", WITHIN_HEADS))
+def test_prune_half_within_heads(name):
+    _prune_half(name, heads=False)
+
+
+@pytest.mark.parametrize("name", _params("ort", FAMILIES))
+def test_onnx_runtime_matches_torch(name):
+    pytest.importorskip("onnxruntime")
+    from graphopt.backends.onnx import runtime
+
+    model, _, x2 = _built(name)
+    with torch.no_grad():
+        _assert_close(runtime.compile(_traced(name), threads=1)(*x2), model(*x2))
