@@ -149,6 +149,8 @@ def optimize(
     trainable torch module of the pruned graph, and its weights are read back before the next step.
     With `verify`, every pass is checked against the graph before it on the example inputs
     (exact for canonicalisation, output shapes for pruning).
+    `dynamic`: the axes that stay symbolic, as for `trace`: "batch" (axis 0 of every tensor input,
+    kept dynamic even in a batch-1 example), a mapping {input_index: {axis: name}}, or None (static).
     """
     from graphopt.frontends.torch import trace
 

@@ -11,7 +11,7 @@ stay whole.
 Dynamic axes stay symbolic: by default the batch axis of every input is
 exported as `Dim.AUTO`, so the graph (and what it lowers to) runs on other
 batch sizes; pass `dynamic={input_index: {axis: name}}` for more (a sequence
-axis, say).
+axis, say). A batch-1 example keeps them too (torch_dynamic.py says how).
 """
 
 from __future__ import annotations
