@@ -134,6 +134,16 @@ def test_a_wrong_rule_that_breaks_removal_is_left_unpruned(two_branch):
     pruned.verify()
 
 
+def test_a_target_search_does_not_count_groups_whose_removal_fails(two_branch):
+    """The ratio search for a MACs target skips the group the net will leave whole, so the target is met."""
+    _, inputs, graph = two_branch
+    forget_linear_weight()
+    bad = _group_with(graph, "head.weight")
+    _, report = _prune(graph, inputs, "target_macs=0.5")
+    assert [e.group for e in report.safety.excluded] == [bad.id]
+    assert report.macs_after <= 0.5 * report.macs_before and "searched for macs 50%" in report.summary()
+
+
 def test_the_bisection_costs_about_log2_checks_per_bad_group(two_branch):
     _, inputs, graph = two_branch
     swap_concat_offsets()
@@ -176,7 +186,7 @@ def test_without_example_inputs_the_net_warns_and_skips(two_branch):
 
 
 @pytest.mark.parametrize("name, options", [("resnet18", "ratio=0.5"), ("llama", "ratio=0.5,heads=false"),
-                                           ("vit", "ratio=0.5,scope=global")])
+                                           ("vit", "ratio=0.5,scope=global"), ("resnet18", "target_macs=0.5")])
 def test_a_sound_model_has_no_exclusion_and_the_same_result_as_without_the_net(name, options):
     """Bit-identical to `safety=false`: same printed graph, same weights, same recipe (vit: inexact groups)."""
     _, inputs, graph = traced_zoo_model(name)

@@ -41,7 +41,7 @@ from graphopt import __version__
 from .criteria import CriterionContext, get_criterion
 from .recipe import PruneRecipe, PruneStep, anchor_of, structure_hash
 from .reconstruct import ReconstructionReport, reconstruct
-from .safety import Plan, SafetyNet, SafetyReport
+from .safety import Plan, SafetyNet, SafetyReport, removed_where_possible
 
 
 @dataclass
@@ -249,11 +249,16 @@ class Prune(Pass):
         metric, fraction = ("macs", self.target_macs) if self.target_macs is not None else ("params", self.target_params)
         before = cost_before.total_macs if metric == "macs" else cost_before.total_params
         bindings = analyses.context.bindings(graph)
+        unsound: set[int] = set()  # groups whose removal raises: with the safety net they stay whole
 
         def cost_at(ratio: float) -> int:
-            trial = graph.clone()
-            for group, channels in self._plan(groups, scores, ratio):
-                remove_channels(trial, group, channels)
+            plan = self._plan(groups, scores, ratio)
+            if self.safety:
+                trial = removed_where_possible(graph, plan, unsound)
+            else:
+                trial = graph.clone()
+                for group, channels in plan:
+                    remove_channels(trial, group, channels)
             after = estimate_cost(trial, bindings=bindings)
             return after.total_macs if metric == "macs" else after.total_params
 

@@ -211,6 +211,27 @@ def _removed(graph: Graph, plan: Plan, *, mask: bool) -> Graph:
     return graph
 
 
+def removed_where_possible(graph: Graph, plan: Plan, unsound: set[int]) -> Graph:
+    """A copy of `graph` with `plan` removed, except the groups whose removal raises (their ids join `unsound`).
+
+    For the prune pass's ratio search: the net will leave such a group unpruned,
+    so the cost of a trial must not count it, and its error must not stop the search.
+    A failed removal leaves the copy half-edited, so the copy is started again without it.
+    """
+    while True:
+        trial = graph.clone()
+        for group, channels in plan:
+            if group.id in unsound:
+                continue
+            try:
+                remove_channels(trial, group, channels)
+            except Exception:  # noqa: BLE001 - any failure of a removal means: not this group
+                unsound.add(group.id)
+                break
+        else:
+            return trial
+
+
 def _compare(candidate: Graph, reference: Graph, got: list[Any], want: list[Any],
              inputs: tuple) -> None:
     """Removal equals masking, within TOLERANCE; outputs outside it get a float64 second look."""
