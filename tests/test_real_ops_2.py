@@ -3,7 +3,7 @@
 Each model is traced, run back on torch from the graph, and exported to ONNX
 Runtime, on the example and on another batch size, against the eager model.
 The real-model checks build tiny random transformers configs (never a
-download): Mixtral's top-k router, BiT's weight-standardised convs,
+download): Mixtral's and Qwen2-MoE's top-k routers, BiT's weight-standardised convs,
 MobileViT-v2's unfold/fold attention and EnCodec's LSTM block. The ops are
 channel barriers on purpose; pruning around them stays sound.
 """
@@ -110,16 +110,24 @@ def test_sort_and_argsort_trace_and_export():
     assert len(graph.find_nodes("sort")) == 3
 
 
-def test_mixtral_router_traces_and_exports():
-    """Mixtral's top-k router with the batched experts (one_hot-free, repeat_interleave and index)."""
+_MOE_CONFIGS = {
+    "mixtral": ("MixtralConfig", "MixtralModel", {"num_local_experts": 4}),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeModel", {"num_experts": 4, "moe_intermediate_size": 24,
+                                                       "shared_expert_intermediate_size": 40}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(_MOE_CONFIGS))
+def test_moe_decoders_route_with_topk(family):
+    """Mixtral's and Qwen2-MoE's top-k routers with the batched experts (repeat_interleave, index, bmm)."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.MixtralConfig(
+    config_name, model_name, experts = _MOE_CONFIGS[family]
+    config = getattr(transformers, config_name)(
         vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
-        use_cache=False)
+        num_key_value_heads=2, num_experts_per_tok=2, max_position_embeddings=64, use_cache=False, **experts)
     config._experts_implementation = "batched_mm"  # the default grouped_mm calls a custom op with histc
     torch.manual_seed(0)
-    graph = check_round_trip(transformers.MixtralModel(config), (torch.randint(0, 64, (2, 7)),),
+    graph = check_round_trip(getattr(transformers, model_name)(config), (torch.randint(0, 64, (2, 7)),),
                              (torch.randint(0, 64, (3, 7)),))
     assert graph.find_nodes("topk")
 
