@@ -323,6 +323,9 @@ CASES: list[Case] = [
             "has_biases": biases}, dynamic=False, id=f"lstm-{layers}layer-{dirs}dir-{id_}", atol=1e-4)
       for x_shape, batch_first, id_ in (((5, 2, 4), False, "seq-first"), ((2, 5, 4), True, "batch-first"))
       for layers, dirs, biases in ((1, 1, True), (2, 2, True), (2, 1, False))],
+    Case("lstm", [torch.randn(2, 5, 4), torch.randn(2, 2, 6), torch.randn(2, 2, 6), *lstm_weights(4, 6, 1, 2, True)],
+         {"hidden_size": 6, "num_layers": 1, "bidirectional": True, "batch_first": True, "has_biases": True},
+         dynamic=False, seq_axis=(0, 1), id="lstm-symbolic-seq", atol=1e-4),
 ]
 
 

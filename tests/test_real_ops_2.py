@@ -18,6 +18,8 @@ import torch.nn.functional as F
 import graphopt
 from graphopt.analysis import channel_groups
 from graphopt.backends.torch import to_module
+from graphopt.ir import Graph
+from graphopt.ir import dims as D
 
 pytest.importorskip("onnxruntime")
 from graphopt.backends import onnx as gonnx  # noqa: E402
@@ -39,7 +41,7 @@ def _outputs(out) -> list[torch.Tensor]:
 
 
 def check_round_trip(model: nn.Module, inputs: tuple, other: tuple | None = None, *, atol: float = 1e-5,
-                     **trace_kwargs) -> graphopt.ir.Graph:
+                     **trace_kwargs) -> Graph:
     """The traced graph on torch and on ONNX Runtime equals the eager model, on `inputs` and on `other`."""
     model.eval()
     graph = graphopt.trace(model, inputs, **trace_kwargs)
@@ -232,6 +234,28 @@ def test_lstm_traces_and_exports_with_dynamic_batch(layers, bidirectional, batch
     graph = check_round_trip(model, (x,), (other,), atol=1e-4, dynamic={0: {0 if batch_first else 1: "batch"}})
     (node,) = graph.find_nodes("lstm")
     assert node.attrs["num_layers"] == layers and node.attrs["bidirectional"] == bidirectional
+
+
+def test_lstm_graph_runs_at_any_sequence_length():
+    """The op and its ONNX lowering keep a symbolic length (torch.export fixes it when tracing nn.LSTM)."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(4, 6, num_layers=2, bidirectional=True, batch_first=True).eval()
+    g = Graph("lstm")
+    x = g.add_input("x", [D.symbol("batch"), D.symbol("seq"), 4], torch.float32)
+    h0 = g.add_input("h0", [4, D.symbol("batch"), 6], torch.float32)
+    weights = [g.add_weight(name, p.detach()) for name, p in lstm.named_parameters()]
+    node = g.create_node("lstm", [x, h0, h0, *weights], {"hidden_size": 6, "num_layers": 2, "bidirectional": True,
+                                                          "batch_first": True, "has_biases": True})
+    g.outputs = list(node.outputs)
+    module, run = to_module(g), gonnx.compile(g, threads=1)
+    for batch, length in ((2, 5), (3, 9), (1, 1)):
+        inputs = (torch.randn(batch, length, 4), torch.randn(4, batch, 6))
+        with torch.no_grad():
+            want = lstm(inputs[0], (inputs[1], inputs[1]))
+            back = module(*inputs)
+        for got in (back, run(*inputs)):
+            for g_, w_ in zip(got, [want[0], *want[1]]):
+                torch.testing.assert_close(g_, w_, atol=1e-5, rtol=1e-4)
 
 
 def test_lstm_is_a_barrier_and_pruning_around_it_stays_sound():

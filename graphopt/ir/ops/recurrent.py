@@ -1,9 +1,10 @@
 """Recurrent ops (lstm): a whole stacked, optionally bidirectional LSTM as one node, as nn.LSTM runs it.
 
-One node rather than a decomposition into per-step matmuls, because the
-sequence length is usually a dynamic axis: a loop over it cannot be unrolled
-in the graph, while torch (`torch.lstm`) and ONNX (`LSTM`) both run the whole
-recurrence as one operator.
+One node rather than a decomposition into per-step matmuls: an unrolled loop
+would fix the sequence length and grow the graph with it, while torch
+(`torch.lstm`) and ONNX (`LSTM`) both run the whole recurrence as one operator,
+for any length. (torch.export 2.13 still specialises nn.LSTM's sequence length
+when tracing, with a warning; the op and its lowering do not need it fixed.)
 """
 
 from __future__ import annotations
