@@ -3,9 +3,10 @@
 Each model is traced, run back on torch from the graph, and exported to ONNX
 Runtime, on the example and on another batch size, against the eager model.
 The real-model checks build tiny random transformers configs (never a
-download): Mixtral's and Qwen2-MoE's top-k routers, BiT's weight-standardised convs,
-MobileViT-v2's unfold/fold attention and EnCodec's LSTM block. The ops are
-channel barriers on purpose; pruning around them stays sound.
+download): Mixtral's and Qwen2-MoE's top-k routers, BiT's weight-standardised
+convs, MobileViT-v2's unfold/fold attention, PatchTST's and PatchTSMixer's
+Tensor.unfold patching and EnCodec's LSTM block. The new ops are channel
+barriers on purpose; pruning around them stays sound.
 """
 
 from __future__ import annotations
@@ -163,6 +164,31 @@ def test_mobilevitv2_unfold_fold_attention():
     graph = check_round_trip(transformers.MobileViTV2Model(config), (torch.randn(2, 3, 64, 64),),
                              (torch.randn(3, 3, 64, 64),), atol=1e-4)
     assert graph.find_nodes("im2col") and graph.find_nodes("col2im")
+
+
+class AxisWindows(nn.Module):
+    """Tensor.unfold: overlapping windows, side-by-side windows (with and without a leftover)."""
+
+    def forward(self, x):
+        return x.unfold(-1, 4, 2), x.unfold(1, 3, 3), x.unfold(2, 3, 3) * 2, x.unfold(1, 2, 1)
+
+
+def test_tensor_unfold_decomposes_exactly():
+    torch.manual_seed(0)
+    graph = check_round_trip(AxisWindows(), (torch.randn(2, 6, 10),), (torch.randn(3, 6, 10),), atol=0.0)
+    assert len(graph.find_nodes("index_select")) == 2  # only the overlapping windows need a gather
+
+
+@pytest.mark.parametrize("family", ["PatchTST", "PatchTSMixer"])
+def test_time_series_patching_with_tensor_unfold(family):
+    transformers = pytest.importorskip("transformers")
+    sizes = {"PatchTST": {"num_hidden_layers": 1, "num_attention_heads": 2, "ffn_dim": 32},
+             "PatchTSMixer": {"num_layers": 1}}[family]
+    config = getattr(transformers, f"{family}Config")(context_length=32, patch_length=8, patch_stride=4,
+                                                       num_input_channels=3, d_model=16, **sizes)
+    torch.manual_seed(0)
+    check_round_trip(getattr(transformers, f"{family}Model")(config), (torch.randn(2, 32, 3),),
+                     (torch.randn(3, 32, 3),), atol=1e-5)
 
 
 # --------------------------------------------- batch norm without statistics
