@@ -144,6 +144,17 @@ def test_a_target_search_does_not_count_groups_whose_removal_fails(two_branch):
     assert report.macs_after <= 0.5 * report.macs_before and "searched for macs 50%" in report.summary()
 
 
+def test_a_target_is_met_by_the_other_groups_when_the_net_excludes_one(two_branch):
+    """The first search counted the concat group's savings; after the net leaves it whole, the search runs again."""
+    _, inputs, graph = two_branch
+    swap_concat_offsets()
+    bad = _group_with(graph, "a.weight")
+    pruned, report = _prune(graph, inputs, "target_macs=0.6")
+    assert [e.group for e in report.safety.excluded] == [bad.id]
+    assert report.macs_after <= 0.6 * report.macs_before and "searched for macs 60%" in report.summary()
+    assert pruned.weights["a.weight"].shape[0] == 16 and run_graph(pruned, inputs)[0].shape == (2, 10)
+
+
 def test_the_bisection_costs_about_log2_checks_per_bad_group(two_branch):
     _, inputs, graph = two_branch
     swap_concat_offsets()

@@ -163,6 +163,8 @@ class Prune(Pass):
 
         original = graph.clone() if self.reconstruct or self.safety else None
         graph, plan, safety = self._remove(graph, plan, original, analyses.context)
+        if target and safety is not None and safety.excluded:
+            graph, plan, ratio, target = self._retarget(original, groups, scores, analyses, cost_before, safety)
         step = PruneStep(structure, heads=self.heads)
         decisions, kept_outputs = [], {}
         for group, channels in plan:
@@ -206,6 +208,23 @@ class Prune(Pass):
             return graph, plan, None if not self.safety else SafetyReport(skipped=self._why_no_net(context))
         graph, plan = net.accept(graph, plan, failure)
         return graph, plan, net.report
+
+    def _retarget(self, original: Graph, groups: list[ChannelGroup], scores: dict[int, np.ndarray],
+                  analyses: AnalysisManager, cost_before, safety: SafetyReport) -> tuple[Graph, Plan, float, str]:
+        """Search the ratio again without the groups the net left whole, so the target holds on the others.
+
+        The first search counted those groups' savings; one more search and
+        removal (checked by the net too) makes the other groups give them. Groups
+        this second check excludes join the report; the cost is then reported as is.
+        """
+        excluded = {e.group for e in safety.excluded}
+        rest = [g for g in groups if g.id not in excluded]
+        ratio, target = self._search_ratio(original, rest, scores, analyses, cost_before)
+        graph, plan, again = self._remove(original.clone(), self._plan(rest, scores, ratio), original, analyses.context)
+        safety.checks += again.checks
+        safety.seconds += again.seconds
+        safety.excluded += again.excluded
+        return graph, plan, ratio, target
 
     def _safety_net(self, original: Graph | None, context: RunContext) -> SafetyNet | None:
         """The net over `original`, or None (option off, or nothing to check on: then a warning says so)."""
