@@ -213,6 +213,27 @@ def test_batch_norm_without_statistics_decomposes_exactly():
     assert not graph.find_nodes("batch_norm") and len(graph.find_nodes("var")) == 2
 
 
+class InstanceNorms(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.plain, self.affine = nn.InstanceNorm2d(3), nn.InstanceNorm2d(3, affine=True)
+        self.tracked = nn.InstanceNorm2d(3, affine=True, track_running_stats=True)  # eval: running statistics
+        self.seq = nn.InstanceNorm1d(3, eps=1e-3)
+        for p in self.parameters():
+            nn.init.normal_(p)
+        self.tracked.running_mean.normal_()
+        self.tracked.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        return self.plain(x) + self.affine(x) + self.tracked(x), self.seq(x.flatten(2))
+
+
+def test_instance_norm_uses_per_sample_statistics():
+    torch.manual_seed(0)
+    graph = check_round_trip(InstanceNorms(), (torch.randn(2, 3, 5, 4),), (torch.randn(3, 3, 5, 4),))
+    assert len(graph.find_nodes("batch_norm")) == 1 and len(graph.find_nodes("var")) == 3
+
+
 def test_batch_norm_updating_running_statistics_is_refused():
     class Updates(nn.Module):
         def __init__(self) -> None:

@@ -1,9 +1,10 @@
-"""ATen converters for normalisation and softmax: batch/layer/group/RMS norm, (log_)softmax.
+"""ATen converters for normalisation and softmax: batch/instance/layer/group/RMS norm, (log_)softmax.
 
 A batch norm without running statistics (nn.BatchNorm with track_running_stats=False, or
 the weight standardisation of NFNet/BiT convs, F.batch_norm(w, None, None, training=True))
 normalises by the statistics of its own input; it decomposes exactly into mean, var and
-elementwise ops, which the channel analysis and every back-end already know.
+elementwise ops, which the channel analysis and every back-end already know. Instance norm
+is the same with per-sample statistics.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ def _bn_no_training(ctx, node):
     return [out, None, None]
 
 
-def _batch_statistics_norm(ctx, x: Value, w: Value | None, b: Value | None, eps: float) -> Value:
-    """(x - mean) / sqrt(var + eps) * w + b, with mean and biased var over every axis but the channel axis 1."""
-    axes = [a for a in range(x.rank) if a != 1]
+def _batch_statistics_norm(ctx, x: Value, w: Value | None, b: Value | None, eps: float,
+                           per_sample: bool = False) -> Value:
+    """(x - mean) / sqrt(var + eps) * w + b, with mean and biased var over every axis but the channel axis 1
+    (and the batch axis 0 too when `per_sample`: instance norm)."""
+    axes = [a for a in range(x.rank) if a != 1 and not (per_sample and a == 0)]
     mean = ctx.emit1("mean", [x], {"axes": axes, "keepdim": True})
     var = ctx.emit1("var", [x], {"axes": axes, "keepdim": True, "correction": 0})
     inv_std = ctx.emit1("rsqrt", [ctx.emit1("add", [var, ctx.scalar(eps)])])
@@ -57,6 +60,15 @@ def _batch_norm(ctx, node):
 def _native_batch_norm(ctx, node):
     out = _batch_norm_from(ctx, node, list(node.args[:8]))
     return [out] + [None] * (len(ctx.current.meta["val"]) - 1)  # the saved statistics are for backward only
+
+
+@register_torch_op("aten.instance_norm")
+def _instance_norm(ctx, node):
+    x, w, b, mean, var = (ctx.maybe_value(a) for a in node.args[:5])
+    use_input_stats, momentum, eps = bool(node.args[5]), float(node.args[6]), float(node.args[7])
+    if use_input_stats:  # the usual InstanceNorm: each sample's own statistics, running ones (if any) unused
+        return _batch_statistics_norm(ctx, x, w, b, eps, per_sample=True)
+    return ctx.emit1("batch_norm", [x, w, b, mean, var], {"eps": eps, "momentum": momentum})
 
 
 @register_torch_op("aten._native_batch_norm_legit.no_stats")
