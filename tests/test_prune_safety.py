@@ -188,6 +188,12 @@ def test_the_check_budget_and_a_plan_that_fails_entirely_are_clear_errors(two_br
         PassManager.parse("prune{safety_max_checks=0}")
 
 
+def test_inputs_the_graph_cannot_run_are_blamed_on_the_inputs_not_on_a_group(two_branch):
+    _, _, graph = two_branch
+    with pytest.raises(GraphoptError, match="the graph before pruning already fails on the example inputs"):
+        _prune(graph, (torch.randn(2, 4, 8, 8),))  # 4 colour channels for a 3-channel stem
+
+
 def test_without_example_inputs_the_net_warns_and_skips(two_branch):
     _, _, graph = two_branch
     with pytest.warns(UserWarning, match="safety net skipped \\(no example inputs"):

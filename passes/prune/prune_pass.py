@@ -41,7 +41,7 @@ from graphopt import __version__
 from .criteria import CriterionContext, get_criterion
 from .recipe import PruneRecipe, PruneStep, anchor_of, structure_hash
 from .reconstruct import ReconstructionReport, reconstruct
-from .safety import Plan, SafetyNet, SafetyReport, removed_where_possible
+from .safety import Plan, SafetyNet, SafetyReport, removal_failure, removed_where_possible
 
 
 @dataclass
@@ -202,7 +202,7 @@ class Prune(Pass):
             except Exception as exc:  # noqa: BLE001 - with the net, a removal that raises is a failed check
                 if net is None:
                     raise
-                failure = f"removing its channels fails: {type(exc).__name__}: {exc}".splitlines()[0]
+                failure = removal_failure(exc)
                 break
         if net is None:
             return graph, plan, None if not self.safety else SafetyReport(skipped=self._why_no_net(context))

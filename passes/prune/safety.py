@@ -141,6 +141,7 @@ class SafetyNet:
 
     def _baseline_runs(self) -> None:
         """Before blaming groups: the graph must run, with its own output shapes, with nothing removed."""
+        self.report.checks += 1
         try:
             self._run(self.original)
         except _Failed as exc:
@@ -199,16 +200,19 @@ def _outputs(graph: Graph, inputs: tuple, *, float64: bool = False) -> list[Any]
 
 
 def _removed(graph: Graph, plan: Plan, *, mask: bool) -> Graph:
-    """`graph` (a copy) with `plan` removed, or masked; a removal that raises fails the check."""
+    """`graph` (a copy) with `plan` removed, or masked; an edit that raises fails the check."""
+    edit = mask_channels if mask else remove_channels
     for group, channels in plan:
-        if mask:
-            mask_channels(graph, group, channels)
-            continue
         try:
-            remove_channels(graph, group, channels)
-        except GraphoptError as exc:
-            raise _Failed(f"removing its channels fails: {_first_line(exc)}") from None
+            edit(graph, group, channels)
+        except Exception as exc:  # noqa: BLE001 - a wrong group can make any step of the edit raise
+            raise _Failed(removal_failure(exc, mask=mask)) from None
     return graph
+
+
+def removal_failure(exc: BaseException, *, mask: bool = False) -> str:
+    """The reason given for a group whose removal (or masking, for the reference) raised `exc`."""
+    return f"{'masking' if mask else 'removing'} its channels fails: {type(exc).__name__}: {_first_line(exc)}"
 
 
 def removed_where_possible(graph: Graph, plan: Plan, unsound: set[int]) -> Graph:
