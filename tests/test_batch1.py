@@ -239,6 +239,27 @@ def test_a_mapping_says_which_inputs_are_batched():
     torch.testing.assert_close(to_module(graph)(x4, table), SharedBias()(x4, table))
 
 
+class MaskedScores(nn.Module):
+    """An additive (S, S) attention mask shared by the batch: its axis 0 is the sequence, not the batch."""
+
+    def forward(self, x, mask):
+        return ((x @ x.transpose(1, 2)) + mask).softmax(-1) @ x
+
+
+def test_inputs_that_are_not_batched_are_neither_widened_nor_warned_about():
+    x1, x4, mask = torch.randn(1, 6, 4), torch.randn(4, 6, 4), torch.triu(torch.full((6, 6), -1e4), 1)
+    table = torch.randn(1, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaticAxisWarning)
+        masked = graphopt.trace(MaskedScores(), (x1, mask))
+        shared = graphopt.trace(SharedBias(), (torch.randn(4, 8), table))  # batch 4: the (1, 8) table is not batched
+    assert [v.type_str() for v in masked.inputs] == ["f32[batch,6,4]", "f32[6,6]"]
+    torch.testing.assert_close(to_module(masked)(x4, mask), MaskedScores()(x4, mask))
+    assert [v.type_str() for v in shared.inputs] == ["f32[batch,8]", "f32[1,8]"]
+    x3 = torch.randn(3, 8)
+    torch.testing.assert_close(to_module(shared)(x3, table), SharedBias()(x3, table))
+
+
 def test_dynamic_none_asks_for_static_shapes():
     model, x = ConvNet().eval(), torch.randn(1, 3, 8, 8)
     with warnings.catch_warnings():

@@ -27,7 +27,7 @@ from graphopt.errors import GraphoptError, UnsupportedOpError
 from graphopt.ir import dims as D
 from graphopt.frontends.torch_inplace import rewrite_local_inplace
 from graphopt.frontends.torch_dynamic import (  # noqa: F401 - StaticAxisWarning is public here
-    Failure, StaticAxisWarning, differs_at_example, export_dynamic, export_static,
+    Failure, StaticAxisWarning, batch_axes, differs_at_example, export_dynamic, export_static,
 )
 from graphopt.ir.graph import Graph, Node, SourceLocation, Value
 from graphopt.registry import Registry
@@ -216,15 +216,16 @@ def _default_dynamic(args: Sequence[Any]) -> dict[int, dict[int, str]]:
 
 
 def export_program(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic,
-                   rejected: Failure | None = None) -> torch.export.ExportedProgram:
+                   rejected: Failure | None = None, asked=None) -> torch.export.ExportedProgram:
     """torch.export the model, functionalised but not decomposed; raise a clear error if export fails.
 
     The `dynamic` axes stay symbolic even where the example has size 1 (`rejected`: why a program
     traced so was not the model at size 1; those axes are then traced as given). Each axis that
-    still comes out static is named, with the source line that forced it, in a `StaticAxisWarning`.
+    still comes out static is named, with the source line that forced it, in a `StaticAxisWarning`
+    (`asked`: the (input, axis) meant to be dynamic; default all of `dynamic`).
     """
     if dynamic:
-        ep = export_dynamic(model, args, kwargs, dynamic, rejected=rejected)
+        ep = export_dynamic(model, args, kwargs, dynamic, asked=asked, rejected=rejected)
     else:
         ep = export_static(model, args, kwargs)
     # Functionalising re-traces the whole program (about 2/3 of the time on a 7B-size
@@ -260,10 +261,11 @@ def trace(
     `dynamic`: "batch" (default) keeps axis 0 of every tensor input symbolic;
     a mapping {input_index: {axis: symbol_name}} chooses the axes (inputs are
     numbered over positional then keyword inputs); None traces static shapes.
-    An example of size 1 on such an axis (batch 1) keeps it dynamic too: with "batch",
-    every tensor input whose axis 0 is 1 is taken to be batched (name the batched
-    inputs with a mapping when one is not). An axis that torch.export still fixes
-    gives a `StaticAxisWarning` naming it and the source line that fixed it.
+    An example of size 1 on such an axis (batch 1) keeps it dynamic too. With "batch",
+    the batch is the first tensor input's axis 0, and every tensor input with that size
+    there is batched (with batch 1, every input whose axis 0 is 1: name the batched
+    inputs with a mapping when one is not). A batch axis or mapped axis that torch.export
+    still fixes gives a `StaticAxisWarning` naming it and the source line that fixed it.
     `graph.meta["example_sizes"]` keeps each symbol's size in the example (the
     sizes the TVM back-end compiles for unless told otherwise).
     """
@@ -272,8 +274,10 @@ def trace(
     args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     kwargs = dict(example_kwargs or {})
     flat_inputs = list(args) + list(kwargs.values())
+    asked = None  # with a mapping, every axis it names
     if dynamic == "batch":
         dynamic_map: Mapping[int, Mapping[int, str]] | None = _default_dynamic(flat_inputs)
+        asked = batch_axes(flat_inputs)
     elif dynamic is None or isinstance(dynamic, Mapping):
         dynamic_map = dynamic
     else:
@@ -282,19 +286,19 @@ def trace(
     was_training = model.training
     model.eval()
     try:
-        graph = _trace_eval(model, args, kwargs, dynamic_map, name or type(model).__name__)
+        graph = _trace_eval(model, args, kwargs, dynamic_map, asked, name or type(model).__name__)
     finally:
         model.train(was_training)
     graph.meta["example_sizes"] = _example_sizes(graph, flat_inputs)
     return graph
 
 
-def _trace_eval(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic, name: str) -> Graph:
+def _trace_eval(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic, asked, name: str) -> Graph:
     """Export and import; a size-1 axis traced at size 2 must give a graph that computes the model at size 1."""
-    graph = import_program(export_program(model, args, kwargs, dynamic), name=name, dynamic=dynamic or {})
-    failure = differs_at_example(graph, model, args, kwargs, dynamic) if dynamic else None
+    graph = import_program(export_program(model, args, kwargs, dynamic, asked=asked), name=name, dynamic=dynamic or {})
+    failure = differs_at_example(graph, model, args, kwargs, dynamic, asked) if dynamic else None
     if failure is not None:
-        graph = import_program(export_program(model, args, kwargs, dynamic, rejected=failure),
+        graph = import_program(export_program(model, args, kwargs, dynamic, rejected=failure, asked=asked),
                                name=name, dynamic=dynamic)
     return graph
 

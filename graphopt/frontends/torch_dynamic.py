@@ -24,7 +24,7 @@ import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import torch
 import torch.fx.experimental._config as shape_config
@@ -86,21 +86,25 @@ def export_static(model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.ex
 
 
 def export_dynamic(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: DynamicMap, *,
+                   asked: Collection[tuple[int, int]] | None = None,
                    rejected: Failure | None = None) -> torch.export.ExportedProgram:
-    """torch.export keeping the `dynamic` axes symbolic where it can; warn for each that is not.
+    """torch.export keeping the `dynamic` axes symbolic where it can; warn for each asked-for one that is not.
 
-    An asked-for axis of size 1 is traced at size `WIDE` (the example repeated along it); if that
-    fails, or the caller `rejected` such a program (it computes something else at size 1), the
-    example is traced as given, those axes static. If that fails too, every shape is static.
+    `asked`: the (input, axis) the caller means to be dynamic (default: all of `dynamic`; the
+    others are only allowed to be). An asked-for axis of size 1 is traced at size `WIDE` (the
+    example repeated along it); if that fails, or the caller `rejected` such a program (it computes
+    something else at size 1), the example is traced as given, those axes static. If that fails
+    too, every shape is static.
     """
     flat = list(args) + list(kwargs.values())
-    widened = size_one_axes(flat, dynamic)
+    asked = _asked(dynamic, asked)
+    widened = size_one_axes(flat, dynamic, asked)
     reasons: dict[tuple[int, int], Failure] = {}
     if widened and rejected is None:
         wide = widen(flat, widened)
         ep, found, failure = _attempt(model, tuple(wide[:len(args)]), dict(zip(kwargs, wide[len(args):])), dynamic)
         if ep is not None:
-            _warn_static(model, args, kwargs, ep, dynamic, found, reasons)
+            _warn_static(model, args, kwargs, ep, dynamic, asked, found, reasons)
             return ep
         rejected = failure
     if widened and rejected is not None:
@@ -113,14 +117,31 @@ def export_dynamic(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: D
         why = Failure(f"torch.export failed with dynamic axes ({failure.message}); traced with static shapes",
                       failure.line)
         reasons = {(i, axis): reasons.get((i, axis), why) for i, axes in dynamic.items() for axis in axes}
-    _warn_static(model, args, kwargs, ep, dynamic, found, reasons)
+    _warn_static(model, args, kwargs, ep, dynamic, asked, found, reasons)
     return ep
 
 
-def size_one_axes(flat: Sequence[Any], dynamic: DynamicMap) -> list[tuple[int, int]]:
-    """The (input, axis) asked to be dynamic whose example size is 1, which torch.export would fix."""
+def _asked(dynamic: DynamicMap, asked: Collection[tuple[int, int]] | None) -> frozenset[tuple[int, int]]:
+    return frozenset((i, axis) for i, axes in dynamic.items() for axis in axes) if asked is None else frozenset(asked)
+
+
+def batch_axes(flat: Sequence[Any]) -> set[tuple[int, int]]:
+    """What dynamic="batch" asks for: axis 0 of each tensor input whose size there is the batch.
+
+    The batch is the first tensor input's axis 0. Another size there (an (S, S) mask, a (1, N)
+    table shared by a batch of 4) is not a batch axis: it stays marked dynamic, as it always was,
+    but it is not widened, nor warned about when torch.export fixes it.
+    """
+    tensors = [(i, v) for i, v in enumerate(flat) if isinstance(v, torch.Tensor) and v.dim() > 0]
+    return {(i, 0) for i, v in tensors if v.shape[0] == tensors[0][1].shape[0]} if tensors else set()
+
+
+def size_one_axes(flat: Sequence[Any], dynamic: DynamicMap,
+                  asked: Collection[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    """The asked-for dynamic (input, axis) whose example size is 1, which torch.export would fix."""
+    asked = _asked(dynamic, asked)
     return [(i, axis) for i, value in enumerate(flat) if isinstance(value, torch.Tensor)
-            for axis in dynamic.get(i, {}) if 0 <= axis < value.dim() and value.shape[axis] == 1]
+            for axis in dynamic.get(i, {}) if (i, axis) in asked and 0 <= axis < value.dim() and value.shape[axis] == 1]
 
 
 def widen(flat: Sequence[Any], axes: Sequence[tuple[int, int]]) -> list[Any]:
@@ -133,8 +154,8 @@ def widen(flat: Sequence[Any], axes: Sequence[tuple[int, int]]) -> list[Any]:
     return wide
 
 
-def differs_at_example(graph: Graph, model: torch.nn.Module, args: tuple, kwargs: dict,
-                       dynamic: DynamicMap) -> Failure | None:
+def differs_at_example(graph: Graph, model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: DynamicMap,
+                       asked: Collection[tuple[int, int]] | None = None) -> Failure | None:
     """Why `graph`, traced at size `WIDE` for size-1 axes, does not compute the model on the given example.
 
     None when it does, or when no axis was widened. The graph (not only the program) is run: a
@@ -144,7 +165,7 @@ def differs_at_example(graph: Graph, model: torch.nn.Module, args: tuple, kwargs
     tensors = [k for k, value in enumerate(flat) if isinstance(value, torch.Tensor)]
     if len(tensors) != len(graph.inputs):
         return None
-    symbolic = [(i, axis) for i, axis in size_one_axes(flat, dynamic)
+    symbolic = [(i, axis) for i, axis in size_one_axes(flat, dynamic, asked)
                 if not isinstance(graph.inputs[tensors.index(i)].shape[axis], int)]
     if not symbolic:
         return None
@@ -288,9 +309,9 @@ def static_axes(ep: torch.export.ExportedProgram, dynamic: DynamicMap) -> dict[t
     return static
 
 
-def _warn_static(model, args, kwargs, ep, dynamic: DynamicMap, found, reasons) -> None:
+def _warn_static(model, args, kwargs, ep, dynamic: DynamicMap, asked, found, reasons) -> None:
     """One StaticAxisWarning listing every asked-for axis that the program has as a constant, and why."""
-    static = static_axes(ep, dynamic)
+    static = {axis: size for axis, size in static_axes(ep, dynamic).items() if axis in asked}
     if not static:
         return
     names = input_names(model, args, kwargs)
