@@ -75,9 +75,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "convnextv2": dict(hidden_sizes=[16, 32], depths=[1, 1]),
     "resnet": dict(hidden_sizes=[16, 32], depths=[1, 1], embedding_size=16),
     "regnet": dict(hidden_sizes=[16, 32], depths=[1, 1], embedding_size=16, groups_width=8),
-    "levit": dict(image_size=64, patch_size=16, hidden_sizes=[32, 48], num_attention_heads=[2, 3], depths=[1, 1],
-                  key_dim=[8, 8], drop_path_rate=0.0, mlp_ratio=[2, 2], attention_ratio=[2, 2],
-                  down_ops=[["Subsample", 8, 2, 4, 2, 2]]),
+    # three stages: LeViT's down_ops are built for three
+    "levit": dict(image_size=64, patch_size=16, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4],
+                  depths=[1, 1, 1], key_dim=[8, 8, 8]),
     "mobilevit": dict(image_size=64, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64]),
     "mobilevitv2": dict(image_size=64, width_multiplier=0.5),
     "t5": dict(relative_attention_num_buckets=8),
@@ -164,9 +164,13 @@ def small_config(name: str, modality: str) -> Any:
     cls = CONFIG_MAPPING[name]
     keys = dict(SMALL_TEXT if modality == "text" else SMALL_VISION)
     keys.update(OVERRIDES.get(name, {}))
+    # Only keys the config takes: a stray one is stored as-is, or refused (Falcon's head_dim is a property).
     # An alias (attribute_map: Swin's num_attention_heads -> num_heads) must not overwrite the key it names.
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) and len(params) < 4
     aliases = getattr(cls, "attribute_map", {}) or {}
-    return cls(**{k: v for k, v in keys.items() if aliases.get(k) not in keys})
+    return cls(**{k: v for k, v in keys.items()
+                  if (takes_any or k in params or k in aliases) and aliases.get(k) not in keys})
 
 
 class HFWrapper(torch.nn.Module):
