@@ -8,6 +8,7 @@ batch, `trace` says so, naming the input, the axis and the source line.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import warnings
 
@@ -122,6 +123,8 @@ def test_cli_demo_and_inspect_keep_the_batch_axis_of_a_batch1_example(capsys):
     assert main(["demo", "--model", "resnet18", "--batch", "1"]) == 0
     out = capsys.readouterr().out
     assert "batch 1" in out and "graphopt torch module at batch 3" in out
+    if importlib.util.find_spec("onnxruntime") is not None:
+        assert "ONNX Runtime at batch 3" in out
     row = next(line for line in out.splitlines() if "dynamic axes" in line)
     assert "batch" in row.split("dynamic axes")[1]
     assert main(["inspect", "bert", "--batch", "1"]) == 0
