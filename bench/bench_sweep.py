@@ -117,7 +117,7 @@ class Record:
     tp_s: float = 0.0
 
     def reason(self) -> str:
-        """The first failure, naming the stage: what the table's reason column shows."""
+        """Each failed stage and its error, in stage order: what the table's reason column shows."""
         return "; ".join(f"{stage}: {text}" for stage, text in self.reasons.items())[:400]
 
 
@@ -167,10 +167,10 @@ def small_config(name: str, modality: str) -> Any:
     # Only keys the config takes: a stray one is stored as-is, or refused (Falcon's head_dim is a property).
     # An alias (attribute_map: Swin's num_attention_heads -> num_heads) must not overwrite the key it names.
     params = inspect.signature(cls.__init__).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) and len(params) < 4
+    named = [p for p in list(params.values())[1:] if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
     aliases = getattr(cls, "attribute_map", {}) or {}
     return cls(**{k: v for k, v in keys.items()
-                  if (takes_any or k in params or k in aliases) and aliases.get(k) not in keys})
+                  if (not named or k in params or k in aliases) and aliases.get(k) not in keys})
 
 
 class HFWrapper(torch.nn.Module):
