@@ -109,6 +109,22 @@ OP_CASES = [
     OpCase("sign-floor-ceil", Fn(lambda m, x: torch.sign(x) * torch.ceil(torch.abs(x * 3)) + torch.floor(x * 2)
                                  + torch.sign(m.pos - 3) * torch.ceil(m.pos), pos=torch.arange(6)),
            (X,), {"sign", "ceil", "floor"}),
+    # activations and helpers of recent decoders (relu², xIELU, sliding-window softcapping, hash embeddings)
+    OpCase("square-expm1-log1p", Fn(lambda m, x: torch.square(x) + torch.expm1(x * 1e-3) + torch.log1p(x.abs())),
+           (X,), {"mul", "expm1", "log1p"}),
+    OpCase("log-sigmoid", Fn(lambda m, x: nn.functional.logsigmoid(x * 30)), (X,), {"softplus"}),
+    OpCase("logsumexp", Fn(lambda m, x: torch.logsumexp(x, dim=-1) + torch.logsumexp(x.masked_fill(x > 0, -torch.inf),
+                                                                                     dim=(1, 2), keepdim=True).sum()),
+           (X,), {"amax", "exp", "log"}),
+    OpCase("alias-spellings", Fn(lambda m, x: torch.multiply(x, 2).divide(3).subtract(x).true_divide(2)
+                                 * torch.greater(x, 0) * torch.less_equal(x, 0.5) * torch.not_equal(x, 0.1)), (X,),
+           {"mul", "div", "sub", "gt", "le", "ne"}),
+    OpCase("remainder", Fn(lambda m, x: (m.ids * 7 + 1) % 5 + torch.remainder(x * 4, -1.5)
+                           + torch.remainder(-m.ids, 4), ids=torch.arange(6) - 2), (X,), {"div", "sub"}),
+    OpCase("tile", Fn(lambda m, x: torch.tile(x, (1, 3)).sum(-1, keepdim=True) + torch.tile(x, (1, 2, 1))[:, :4]),
+           (X,), {"expand"}),
+    OpCase("unary-on-integers", Fn(lambda m, x: torch.reciprocal(m.n + 1) * x + torch.logical_not(m.n - 2) * x,
+                                   n=torch.arange(6)), (X,), {"reciprocal", "logical_not"}),
     # transformers' mask indexing
     OpCase("advanced-index", Fn(lambda m, x: x[m.b[:, None, None], m.q[None, :, None]].sum((-1, -2))
                                 + x[:, m.q[:, None], m.r].sum(-1), b=torch.tensor([1, 0]), q=torch.tensor([3, 0, 1]),

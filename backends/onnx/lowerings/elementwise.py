@@ -29,6 +29,20 @@ for _op, _onnx in _DIRECT_UNARY.items():
     lowering(_op)(_direct_unary(_onnx))
 
 
+# ONNX has neither Expm1 nor Log1p: exp(x) - 1 and log(1 + x) agree with torch's up to the float rounding
+# of the result (an absolute, not a relative, error near 0)
+@lowering("expm1")
+def _expm1(b, node, ins):
+    dt = out_of(node).dtype
+    return b.op("Sub", [b.op("Exp", ins[:1], dtype=dt), scalar(b, 1.0, dt)], dtype=dt)
+
+
+@lowering("log1p")
+def _log1p(b, node, ins):
+    dt = out_of(node).dtype
+    return b.op("Log", [b.op("Add", [ins[0], scalar(b, 1.0, dt)], dtype=dt)], dtype=dt)
+
+
 @lowering("floor", "ceil")
 def _round(b, node, ins):
     dt = out_of(node).dtype

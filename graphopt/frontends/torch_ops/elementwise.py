@@ -14,6 +14,7 @@ _UNARY = {
     "hardsigmoid": "hardsigmoid", "mish": "mish", "exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt",
     "neg": "neg", "abs": "abs", "erf": "erf", "sin": "sin", "cos": "cos", "reciprocal": "reciprocal",
     "logical_not": "logical_not", "bitwise_not": "logical_not", "sign": "sign", "floor": "floor", "ceil": "ceil",
+    "expm1": "expm1", "log1p": "log1p",
 }
 
 
@@ -21,7 +22,9 @@ def _unary(op: str):
     def convert(ctx: ImportContext, node):
         x = ctx.value(node.args[0])
         _check_bitwise_on_bool(node, x)
-        return ctx.emit1(op, [x])
+        # torch computes in the output's dtype: exp/reciprocal/... of integers are floats, logical_not of
+        # numbers is that of (x != 0), a bool
+        return ctx.emit1(op, [cast_to(ctx, x, ctx.out_dtype())])
 
     return convert
 
@@ -37,6 +40,20 @@ def _check_bitwise_on_bool(node, *values) -> None:
 
 for _aten, _op in _UNARY.items():
     register_torch_op(f"aten.{_aten}", f"aten.{_aten}_")(_unary(_op))
+
+
+@register_torch_op("aten.square", "aten.square_")
+def _square(ctx, node):
+    x = ctx.value(node.args[0])
+    return cast_to(ctx, ctx.emit1("mul", [x, x]), ctx.out_dtype())  # x * x exactly; bool squares to int64
+
+
+@register_torch_op("aten.log_sigmoid", "aten.log_sigmoid_forward")
+def _log_sigmoid(ctx, node):
+    # log(sigmoid(x)) = -softplus(-x); softplus's linear branch (-x > 20) keeps it exact for very negative x
+    x = ctx.emit1("neg", [ctx.value(node.args[0])])
+    out = ctx.emit1("neg", [ctx.emit1("softplus", [x], {"beta": 1.0, "threshold": 20.0})])
+    return out if "forward" not in str(node.target) else [out, None]  # the buffer output is for autograd only
 
 
 @register_torch_op("aten.gelu", "aten.gelu_")
@@ -117,7 +134,10 @@ def _cumsum(ctx, node):
 _BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "maximum": "maximum",
            "minimum": "minimum", "eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge",
            "logical_and": "logical_and", "logical_or": "logical_or", "logical_xor": "logical_xor",
-           "bitwise_and": "logical_and", "bitwise_or": "logical_or", "bitwise_xor": "logical_xor"}
+           "bitwise_and": "logical_and", "bitwise_or": "logical_or", "bitwise_xor": "logical_xor",
+           # torch's alias spellings
+           "multiply": "mul", "divide": "div", "true_divide": "div", "subtract": "sub", "greater": "gt",
+           "greater_equal": "ge", "less": "lt", "less_equal": "le", "not_equal": "ne"}
 # `a & b`, `a | b`, `a ^ b` on masks, and the binary overloads of torch.min/max (T5's relative position buckets)
 _OPERATORS = {"aten.__and__": "logical_and", "aten.__iand__": "logical_and", "aten.__or__": "logical_or",
               "aten.__ior__": "logical_or", "aten.__xor__": "logical_xor", "aten.__ixor__": "logical_xor",
@@ -168,6 +188,16 @@ def _rsub(ctx, node):
     if alpha != 1:
         x = ctx.emit1("mul", [x, ctx.value(alpha)])
     return ctx.emit1("sub", [ctx.value(node.args[1]), x])
+
+
+@register_torch_op("aten.remainder", "aten.remainder_")
+def _remainder(ctx, node):
+    # Python's %: a - floor(a / b) * b, the sign of b (canine's hash buckets, relative position tables)
+    a, b = ctx.value(node.args[0]), ctx.value(node.args[1])
+    dtype = ctx.out_dtype()
+    a, b = cast_to(ctx, a, dtype), cast_to(ctx, b, dtype)
+    quotient = ctx.emit1("div", [a, b], {"rounding_mode": "floor"})
+    return ctx.emit1("sub", [a, ctx.emit1("mul", [quotient, b])])
 
 
 @register_torch_op("aten.floor_divide")

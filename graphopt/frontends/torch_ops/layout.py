@@ -55,11 +55,12 @@ def _expand(ctx, node):
     return ctx.emit1("expand", [x], {"shape": list(shape)})
 
 
-@register_torch_op("aten.repeat")
+@register_torch_op("aten.repeat", "aten.tile")
 def _repeat(ctx, node):
     # repeat = expand on an interleaved view, then flatten: x[a, b] * (r, s) -> [r, a, s, b] -> [r*a, s*b]
     x = ctx.value(node.args[0])
     reps = ctx.dims(node.args[1])
+    reps = [1] * (x.rank - len(reps)) + list(reps)  # tile repeats the last axes when given fewer than x has
     shape = [1] * (len(reps) - x.rank) + list(x.shape)
     inter, expanded = [], []
     for r, d in zip(reps, shape):

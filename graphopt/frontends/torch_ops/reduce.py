@@ -1,4 +1,4 @@
-"""ATen converters for reductions: sum/mean/amax/..., argmax/argmin, max.dim, var, vector norms."""
+"""ATen converters for reductions: sum/mean/amax/..., argmax/argmin, max.dim, var, vector norms, logsumexp."""
 
 from __future__ import annotations
 
@@ -102,3 +102,17 @@ def _vector_norm(ctx, node):
     powered = ctx.emit1("pow", [size, ctx.scalar(order, dtype=dtype)])
     total = ctx.emit1("sum", [powered], reduce)
     return ctx.emit1("pow", [total, ctx.scalar(1.0 / order, dtype=dtype)])
+
+
+@register_torch_op("aten.logsumexp")
+def _logsumexp(ctx, node):
+    """log(sum(exp(x))) over dim, shifted by the maximum as torch does (an infinite maximum shifts by 0)."""
+    x = cast_to(ctx, ctx.value(node.args[0]), ctx.out_dtype())
+    axes, keepdim = _axes_keepdim(node, x)
+    top = ctx.emit1("amax", [x], {"axes": axes, "keepdim": True})
+    infinite = ctx.emit1("eq", [ctx.emit1("abs", [top]), ctx.scalar(math.inf, dtype=x.dtype)])
+    shift = ctx.emit1("where", [infinite, ctx.scalar(0.0, dtype=x.dtype), top])
+    total = ctx.emit1("sum", [ctx.emit1("exp", [ctx.emit1("sub", [x, shift])])], {"axes": axes, "keepdim": keepdim})
+    if not keepdim:
+        shift = ctx.emit1("reshape", [shift], {"shape": list(total.shape)})
+    return ctx.emit1("add", [ctx.emit1("log", [total]), shift])

@@ -70,6 +70,8 @@ _UNARY = {
     "softplus": ({"beta": "sharpness", "threshold": "linear above this"}, "log(1 + exp(beta x)) / beta", softplus),
     "mish": ({}, "x * tanh(softplus(x))", F.mish),
     "exp": ({}, "e^x", torch.exp),
+    "expm1": ({}, "e^x - 1, exact near 0", torch.expm1),
+    "log1p": ({}, "log(1 + x), exact near 0", torch.log1p),
     "log": ({}, "natural log", torch.log),
     "sqrt": ({}, "square root", torch.sqrt),
     "rsqrt": ({}, "1 / sqrt(x)", torch.rsqrt),
