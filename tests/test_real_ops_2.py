@@ -1,4 +1,4 @@
-"""Ops batch 2 on model code: top-k routing, unfold/fold, batch norm without statistics, LSTM.
+"""Ops batch 2 on model code: top-k routing, unfold/fold, batch norm without statistics, LSTM/GRU.
 
 Each model is traced, run back on torch from the graph, and exported to ONNX
 Runtime, on the example and on another batch size, against the eager model.
@@ -10,6 +10,8 @@ barriers on purpose; pruning around them stays sound.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -259,27 +261,28 @@ def test_bit_weight_standardised_convs():
 
 # ------------------------------------------------------------------ LSTM
 class Tagger(nn.Module):
-    def __init__(self, layers: int, bidirectional: bool, batch_first: bool) -> None:
+    def __init__(self, layers: int, bidirectional: bool, batch_first: bool, cell: type = nn.LSTM) -> None:
         super().__init__()
         self.embed = nn.Linear(5, 8)
-        self.lstm = nn.LSTM(8, 12, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
+        self.lstm = cell(8, 12, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
         self.head = nn.Linear(12 * (2 if bidirectional else 1), 3)
 
     def forward(self, x):
-        out, (h, c) = self.lstm(self.embed(x))
-        return self.head(out), h, c
+        out, state = self.lstm(self.embed(x))
+        return (self.head(out), *state) if isinstance(state, tuple) else (self.head(out), state)
 
 
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU], ids=["lstm", "gru"])
 @pytest.mark.parametrize("layers,bidirectional,batch_first", [(1, False, True), (2, True, True), (2, False, False)])
-def test_lstm_traces_and_exports_with_dynamic_batch(layers, bidirectional, batch_first):
-    # torch.export specialises nn.LSTM's sequence length (it warns), so only the batch stays dynamic
+def test_recurrent_layers_trace_and_export_with_dynamic_batch(layers, bidirectional, batch_first, cell):
+    # torch.export specialises the sequence length of nn.LSTM/nn.GRU (it warns), so only the batch stays dynamic
     torch.manual_seed(0)
-    model = Tagger(layers, bidirectional, batch_first)
+    model = Tagger(layers, bidirectional, batch_first, cell)
     x, other = torch.randn(2, 6, 5), torch.randn(3, 6, 5)
     if not batch_first:
         x, other = x.transpose(0, 1).contiguous(), other.transpose(0, 1).contiguous()
     graph = check_round_trip(model, (x,), (other,), atol=1e-4, dynamic={0: {0 if batch_first else 1: "batch"}})
-    (node,) = graph.find_nodes("lstm")
+    (node,) = graph.find_nodes(cell.__name__.lower())
     assert node.attrs["num_layers"] == layers and node.attrs["bidirectional"] == bidirectional
 
 
@@ -334,13 +337,15 @@ def test_encodec_lstm_block():
     check_round_trip(block, (torch.randn(2, 16, 7),), (torch.randn(3, 16, 7),), atol=1e-4)
 
 
-def test_lstm_macs_count_both_products_per_step():
+def test_recurrent_macs_count_both_products_per_step():
     from graphopt.analysis.rule_columns import mac_rule_for
 
-    torch.manual_seed(0)
-    graph = graphopt.trace(Tagger(2, True, True).eval(), (torch.randn(2, 6, 5),))
-    (node,) = graph.find_nodes("lstm")
-    macs = mac_rule_for("lstm")(node, lambda shape: int(torch.tensor([int(d) if isinstance(d, int) else 2
-                                                                       for d in shape]).prod()))
+    def numel(shape) -> int:  # the batch symbol counts 2, the traced example's batch
+        return math.prod(d if isinstance(d, int) else 2 for d in shape)
+
     hidden, steps_batch = 12, 2 * 6
-    assert macs == 2 * steps_batch * 4 * hidden * ((8 + hidden) + (2 * hidden + hidden))
+    torch.manual_seed(0)
+    (lstm,) = graphopt.trace(Tagger(2, True, True).eval(), (torch.randn(2, 6, 5),)).find_nodes("lstm")
+    assert mac_rule_for("lstm")(lstm, numel) == 2 * steps_batch * 4 * hidden * ((8 + hidden) + (2 * hidden + hidden))
+    (gru,) = graphopt.trace(Tagger(1, False, True, nn.GRU).eval(), (torch.randn(2, 6, 5),)).find_nodes("gru")
+    assert mac_rule_for("gru")(gru, numel) == steps_batch * 3 * hidden * (8 + hidden)

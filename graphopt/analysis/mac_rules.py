@@ -1,7 +1,7 @@
 """Multiply-accumulates per canonical op: the "mac_rule" column of the op table, used by the cost analysis.
 
 MACs are counted for dense ops only (conv, conv_transpose, linear, matmul,
-einsum, sdpa, lstm); an op without a MAC rule counts 0 (topk, sort, im2col and
+einsum, sdpa, lstm, gru); an op without a MAC rule counts 0 (topk, sort, im2col and
 col2im only move or compare values), see graphopt/analysis/cost.py.
 A rule is `fn(node, numel) -> int`, where `numel(shape)` evaluates a (symbolic)
 shape's size; register one for your own op with `mac_rule("my_op")`.
@@ -12,6 +12,7 @@ from __future__ import annotations
 from graphopt.analysis.rule_columns import mac_rule
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Node
+from graphopt.ir.ops.recurrent import CELLS, first_weight, lstm_weights_per_direction
 
 
 @mac_rule("conv")
@@ -69,15 +70,16 @@ def _sdpa(node: Node, numel) -> int:
     return batch_and_l * s * (numel(q.shape[-1:]) + numel(v.shape[-1:]))
 
 
-@mac_rule("lstm")
-def _lstm(node: Node, numel) -> int:
-    """Every step of every layer and direction: the 4 gates' products with x_t (w_ih) and with h_{t-1} (w_hh)."""
+@mac_rule("lstm", "gru")
+def _recurrent(node: Node, numel) -> int:
+    """Every step of every layer and direction: each gate's products with x_t (w_ih) and with h_{t-1} (w_hh)."""
     x, a = node.inputs[0], node.attrs
     steps_times_batch = numel(x.shape[:2])
     hidden, directions = a["hidden_size"], 2 if a["bidirectional"] else 1
-    per_direction = 4 if a["has_biases"] else 2
+    gates = CELLS[node.op][0]
+    per_direction = lstm_weights_per_direction(a["has_biases"])
     total = 0
     for layer in range(a["num_layers"]):
-        w_ih = node.inputs[3 + layer * directions * per_direction]
-        total += directions * steps_times_batch * 4 * hidden * (numel(w_ih.shape[1:]) + hidden)
+        w_ih = node.inputs[first_weight(node.op) + layer * directions * per_direction]
+        total += directions * steps_times_batch * gates * hidden * (numel(w_ih.shape[1:]) + hidden)
     return total

@@ -1,4 +1,4 @@
-"""ATen converters for recurrent layers: aten.lstm (nn.LSTM on padded, not packed, sequences)."""
+"""ATen converters for recurrent layers: aten.lstm and aten.gru (nn.LSTM/nn.GRU on padded, not packed, sequences)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from graphopt.frontends.torch import register_torch_op
 from graphopt.ir.ops.recurrent import lstm_weights_per_direction
 
 
-@register_torch_op("aten.lstm.input")
-def _lstm(ctx, node):
+def _recurrent(ctx, node, op: str, states: list):
+    """input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first -> one `op` node."""
     x = ctx.value(node.args[0])
-    h0, c0 = (ctx.value(v) for v in node.args[1])
     weights = [ctx.value(w) for w in node.args[2]]
     has_biases, num_layers = bool(node.args[3]), int(node.args[4])
     bidirectional, batch_first = bool(node.args[7]), bool(node.args[8])
@@ -20,4 +19,14 @@ def _lstm(ctx, node):
                             f"({len(weights)} weights, {expected} expected without a projection)")
     attrs = {"hidden_size": int(weights[1].shape[1]), "num_layers": num_layers, "bidirectional": bidirectional,
              "batch_first": batch_first, "has_biases": has_biases}
-    return list(ctx.emit("lstm", [x, h0, c0, *weights], attrs).outputs)
+    return list(ctx.emit(op, [x, *(ctx.value(s) for s in states), *weights], attrs).outputs)
+
+
+@register_torch_op("aten.lstm.input")
+def _lstm(ctx, node):
+    return _recurrent(ctx, node, "lstm", list(node.args[1]))
+
+
+@register_torch_op("aten.gru.input")
+def _gru(ctx, node):
+    return _recurrent(ctx, node, "gru", [node.args[1]])
