@@ -299,3 +299,7 @@ def test_hugging_face_model_traced_at_batch1_runs_at_batch4(arch):
     torch.testing.assert_close(to_module(graph)(ids4, mask4)["last_hidden_state"], expected)
     onnx_backend = pytest.importorskip("graphopt.backends.onnx")
     torch.testing.assert_close(first(onnx_backend.compile(graph)(ids4, mask4)), expected, atol=1e-4, rtol=1e-4)
+    pruned = graphopt.optimize(model, (ids1, mask1), prune=0.5, backend="onnx")  # pruned at batch 1, run at 4
+    assert pruned.report.params_after < pruned.report.params_before
+    reference = pruned.torch_module(trainable=False)(ids4, mask4)["last_hidden_state"]
+    torch.testing.assert_close(first(pruned(ids4, mask4)), reference, atol=1e-4, rtol=1e-4)
