@@ -124,8 +124,8 @@ CASES: list[Case] = [
     # ---------------------------------------------------------- elementwise
     *[Case(op, [X]) for op in ("relu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "mish", "exp", "neg",
                                 "abs", "erf", "sin", "cos", "identity")],
-    *[Case(op, [POS]) for op in ("log", "sqrt", "rsqrt", "reciprocal")],
-    *[Case(op, [X * 3]) for op in ("sign", "floor", "ceil")],
+    *[Case(op, [POS]) for op in ("log", "sqrt", "rsqrt", "reciprocal", "log1p")],
+    *[Case(op, [X * 3]) for op in ("sign", "floor", "ceil", "expm1")],
     *[Case(op, [INT], id=f"{op}-int") for op in ("sign", "floor", "ceil")],
     Case("gelu", [X], {"approximate": "none"}, id="gelu-erf"),
     Case("gelu", [X], {"approximate": "tanh"}, id="gelu-tanh"),
