@@ -3,9 +3,10 @@
 torch.export makes an axis whose example size is 0 or 1 a constant (it cannot tell a broadcast
 from a batch of one), so `trace(model, (torch.randn(1, 3, 224, 224),))` used to give a graph
 that only runs at batch 1. Batch 1 is how most users write an example, so an axis asked to be
-dynamic that has size 1 is traced on the example repeated to size 2 along it, and the program is
-then checked against the model on the user's own example: code that computes something else at
-size 1 (a `squeeze()`, an `if x.shape[0] == 1`) is caught there, and that axis stays static.
+dynamic that has size 1 is traced on the example repeated to size 2 along it, and the graph
+imported from that program is run against the model on the user's own example
+(`differs_at_example`, called by `trace`): code that computes something else at size 1 (a
+`squeeze()`, an `if x.shape[0] == 1`) is caught there, and that axis is traced as given, static.
 
 When torch.export still makes an asked-for axis static, graphopt says which (input, axis,
 symbol) and the source line that forced it: torch logs each specialisation from inside the frame
