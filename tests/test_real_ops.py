@@ -125,6 +125,7 @@ OP_CASES = [
            (X,), {"expand"}),
     OpCase("unary-on-integers", Fn(lambda m, x: torch.reciprocal(m.n + 1) * x + torch.logical_not(m.n - 2) * x,
                                    n=torch.arange(6)), (X,), {"reciprocal", "logical_not"}),
+    OpCase("eye", Fn(lambda m, x: x @ (torch.eye(6) * 2) + torch.eye(4, 6, dtype=torch.bool)), (X,), {"eq"}),
     # transformers' mask indexing
     OpCase("advanced-index", Fn(lambda m, x: x[m.b[:, None, None], m.q[None, :, None]].sum((-1, -2))
                                 + x[:, m.q[:, None], m.r].sum(-1), b=torch.tensor([1, 0]), q=torch.tensor([3, 0, 1]),

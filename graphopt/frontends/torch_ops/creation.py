@@ -1,9 +1,12 @@
-"""ATen converters for ops that create tensors: full/zeros/ones (and their _like forms), scalar_tensor, arange."""
+"""ATen converters for ops that create tensors: full/zeros/ones (and their _like forms), scalar_tensor, arange, eye."""
 
 from __future__ import annotations
 
+import torch
+
 from graphopt.frontends.torch import register_torch_op
-from graphopt.frontends.torch_ops._common import full_node
+from graphopt.frontends.torch_ops._common import cast_to, full_node
+from graphopt.ir import dims as D
 
 
 @register_torch_op("aten.full", "aten.new_full")
@@ -43,3 +46,15 @@ def _arange(ctx, node):
     else:
         start, end, step = args[:3]
     return ctx.emit1("arange", [], {"start": start, "end": end, "step": step, "dtype": ctx.out_dtype()})
+
+
+@register_torch_op("aten.eye")
+def _eye(ctx, node):
+    # eye(n, m) = arange(n)[:, None] == arange(m)[None, :], in the requested dtype (linear-attention decays)
+    n, m = ctx.out_shape()
+    rows = ctx.emit1("arange", [], {"start": 0, "end": n, "step": 1, "dtype": torch.int64})
+    cols = rows if D.dims_equal(n, m) else ctx.emit1("arange", [], {"start": 0, "end": m, "step": 1,
+                                                                      "dtype": torch.int64})
+    rows = ctx.emit1("reshape", [rows], {"shape": [n, 1]})
+    cols = ctx.emit1("reshape", [cols], {"shape": [1, m]})
+    return cast_to(ctx, ctx.emit1("eq", [rows, cols]), ctx.out_dtype())
