@@ -134,25 +134,19 @@ def test_a_wrong_rule_that_breaks_removal_is_left_unpruned(two_branch):
     pruned.verify()
 
 
-def test_a_target_search_does_not_count_groups_whose_removal_fails(two_branch):
-    """The ratio search for a MACs target skips the group the net will leave whole, so the target is met."""
+@pytest.mark.parametrize("wrong_rule, weight, target", [(forget_linear_weight, "head.weight", 0.5),
+                                                        (swap_concat_offsets, "a.weight", 0.6)])
+def test_a_target_is_met_by_the_groups_the_net_keeps(two_branch, wrong_rule, weight, target):
+    """A MACs target holds without the excluded group: the search skips a group whose removal raises, and
+    searches again without a group the net excluded after removal (the first search counted its savings)."""
     _, inputs, graph = two_branch
-    forget_linear_weight()
-    bad = _group_with(graph, "head.weight")
-    _, report = _prune(graph, inputs, "target_macs=0.5")
+    wrong_rule()
+    bad = _group_with(graph, weight)
+    pruned, report = _prune(graph, inputs, f"target_macs={target}")
     assert [e.group for e in report.safety.excluded] == [bad.id]
-    assert report.macs_after <= 0.5 * report.macs_before and "searched for macs 50%" in report.summary()
-
-
-def test_a_target_is_met_by_the_other_groups_when_the_net_excludes_one(two_branch):
-    """The first search counted the concat group's savings; after the net leaves it whole, the search runs again."""
-    _, inputs, graph = two_branch
-    swap_concat_offsets()
-    bad = _group_with(graph, "a.weight")
-    pruned, report = _prune(graph, inputs, "target_macs=0.6")
-    assert [e.group for e in report.safety.excluded] == [bad.id]
-    assert report.macs_after <= 0.6 * report.macs_before and "searched for macs 60%" in report.summary()
-    assert pruned.weights["a.weight"].shape[0] == 16 and run_graph(pruned, inputs)[0].shape == (2, 10)
+    assert report.macs_after <= target * report.macs_before and f"searched for macs {target:.0%}" in report.summary()
+    assert pruned.weights[weight].shape[0] == graph.weights[weight].shape[0]
+    assert run_graph(pruned, inputs)[0].shape == (2, 10)
 
 
 def test_the_bisection_costs_about_log2_checks_per_bad_group(two_branch):
