@@ -42,6 +42,14 @@ class Fn(nn.Module):
         return self.fn(self, x) if y is None else self.fn(self, x, y)
 
 
+class StridedWrite(nn.Module):
+    def forward(self, x):
+        y = x.clone()
+        y[..., ::2] = x[..., 1::2] * 2
+        y[:, 1:4:2] = -x[:, :2]
+        return y
+
+
 @dataclass
 class OpCase:
     id: str
@@ -94,7 +102,8 @@ OP_CASES = [
     OpCase("meshgrid-xy", Fn(lambda m, x: x + torch.meshgrid(m.a, m.b, indexing="xy")[0],
                              a=torch.randn(6), b=torch.randn(4)), (X,), {"expand"}),
     # ConvNeXt-V2 GRN, cosine attention
-    OpCase("vector-norm-grn", Fn(lambda m, x: x / (torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True) + 1e-6)),
+    OpCase("vector-norm-grn",
+           Fn(lambda m, x: x / (torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True) + 1e-6)),
            (X,), {"sqrt", "sum"}),
     OpCase("vector-norm-orders", Fn(lambda m, x: torch.linalg.vector_norm(x, 1, dim=-1)
                                     + torch.linalg.vector_norm(x, float("inf"), dim=1).sum(-1, keepdim=True)
@@ -126,6 +135,8 @@ OP_CASES = [
     OpCase("unary-on-integers", Fn(lambda m, x: torch.reciprocal(m.n + 1) * x + torch.logical_not(m.n - 2) * x,
                                    n=torch.arange(6)), (X,), {"reciprocal", "logical_not"}),
     OpCase("eye", Fn(lambda m, x: x @ (torch.eye(6) * 2) + torch.eye(4, 6, dtype=torch.bool)), (X,), {"eq"}),
+    # interleaved rotary halves written back in place (x[..., ::2] = a)
+    OpCase("strided-slice-assignment", StridedWrite(), (X,), {"index_select", "where"}),
     # transformers' mask indexing
     OpCase("advanced-index", Fn(lambda m, x: x[m.b[:, None, None], m.q[None, :, None]].sum((-1, -2))
                                 + x[:, m.q[:, None], m.r].sum(-1), b=torch.tensor([1, 0]), q=torch.tensor([3, 0, 1]),

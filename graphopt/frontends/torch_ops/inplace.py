@@ -1,4 +1,4 @@
-"""ATen converters for functionalised in-place writes: copy, fill, slice_scatter, select_scatter."""
+"""ATen converters for functionalised in-place writes: copy, fill, slice_scatter (strided too), select_scatter."""
 
 from __future__ import annotations
 
@@ -48,13 +48,36 @@ def _scatter_range(ctx, x: Value, src: Value, axis: int, start, end) -> Value:
 def _slice_scatter(ctx, node):
     x, src = ctx.value(node.args[0]), ctx.value(node.args[1])
     axis = int(schema_arg(node, 2, "dim", 0)) % x.rank
-    if int(schema_arg(node, 5, "step", 1)) != 1:
-        raise GraphoptError(f"node '{node.name}': strided slice assignment is not supported")
+    step = int(schema_arg(node, 5, "step", 1))
     size = x.shape[axis]
     start = ctx.dim(schema_arg(node, 3, "start", 0) or 0)
     end = schema_arg(node, 4, "end", None)
     start, end = clamp_range(start, size if end is None else ctx.dim(end), size)
+    if step != 1:
+        return _scatter_strided(ctx, node, x, src, axis, range(start, end, step) if isinstance(end, int) else None)
     return _scatter_range(ctx, x, src, axis, start, end)
+
+
+def _scatter_strided(ctx, node, x: Value, src: Value, axis: int, positions: range | None) -> Value:
+    """x[..., start:end:step, ...] = src (interleaved rotary halves, x[..., ::2] = a), as a select by a constant mask.
+
+    Position i of the axis takes src[k] where i is the k-th written position, else x[i]:
+    where(mask, index_select(src, axis, k of i), x), all with constants, so it is exact.
+    """
+    size = x.shape[axis]
+    if positions is None or not isinstance(size, int):
+        raise GraphoptError(f"node '{node.name}': strided slice assignment on the dynamic axis {axis} is not "
+                            "supported; export with that axis static")
+    which = torch.zeros(size, dtype=torch.int64)
+    which[list(positions)] = torch.arange(len(positions))
+    mask = torch.zeros(size, dtype=torch.bool)
+    mask[list(positions)] = True
+    shape = [1] * x.rank
+    shape[axis] = size
+    picked = ctx.emit1("index_select", [cast_to(ctx, src, x.dtype), ctx.graph.add_const(which, name="scatter_index")],
+                       {"axis": axis})
+    written = ctx.graph.add_const(mask.reshape(shape), name="scatter_mask")
+    return ctx.emit1("where", [written, picked, x])
 
 
 @register_torch_op("aten.select_scatter")
