@@ -256,17 +256,16 @@ def _gap(a: Any, b: Any, tolerance: tuple[float, float]) -> str | None:
     if not (a.is_floating_point() or a.is_complex()):
         return None if torch.equal(a, b) else f"{int((a != b).sum())} of {a.numel()} elements differ"
     rtol, atol = tolerance
-    finite = torch.isfinite(b)
-    if not torch.equal(finite, torch.isfinite(a)) or not torch.equal(a[~finite].nan_to_num(), b[~finite].nan_to_num()):
-        return "NaN or inf at other places"
-    a, b = a[finite].double(), b[finite].double()
-    if b.numel() == 0:
+    # whole-tensor ops only: a language model's logits are millions of elements
+    magnitude = torch.where(torch.isfinite(b), b.abs(), torch.zeros((), dtype=b.abs().dtype, device=b.device))
+    scale = float(magnitude.max()) if b.numel() else 0.0
+    if torch.allclose(a, b, rtol=rtol, atol=atol * scale, equal_nan=True):
         return None
-    scale = float(b.abs().max())
-    error = (a - b).abs()
-    if bool((error <= rtol * b.abs() + atol * scale).all()):
-        return None
-    return f"max error {float(error.max()):.3g} at output scale {scale:.3g}"
+    finite = torch.isfinite(a)
+    if not torch.equal(finite, torch.isfinite(b)):
+        return "NaN or inf at other places than in the masked original"
+    error = float(torch.where(finite, (a - b).abs(), torch.zeros_like(magnitude)).max())
+    return f"max error {error:.3g} at output scale {scale:.3g}"
 
 
 def _expected_shapes(graph: Graph, inputs: tuple) -> list[tuple[int, ...] | None]:
