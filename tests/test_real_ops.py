@@ -141,6 +141,11 @@ OP_CASES = [
     OpCase("advanced-index", Fn(lambda m, x: x[m.b[:, None, None], m.q[None, :, None]].sum((-1, -2))
                                 + x[:, m.q[:, None], m.r].sum(-1), b=torch.tensor([1, 0]), q=torch.tensor([3, 0, 1]),
                                 r=torch.tensor([5, 2])), (X,), {"index_select"}, dynamic=None, other_batch=None),
+    OpCase("advanced-index-negative", Fn(lambda m, x, i: x[i, i - 2] + x[:, m.r[None, :], i[:, None]].sum(),
+                                         r=torch.tensor([-1, 2])), (X, torch.tensor([-1, 1, 0])),
+           {"index_select", "where"}, dynamic=None, other_batch=None),
+    OpCase("advanced-index-dynamic-batch", Fn(lambda m, x: x[m.b[:, None], m.q[None, :]], b=torch.tensor([-1, 0]),
+                                              q=torch.tensor([-1, 2, 0])), (X,), {"index_select", "full"}),
 ]
 
 

@@ -176,17 +176,19 @@ def _advanced_index(ctx, node, x: Value, used: dict[int, Value]) -> Value:
     if not adjacent:  # torch puts the broadcast index dims first then; so does moving the axes to the front
         x = ctx.emit1("permute", [x], {"dims": axes + [a for a in range(x.rank) if a not in used]})
     sizes = [x.shape[first + k] for k in range(len(axes))]
-    flat: Value | None = None
+    terms = []
     for k, axis in enumerate(axes):
         stride = D.prod(sizes[k + 1:])
         if not isinstance(stride, int):
             raise GraphoptError(f"node '{node.name}': advanced indexing needs static sizes after the first "
                                 f"indexed axis, not {sizes[k + 1:]}")
-        term = cast_to(ctx, used[axis], torch.int64)
-        if stride != 1:
-            term = ctx.emit1("mul", [term, ctx.scalar(stride)])
-        flat = term if flat is None else ctx.emit1("add", [flat, term])
-    assert flat is not None
+        # a negative index counts from its own axis' end (index_select rejects it; ONNX would count from the
+        # merged axis' end)
+        term = _wrap_negative(ctx, cast_to(ctx, used[axis], torch.int64), sizes[k])
+        terms.append(term if stride == 1 else ctx.emit1("mul", [term, ctx.scalar(stride)]))
+    flat = terms[0]
+    for term in terms[1:]:
+        flat = ctx.emit1("add", [flat, term])
     merged = list(x.shape[:first]) + [D.prod(sizes)] + list(x.shape[first + len(axes):])
     x = ctx.emit1("reshape", [x], {"shape": merged})
     flat = ctx.emit1("reshape", [flat], {"shape": [D.prod(flat.shape)]}) if flat.rank != 1 else flat
@@ -261,6 +263,18 @@ def _meshgrid(ctx, node):
         y = ctx.emit1("reshape", [x], {"shape": line}) if list(x.shape) != line else x
         outs.append(ctx.emit1("expand", [y], {"shape": full}) if line != full else y)
     return outs
+
+
+def _wrap_negative(ctx, index: Value, size: D.Dim) -> Value:
+    """index + size where index < 0; nothing to emit for constant indices that are all non-negative."""
+    if index.data is not None and bool((index.data >= 0).all()):
+        return index
+    if isinstance(size, int):
+        total = ctx.scalar(size)
+    else:  # a dynamic axis: its size at run time
+        total = ctx.emit1("full", [], {"shape": [], "value": size, "dtype": torch.int64})
+    negative = ctx.emit1("lt", [index, ctx.scalar(0)])
+    return ctx.emit1("where", [negative, ctx.emit1("add", [index, total]), index])
 
 
 @register_torch_op("aten.constant_pad_nd", "aten.pad")
