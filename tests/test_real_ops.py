@@ -1,8 +1,8 @@
 """ATen ops real model code uses trace, run on torch and ONNX Runtime as eager does, and keep channels sound.
 
-The ops: gather, bitwise ops on masks, stack, roll, binary min/max, tensor clamp bounds, addcmul, meshgrid,
-vector norms, amax over several axes, advanced indexing, sign/floor/ceil. Tiny transformers models that use
-them (BERT, DeBERTa-v2, Mistral, BLOOM, T5, ConvNeXt-V2, Swin) round-trip.
+The ops: gather, scatter, bitwise ops on masks, stack, roll, binary min/max, tensor clamp bounds, addcmul,
+meshgrid, vector norms, amax over several axes, advanced indexing, sign/floor/ceil, .... Tiny transformers models
+that use them (BERT, DeBERTa-v2, Mistral, BLOOM, T5, ConvNeXt-V2, Swin) round-trip.
 
 Each op case is a small module written the way model code writes it; the check is numeric (the traced graph
 on torch and on ONNX Runtime, at the example batch and another one) plus which canonical ops it became, so a
@@ -137,6 +137,12 @@ OP_CASES = [
     OpCase("eye", Fn(lambda m, x: x @ (torch.eye(6) * 2) + torch.eye(4, 6, dtype=torch.bool)), (X,), {"eq"}),
     # interleaved rotary halves written back in place (x[..., ::2] = a)
     OpCase("strided-slice-assignment", StridedWrite(), (X,), {"index_select", "where"}),
+    # DeepSeek-style group routing marks the top-k groups with scatter_; scatter_add accumulates
+    OpCase("scatter-group-mask", Fn(lambda m, x: x * torch.zeros_like(x).scatter_(2, x.topk(2, dim=-1)[1], 1)),
+           (X,), {"scatter", "topk"}),
+    OpCase("scatter-src-add", Fn(lambda m, x: torch.scatter(x, 1, m.i, x * 2) + x.scatter_add(1, m.i[:, :2], x),
+                                 i=torch.argsort(torch.rand(1, 4, 6), 1)[:, :3].expand(2, 3, 6)),
+           (X,), {"scatter"}, dynamic=None, other_batch=None),
     # transformers' mask indexing
     OpCase("advanced-index", Fn(lambda m, x: x[m.b[:, None, None], m.q[None, :, None]].sum((-1, -2))
                                 + x[:, m.q[:, None], m.r].sum(-1), b=torch.tensor([1, 0]), q=torch.tensor([3, 0, 1]),
@@ -215,6 +221,8 @@ SOUND = {  # the op keeps the channels prunable, and removal equals masking
 BARRIER = {  # the op picks channels by value: not prunable, and the report names it
     "gather-channels": (ChannelNet(lambda m, y, z: torch.gather(y, 1, m.index.expand(y.shape[0], -1, -1)),
                                    index=torch.randint(0, 8, (1, 8, 5))), "gather %gather picks channels by position"),
+    "scatter": (ChannelNet(lambda m, y, z: y.scatter(1, m.index.expand(y.shape[0], -1, -1), z),
+                           index=torch.argsort(torch.rand(1, 8, 5), 1)), "op 'scatter' (node %scatter"),
 }
 
 

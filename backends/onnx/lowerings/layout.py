@@ -68,6 +68,17 @@ def _gather(b, node, ins):
                 dtype=out_of(node).dtype)
 
 
+@lowering("scatter")
+def _scatter(b, node, ins):
+    dt = out_of(node).dtype
+    attrs = {"axis": int(node.attrs["axis"]) % node.inputs[0].rank}
+    if node.attrs.get("reduce", "none") == "add":
+        if b.opset < 16:
+            raise GraphoptError(f"{node.where()}: scatter_add needs ScatterElements' reduction, opset 16 or later")
+        attrs["reduction"] = "add"
+    return b.op("ScatterElements", [ins[0], ins[1], b.cast(ins[2], dt, node.inputs[2].dtype)], attrs, dtype=dt)
+
+
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 

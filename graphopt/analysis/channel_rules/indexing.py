@@ -1,9 +1,9 @@
-"""Channel rules of ops that pick or mask positions: select, index_select, gather, triu, tril."""
+"""Channel rules of ops that pick or mask positions: select, index_select, gather, scatter, triu, tril."""
 
 from __future__ import annotations
 
 from graphopt.analysis.channels import Builder
-from graphopt.analysis.rule_columns import register_channel_rule
+from graphopt.analysis.rule_columns import BARRIER, register_channel_rule
 from graphopt.ir.graph import Node
 
 
@@ -59,3 +59,8 @@ def _gather(b: Builder, node: Node) -> None:
     for s in b.spaces_of(out):  # a prefix of x's axis: removing a channel would shift the rest
         if set(s.axes) - set(same) - {axis}:
             b.barriers.setdefault(id(s), f"gather %{node.name} reads a prefix of the channels")
+
+
+# Where scatter writes depends on the index values (MoE group routing writes a mask at the top-k
+# positions), so no channel of x, indices or src corresponds to a fixed channel of the output.
+register_channel_rule("scatter")(BARRIER)

@@ -1,4 +1,4 @@
-"""ATen converters for layout ops: views, permutes, expand/repeat, cat/stack/split/slice/roll, indexing, padding."""
+"""ATen converters for layout ops: views, permutes, expand, cat/stack/split/slice/roll, gather/scatter, padding."""
 
 from __future__ import annotations
 
@@ -201,6 +201,26 @@ def _gather(ctx, node):
     x = ctx.value(node.args[0])
     axis = int(schema_arg(node, 1, "dim", 0)) % max(x.rank, 1)
     return ctx.emit1("gather", [x, ctx.value(schema_arg(node, 2, "index"))], {"axis": axis})
+
+
+@register_torch_op("aten.scatter", "aten.scatter_", "aten.scatter_add", "aten.scatter_add_")
+def _scatter(ctx, node):
+    # MoE group routing: zeros_like(scores).scatter_(1, topk_idx, 1) marks the chosen groups
+    x = ctx.value(node.args[0])
+    axis = int(schema_arg(node, 1, "dim", 0)) % max(x.rank, 1)
+    index = ctx.value(schema_arg(node, 2, "index"))
+    src = schema_arg(node, 3, "src", schema_arg(node, 3, "value"))
+    if "reduce" in node.kwargs:
+        raise GraphoptError(f"node '{node.name}': scatter with reduce={node.kwargs['reduce']!r} is not supported")
+    if isinstance(src, torch.fx.Node):  # torch reads src only where index reaches
+        src = cast_to(ctx, ctx.value(src), x.dtype)
+        for a, (have, want) in enumerate(zip(src.shape, index.shape)):
+            if not same_dim(have, want):
+                src = ctx.emit1("slice", [src], {"axis": a, "start": 0, "end": want, "step": 1})
+    else:
+        src = ctx.emit1("full", [], {"shape": list(index.shape), "value": src, "dtype": x.dtype})
+    reduce = "add" if "scatter_add" in str(node.target) else "none"
+    return ctx.emit1("scatter", [x, index, src], {"axis": axis, "reduce": reduce})
 
 
 @register_torch_op("aten.stack")

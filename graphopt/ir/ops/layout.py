@@ -1,4 +1,4 @@
-"""Layout ops (reshape, permute, expand, concat, split, slice, select, index_select, gather, pad).
+"""Layout ops (reshape, permute, expand, concat, split, slice, select, index_select, gather, scatter, pad).
 
 Each op's definition and shape rule sit next to its torch kernel.
 """
@@ -152,6 +152,28 @@ def _gather(node: Node) -> list[TensorType]:
 @kernel("gather")
 def gather(x, indices, *, axis):
     return torch.gather(x, axis, indices)
+
+
+@op("scatter", "x, indices, src", attrs={"axis": "axis", "reduce": "'none' (write) or 'add' (accumulate)"},
+    shape="same as x; indices and src have one shape", category="layout",
+    doc="x with x[..., indices[..., i, ...], ...] = src[..., i, ...] along axis (torch.scatter / scatter_add)",
+    traits={LAYOUT})
+def _scatter(node: Node) -> list[TensorType]:
+    x, idx, src = in_(node, 0), in_(node, 1), in_(node, 2)
+    norm_axis(node.attrs["axis"], x.rank)
+    if not idx.rank == src.rank == x.rank or not D.shapes_equal(idx.shape, src.shape):
+        raise ShapeError(f"{node.where()}: scatter wants indices and src of one shape and x's rank, got "
+                         f"{list(idx.shape)} and {list(src.shape)} for rank {x.rank}")
+    if node.attrs.get("reduce", "none") not in ("none", "add"):
+        raise ShapeError(f"{node.where()}: scatter reduce must be 'none' or 'add', not {node.attrs['reduce']!r}")
+    return [(x.shape, x.dtype)]
+
+
+@kernel("scatter")
+def scatter(x, indices, src, *, axis, reduce="none"):
+    if reduce == "add":
+        return torch.scatter_add(x, axis, indices, src)
+    return torch.scatter(x, axis, indices, src)
 
 
 @op("pad", "x", attrs={"pad": "torch order: (last_lo, last_hi, prev_lo, prev_hi, ...)", "mode": "constant|reflect|replicate",
