@@ -47,6 +47,7 @@ class StridedWrite(nn.Module):
         y = x.clone()
         y[..., ::2] = x[..., 1::2] * 2
         y[:, 1:4:2] = -x[:, :2]
+        y[..., 7::2] = x[..., 7::2] * 3  # an empty range (qwen3.5's rotary recomposition writes such)
         return y
 
 
@@ -143,6 +144,10 @@ OP_CASES = [
     OpCase("scatter-src-add", Fn(lambda m, x: torch.scatter(x, 1, m.i, x * 2) + x.scatter_add(1, m.i[:, :2], x),
                                  i=torch.argsort(torch.rand(1, 4, 6), 1)[:, :3].expand(2, 3, 6)),
            (X,), {"scatter"}, dynamic=None, other_batch=None),
+    # idefics3's patch position buckets
+    OpCase("bucketize", Fn(lambda m, x: torch.bucketize(x, m.b) + torch.bucketize(x.round(), m.b, right=True,
+                                                                                  out_int32=True),
+                           b=torch.tensor([-1.0, 0.0, 0.5, 2.0])), (X,), {"gt", "ge", "sum"}),
     # transformers' mask indexing
     OpCase("advanced-index", Fn(lambda m, x: x[m.b[:, None, None], m.q[None, :, None]].sum((-1, -2))
                                 + x[:, m.q[:, None], m.r].sum(-1), b=torch.tensor([1, 0]), q=torch.tensor([3, 0, 1]),

@@ -43,12 +43,15 @@ def _log1p(b, node, ins):
     return b.op("Log", [b.op("Add", [ins[0], scalar(b, 1.0, dt)], dtype=dt)], dtype=dt)
 
 
-@lowering("floor", "ceil")
+_ROUNDING = {"floor": "Floor", "ceil": "Ceil", "round": "Round"}  # ONNX Round also sends halves to even
+
+
+@lowering(*_ROUNDING)
 def _round(b, node, ins):
     dt = out_of(node).dtype
-    if not dt.is_floating_point:  # ONNX Floor/Ceil take floats only; on integers torch returns x
+    if not dt.is_floating_point:  # ONNX Floor/Ceil/Round take floats only; on integers torch returns x
         return b.op("Identity", ins[:1], dtype=dt)
-    return b.op("Floor" if node.op == "floor" else "Ceil", ins[:1], dtype=dt)
+    return b.op(_ROUNDING[node.op], ins[:1], dtype=dt)
 
 
 @lowering("logical_not")

@@ -40,6 +40,7 @@ def _check_bitwise_on_bool(node, *values) -> None:
 
 for _aten, _op in _UNARY.items():
     register_torch_op(f"aten.{_aten}", f"aten.{_aten}_")(_unary(_op))
+register_torch_op("aten.round.default", "aten.round_.default")(_unary("round"))  # round(x, decimals=n) is not mapped
 
 
 @register_torch_op("aten.square", "aten.square_")

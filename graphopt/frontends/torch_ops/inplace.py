@@ -68,6 +68,8 @@ def _scatter_strided(ctx, node, x: Value, src: Value, axis: int, positions: rang
     if positions is None or not isinstance(size, int):
         raise GraphoptError(f"node '{node.name}': strided slice assignment on the dynamic axis {axis} is not "
                             "supported; export with that axis static")
+    if not positions:  # an empty range writes nothing (and there is nothing in src to select from)
+        return x
     which = torch.zeros(size, dtype=torch.int64)
     which[list(positions)] = torch.arange(len(positions))
     mask = torch.zeros(size, dtype=torch.bool)

@@ -1,9 +1,10 @@
-"""ATen converters for reductions: sum/mean/amax/..., argmax/argmin, max.dim, var, vector norms, logsumexp."""
+"""ATen converters for reductions: sum/mean/amax/..., argmax/argmin, max.dim, var, norms, logsumexp, bucketize."""
 
 from __future__ import annotations
 
 import math
 
+from graphopt.errors import GraphoptError
 from graphopt.frontends.torch import register_torch_op
 from graphopt.frontends.torch_ops._common import as_list, cast_to, schema_arg
 
@@ -116,3 +117,15 @@ def _logsumexp(ctx, node):
     if not keepdim:
         shift = ctx.emit1("reshape", [shift], {"shape": list(total.shape)})
     return ctx.emit1("add", [ctx.emit1("log", [total]), shift])
+
+
+@register_torch_op("aten.bucketize.Tensor")
+def _bucketize(ctx, node):
+    """The bucket of each x among sorted 1-d boundaries: how many boundaries lie below it (or at it, right=True)."""
+    x, bounds = ctx.value(node.args[0]), ctx.value(node.args[1])
+    if bounds.rank != 1:
+        raise GraphoptError(f"node '{node.name}': bucketize needs 1-d boundaries, not {list(bounds.shape)}")
+    column = ctx.emit1("reshape", [x], {"shape": [*x.shape, 1]})
+    below = ctx.emit1("ge" if node.kwargs.get("right", False) else "gt", [column, bounds])
+    count = ctx.emit1("sum", [below], {"axes": [x.rank], "keepdim": False})
+    return cast_to(ctx, count, ctx.out_dtype())

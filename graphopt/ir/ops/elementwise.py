@@ -84,6 +84,7 @@ _UNARY = {
     "sign": ({}, "-1, 0 or 1 by the sign of x", torch.sign),
     "floor": ({}, "round down (identity on integers)", torch.floor),
     "ceil": ({}, "round up (identity on integers)", torch.ceil),
+    "round": ({}, "round to the nearest integer, halves to even (identity on integers)", torch.round),
     "clamp": ({"min": "lower bound or None", "max": "upper bound or None"}, "clamp to [min, max]", clamp),
     "dropout": ({"p": "drop probability (identity at inference)"},
                 "identity at inference; training drops with probability p", dropout),
