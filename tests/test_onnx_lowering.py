@@ -165,6 +165,9 @@ CASES: list[Case] = [
     Case("logical_or", [BOOL, BOOL.flip(0)]),
     Case("logical_xor", [BOOL, BOOL.flip(0)]),
     Case("logical_xor", [BOOL, torch.rand(1, 3, 1) > 0.5], id="logical_xor-broadcast"),
+    # integer bitwise ops need opset 18 (test_integer_bitwise_ops_need_opset_18); on bools any opset does
+    *[Case(op, [BOOL, BOOL.flip(0)], id=f"{op}-bool") for op in ("bitwise_and", "bitwise_or", "bitwise_xor")],
+    Case("bitwise_not", [BOOL], id="bitwise_not-bool"),
     Case("where", [BOOL, X, scalar(-1.0)]),
     Case("cast", [X * 4], {"dtype": torch.int64}, id="cast-f32-i64"),
     Case("cast", [INT], {"dtype": torch.float32}, id="cast-i64-f32"),
@@ -413,6 +416,16 @@ def test_circular_pad_needs_opset_19():
     with pytest.raises(GraphoptError, match="circular.*opset 17"):
         gonnx.to_onnx(graph, opset=17)
     check(case, 19)
+
+
+@pytest.mark.parametrize("op,inputs", [("bitwise_and", [INT, INT.flip(0)]), ("bitwise_or", [INT, BOOL]),
+                                       ("bitwise_xor", [INT.int(), INT.flip(0).int()]), ("bitwise_not", [INT])])
+def test_integer_bitwise_ops_need_opset_18(op, inputs):
+    case = Case(op, inputs)
+    graph, _ = build(case)
+    with pytest.raises(GraphoptError, match=f"{op} on torch.int.* needs ONNX's Bitwise.*opset 18"):
+        gonnx.to_onnx(graph, opset=17)
+    check(case, 18)
 
 
 def test_reshape_keeps_shape_tensors_constant():

@@ -187,14 +187,19 @@ def test_op_traces_and_runs_on_torch_and_onnxruntime(case: OpCase):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("fn,message", [
-    (lambda m, a, b: a & b, "bitwise ops are supported on bool tensors (masks) only"),
-    (lambda m, a, b: ~a + b, "bitwise ops are supported on bool tensors (masks) only"),
-])
-def test_bitwise_ops_on_integers_say_so(fn, message):
-    ints = torch.randint(0, 7, (2, 3))
-    with pytest.raises(GraphoptError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        _trace(Fn(fn), (ints, ints))
+def test_bitwise_ops_on_integers_stay_bitwise():
+    """cpmant ORs an int32 context with a bool mask: bits, not truth values (opset 18 has the ONNX ops)."""
+    ints, mask = torch.randint(-9, 9, (2, 3), dtype=torch.int32), torch.rand(2, 3) > 0.5
+    module = Fn(lambda m, a, b: (a | b) + (a & 6) + (a ^ ~a) * (~b).int())
+    graph = _trace(module, (ints, mask))
+    assert {"bitwise_or", "bitwise_and", "bitwise_xor", "bitwise_not", "logical_not"} <= {n.op for n in graph.nodes}
+    with torch.no_grad():
+        want = module(ints, mask)
+        for got in (to_module(graph)(ints, mask), gonnx.compile(graph, opset=18, threads=1)(ints, mask)):
+            assert got.dtype == want.dtype
+            torch.testing.assert_close(got, want)
+    with pytest.raises(GraphoptError, match="opset 18"):
+        gonnx.compile(graph)
 
 
 def test_roll_along_a_dynamic_axis_says_so():

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from graphopt.errors import GraphoptError
 from graphopt.ir.ops import result_dtype
 from graphopt.backends.onnx.lowering import Lowering, lowering
 from graphopt.backends.onnx.lowerings._common import casted, out_of, scalar
@@ -199,6 +200,22 @@ _LOGICAL = {"logical_and": "And", "logical_or": "Or", "logical_xor": "Xor"}
 def _logical(b, node, ins):
     args = casted(b, node, ins, torch.bool)
     return b.op(_LOGICAL[node.op], args, dtype=torch.bool)
+
+
+_BITWISE = {"bitwise_and": ("BitwiseAnd", "And"), "bitwise_or": ("BitwiseOr", "Or"),
+            "bitwise_xor": ("BitwiseXor", "Xor"), "bitwise_not": ("BitwiseNot", "Not")}
+
+
+@lowering(*_BITWISE)
+def _bitwise(b, node, ins):
+    dt = out_of(node).dtype
+    integer, logical = _BITWISE[node.op]
+    if dt == torch.bool:
+        return b.op(logical, casted(b, node, ins, dt), dtype=dt)
+    if b.opset < 18:
+        raise GraphoptError(f"{node.where()}: {node.op} on {dt} needs ONNX's {integer}, opset 18 or later; "
+                            f"export with opset=18")
+    return b.op(integer, casted(b, node, ins, dt), dtype=dt)
 
 
 @lowering("div")

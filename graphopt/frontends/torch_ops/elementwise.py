@@ -21,21 +21,19 @@ _UNARY = {
 def _unary(op: str):
     def convert(ctx: ImportContext, node):
         x = ctx.value(node.args[0])
-        _check_bitwise_on_bool(node, x)
         # torch computes in the output's dtype: exp/reciprocal/... of integers are floats, logical_not of
         # numbers is that of (x != 0), a bool
-        return ctx.emit1(op, [cast_to(ctx, x, ctx.out_dtype())])
+        return ctx.emit1(_bitwise_on_integers(node, op, x), [cast_to(ctx, x, ctx.out_dtype())])
 
     return convert
 
 
-def _check_bitwise_on_bool(node, *values) -> None:
-    """Bitwise ops map onto logical ones, which agree with them on bool tensors (masks) only."""
+def _bitwise_on_integers(node, op: str, *values) -> str:
+    """Bitwise ops on bools (masks) are the logical op; on integers they stay bitwise_*."""
     name = str(node.target)
-    if ("bitwise" in name or "__" in name) and any(v.dtype != torch.bool for v in values):
-        dtypes = ", ".join(str(v.dtype) for v in values)
-        raise GraphoptError(f"node '{node.name}' ({name}): bitwise ops are supported on bool tensors (masks) only, "
-                            f"not on {dtypes}")
+    if op.startswith("logical_") and ("bitwise" in name or "__" in name) and any(v.dtype != torch.bool for v in values):
+        return "bitwise_" + op[len("logical_"):]
+    return op
 
 
 for _aten, _op in _UNARY.items():
@@ -158,8 +156,7 @@ def _binary(op: str):
             mode = node.kwargs.get("rounding_mode")
             if mode is not None:
                 attrs["rounding_mode"] = mode
-        _check_bitwise_on_bool(node, a_val, b_val)
-        return ctx.emit1(op, [a_val, b_val], attrs)
+        return ctx.emit1(_bitwise_on_integers(node, op, a_val, b_val), [a_val, b_val], attrs)
 
     return convert
 

@@ -85,6 +85,7 @@ _UNARY = {
     "floor": ({}, "round down (identity on integers)", torch.floor),
     "ceil": ({}, "round up (identity on integers)", torch.ceil),
     "round": ({}, "round to the nearest integer, halves to even (identity on integers)", torch.round),
+    "bitwise_not": ({}, "~x: every bit flipped (integers; bools use logical_not)", torch.bitwise_not),
     "clamp": ({"min": "lower bound or None", "max": "upper bound or None"}, "clamp to [min, max]", clamp),
     "dropout": ({"p": "drop probability (identity at inference)"},
                 "identity at inference; training drops with probability p", dropout),
@@ -116,6 +117,10 @@ _BINARY = {
     "pow": ("a ** b", torch.pow),
     "maximum": ("elementwise max", torch.maximum),
     "minimum": ("elementwise min", torch.minimum),
+    # on integers; the front-ends map these on bools (masks) to logical_and/or/xor
+    "bitwise_and": ("a & b (integers)", torch.bitwise_and),
+    "bitwise_or": ("a | b (integers)", torch.bitwise_or),
+    "bitwise_xor": ("a ^ b (integers)", torch.bitwise_xor),
 }
 _COMPARE = {
     "eq": ("a == b", torch.eq), "ne": ("a != b", torch.ne), "lt": ("a < b", torch.lt), "le": ("a <= b", torch.le),
