@@ -119,7 +119,7 @@ _BINARY = {
     "minimum": ("elementwise min", torch.minimum),
     # on integers; the front-ends map these on bools (masks) to logical_and/or/xor
     "bitwise_and": ("a & b (integers)", torch.bitwise_and),
-    "bitwise_or": ("a | b (integers)", torch.bitwise_or),
+    "bitwise_or": ("a OR b bit by bit (integers)", torch.bitwise_or),
     "bitwise_xor": ("a ^ b (integers)", torch.bitwise_xor),
 }
 _COMPARE = {
