@@ -227,4 +227,3 @@ def _to(ctx, node):
                    "aten.lift_fresh", "aten.alias_copy", "aten.detach_", "aten.view_copy.dtype")
 def _identity(ctx, node):
     return ctx.value(node.args[0])
-
