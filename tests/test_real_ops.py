@@ -148,6 +148,11 @@ OP_CASES = [
     OpCase("bucketize", Fn(lambda m, x: torch.bucketize(x, m.b) + torch.bucketize(x.round(), m.b, right=True,
                                                                                   out_int32=True),
                            b=torch.tensor([-1.0, 0.0, 0.5, 2.0])), (X,), {"gt", "ge", "sum"}),
+    # yoso's angle of hashed vectors; xlstm's var(x, -1, unbiased, keepdim) with every argument positional
+    OpCase("inverse-trig", Fn(lambda m, x: torch.acos(torch.tanh(x)) + torch.asin(torch.tanh(x)) + torch.atan(x)),
+           (X,), {"acos", "asin", "atan"}),
+    OpCase("var-positional", Fn(lambda m, x: torch.ops.aten.var.dim(x, [-1], False, True) + x.var(1, keepdim=True)),
+           (X,), {"var"}),
     # transformers' mask indexing
     OpCase("advanced-index", Fn(lambda m, x: x[m.b[:, None, None], m.q[None, :, None]].sum((-1, -2))
                                 + x[:, m.q[:, None], m.r].sum(-1), b=torch.tensor([1, 0]), q=torch.tensor([3, 0, 1]),

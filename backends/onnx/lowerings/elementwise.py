@@ -16,6 +16,7 @@ _DIRECT_UNARY = {
     "relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "exp": "Exp", "log": "Log", "sqrt": "Sqrt",
     "neg": "Neg", "abs": "Abs", "erf": "Erf", "sin": "Sin", "cos": "Cos", "reciprocal": "Reciprocal",
     "hardswish": "HardSwish", "identity": "Identity", "dropout": "Identity", "sign": "Sign",
+    "asin": "Asin", "acos": "Acos", "atan": "Atan",
 }
 
 

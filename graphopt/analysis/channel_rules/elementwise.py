@@ -10,7 +10,7 @@ from graphopt.ir.ops import ELEMENTWISE_BINARY, ELEMENTWISE_UNARY
 # ops mapping 0 to a non-zero constant: masked channels stop being zero behind them
 _NONZERO_AT_ZERO = {"sigmoid": 0.5, "hardsigmoid": 0.5, "exp": 1.0, "cos": 1.0, "softplus": 0.69, "rsqrt": None,
                     "reciprocal": None, "log": None, "logical_not": 1.0,
-                    "bitwise_not": -1}
+                    "bitwise_not": -1, "acos": 1.57}
 
 
 def _elementwise(b: Builder, node: Node) -> None:

@@ -14,7 +14,7 @@ _UNARY = {
     "hardsigmoid": "hardsigmoid", "mish": "mish", "exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt",
     "neg": "neg", "abs": "abs", "erf": "erf", "sin": "sin", "cos": "cos", "reciprocal": "reciprocal",
     "logical_not": "logical_not", "bitwise_not": "logical_not", "sign": "sign", "floor": "floor", "ceil": "ceil",
-    "expm1": "expm1", "log1p": "log1p",
+    "expm1": "expm1", "log1p": "log1p", "asin": "asin", "acos": "acos", "atan": "atan",
 }
 
 

@@ -73,12 +73,13 @@ def _max_all(ctx, node):
 @register_torch_op("aten.var", "aten.var.correction")
 def _var(ctx, node):
     x = ctx.value(node.args[0])
-    axes = schema_arg(node, 1, "dim", None)
-    correction = node.kwargs.get("correction", 1)
-    if "unbiased" in node.kwargs:
-        correction = 1 if node.kwargs["unbiased"] else 0
-    return ctx.emit1("var", [x], {"axes": None if axes is None else [int(a) % x.rank for a in as_list(axes)],
-                                  "keepdim": bool(node.kwargs.get("keepdim", False)), "correction": correction})
+    axes, keepdim = _axes_keepdim(node, x)  # by schema: var.dim takes unbiased and keepdim positionally
+    names = [a.name for a in node.target._schema.arguments]
+    correction = schema_arg(node, names.index("correction"), "correction", 1) if "correction" in names else 1
+    if "unbiased" in names:
+        correction = 1 if schema_arg(node, names.index("unbiased"), "unbiased", True) else 0
+    correction = 1 if correction is None else correction
+    return ctx.emit1("var", [x], {"axes": axes, "keepdim": keepdim, "correction": correction})
 
 
 @register_torch_op("aten.linalg_vector_norm")
