@@ -397,9 +397,11 @@ def run_child(name: str, modality: str, path: str, tp_seconds: int | None) -> Re
     record = child.record
     try:
         model, x1, x2 = build(name, modality)
+        with torch.no_grad():  # a model that fails eagerly has a bad small config: not graphopt's failure
+            model(*x2), model(*x1)
     except Exception as exc:
         record.cells = {s: "skip" for s in STAGES}
-        record.reasons["build"] = _first_line(exc)
+        record.reasons["build"] = f"the model does not build or run eagerly with the small config: {_first_line(exc)}"
         child.save()
         return record
     record.params = sum(p.numel() for p in model.parameters())
