@@ -28,13 +28,15 @@ from graphopt.backends.torch import to_module  # noqa: E402
 TOLERANCE = 1e-4  # float32 reassociation only: the traced graph runs the same ops
 
 
-# family -> modality; every family is traced, round-tripped, pruned by heads and run on ONNX Runtime.
+# family -> modality; every family is traced, round-tripped and run on ONNX Runtime.
 FAMILIES = {"bert": "text", "gpt2": "text", "llama": "text", "mistral": "text", "mixtral": "text", "t5": "text",
             "deberta-v2": "text", "vit": "vision", "swin": "vision", "convnext": "vision"}
-# Batch-1 tracing and within-head pruning on the families whose pattern the zoo lacks (fused Conv1D qkv,
-# GQA + RoPE, relative position buckets, disentangled attention, shifted windows), to stay within ~60 s.
+# Pruning and batch-1 tracing on fewer, to keep the file near a minute on 2 cores: mistral prunes as llama
+# does (its sliding-window mask matters to the trace); within heads on the patterns the zoo lacks (fused
+# Conv1D qkv, GQA + RoPE, shifted windows).
+PRUNE_HEADS = [name for name in FAMILIES if name != "mistral"]
 BATCH1 = ["bert", "llama", "swin"]
-WITHIN_HEADS = ["gpt2", "llama", "t5", "deberta-v2", "swin"]
+WITHIN_HEADS = ["gpt2", "llama", "swin"]
 # (test, family) -> the exact error it fails with today: xfail(strict=True, raises=that error), so the fix
 # that lands flips the test to XPASS (a failure: remove the entry), and a different error fails it too.
 _HISTC = ("UnsupportedOpError: unsupported operator 'aten.histc.default' (node 'histc') from "
@@ -103,7 +105,7 @@ def _prune_half(name: str, heads: bool) -> None:
             assert optimized(*x).shape == model(*x).shape
 
 
-@pytest.mark.parametrize("name", _params("prune_heads", FAMILIES))
+@pytest.mark.parametrize("name", _params("prune_heads", PRUNE_HEADS))
 def test_prune_half_by_heads(name):
     _prune_half(name, heads=True)
 
