@@ -1,7 +1,7 @@
-"""One registry type, one duplicate policy, for every table graphopt keeps by name.
+"""One registry type, one duplicate policy, for the tables graphopt keeps by name.
 
-Ops and their columns, front-end converters, passes, criteria: each is a
-`Registry`, so registering a name twice raises the same `GraphoptError`
+Ops and their columns, front-end converters and ONNX folders are each a
+`Registry` (passes and pruning criteria still keep dicts of their own), so registering a name twice raises the same `GraphoptError`
 everywhere (unless `replace=True`), and a lookup miss suggests the closest names.
 Registering the very same function again (its module reloaded, say) is not a
 clash: it replaces the old entry quietly.

@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 import timeit
 
 FORMAT = "graphopt-tvm-artifact"

@@ -76,6 +76,7 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
     members = _connected_spaces(spaces, labels)
 
     graph_inputs = {id(v) for v in graph.inputs}
+    graph_outputs = {id(v) for v in graph.outputs}
     ignored = set(ignore)
     groups: list[ChannelGroup] = []
     group_of_space: dict[int, ChannelGroup] = {}
@@ -85,7 +86,7 @@ def analyse(graph: Graph, *, ignore: Sequence[str] = (), max_atoms: int = 200_00
         group_spaces.sort(key=lambda sp: (0 if sp.role == "producer" else 1, created[id(sp)]))
         group = _new_group(len(groups), group_spaces, labels, builder)
         group_of_space.update((id(s), group) for s in group_spaces)
-        _judge_group(group, builder, graph_inputs, ignored)
+        _judge_group(group, builder, graph_inputs, graph_outputs, ignored)
         groups.append(group)
     _judge_links(builder, group_of_space, heads)
     return groups
@@ -132,11 +133,11 @@ def _new_group(gid: int, group_spaces: list[Space], labels: np.ndarray, builder:
                         within_heads=any(id(s) in builder.head_dims for s in group_spaces))
 
 
-def _judge_group(group: ChannelGroup, builder: Builder, graph_inputs: set[int],
+def _judge_group(group: ChannelGroup, builder: Builder, graph_inputs: set[int], graph_outputs: set[int],
                  ignored: set[str]) -> None:
     """Block `group` (graph ends, barriers, ignored tensors, nothing to prune) and note what makes it inexact."""
     for s in group.spaces:
-        if s.value.is_graph_output():
+        if id(s.value) in graph_outputs:
             _block(group, f"reaches graph output %{s.value.name}")
         if id(s.value) in graph_inputs:
             _block(group, f"reaches graph input %{s.value.name}")

@@ -193,8 +193,9 @@ def _last_uses(graph: Graph) -> dict[int, list[Value]]:
             if v is not None and not v.is_weight:
                 last[id(v)] = node
                 values[id(v)] = v
+    outputs = {id(v) for v in graph.outputs}  # one set, not a scan of the outputs per value
     freed: dict[int, list[Value]] = {}
     for key, node in last.items():
-        if not values[key].is_graph_output():
+        if key not in outputs:
             freed.setdefault(id(node), []).append(values[key])
     return freed

@@ -65,7 +65,3 @@ def columns() -> dict[str, str]:
     """Every declared column and its one-line description."""
     return {key: _COLUMN_DOCS.get(key, "") for key in _COLUMNS}
 
-
-def columns_of(op: str) -> list[str]:
-    """The columns `op` has a value in."""
-    return [key for key, table in _COLUMNS.items() if op in table]

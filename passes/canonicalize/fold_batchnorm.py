@@ -38,12 +38,6 @@ def fold_target(bn: Node) -> Node | str:
     return producer
 
 
-def foldable_producer(bn: Node) -> Node | None:
-    """The layer `bn` can be folded into, or None (`fold_target` says why)."""
-    target = fold_target(bn)
-    return None if isinstance(target, str) else target
-
-
 def _scaled_weight(op: str, weight: torch.Tensor, scale: torch.Tensor, groups: int) -> torch.Tensor:
     """Multiply each output channel of the layer's weight by `scale`."""
     tail = (1,) * (weight.dim() - 2)
@@ -101,15 +95,6 @@ def fold_into_layer(graph: Graph, bn: Node, layer: Node) -> None:
     layer.meta["folded"] = (*layer.meta.get("folded", ()), bn.name)
 
 
-def fold(graph: Graph, bn: Node, layer: Node) -> None:
-    """Fold `bn` into `layer` now, outside a rewrite: the layer's output replaces bn's, bn and its stats go."""
-    stats = bn.inputs[1:5]
-    fold_into_layer(graph, bn, layer)
-    graph.replace_node(bn, layer.output)
-    for value in stats:
-        graph.remove_weight_if_unused(value)
-
-
 @rule("fold-batchnorm-into-layer", "batch_norm")
 def fold_batchnorm_into_layer(bn: Node) -> Outcome:
     """batch_norm(layer(x)) -> layer'(x), with the layer's weight and bias scaled and shifted."""
@@ -136,4 +121,4 @@ class FoldBatchNorm(RewritePass):
         return RULES
 
 
-__all__ = ["FoldBatchNorm", "RULES", "fold", "fold_into_layer", "fold_target", "foldable_producer"]
+__all__ = ["FoldBatchNorm", "RULES", "fold_into_layer", "fold_target"]

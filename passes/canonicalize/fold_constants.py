@@ -10,7 +10,7 @@ import torch
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Node, Value
 from graphopt.ir.op_table import get_op_attr
-from graphopt.ir.ops import OPS, TORCH_KERNEL, TRAINING_AWARE
+from graphopt.ir.ops import TORCH_KERNEL, TRAINING_AWARE, has_trait
 from graphopt.passmanager import option, register_pass
 from graphopt.passmanager.rewrite import Outcome, RewritePass, Rule, rule
 
@@ -32,11 +32,6 @@ def _result_kind(node: Node) -> str:
     return "param" if "param" in kinds else "buffer" if "buffer" in kinds else "const"
 
 
-def _training_aware(op: str) -> bool:
-    opdef = OPS.get(op)
-    return opdef is not None and opdef.has(TRAINING_AWARE)
-
-
 def why_not_foldable(node: Node, max_elements: int) -> str | None:
     """Why `node` cannot be replaced by its value, or None when it can."""
     if get_op_attr(node.op, TORCH_KERNEL) is None:
@@ -55,7 +50,7 @@ def why_not_foldable(node: Node, max_elements: int) -> str | None:
 def _evaluate(node: Node) -> list[torch.Tensor] | str:
     """The node's output tensors from its torch kernel, or why they could not be computed."""
     kwargs = {k: _concrete(v) for k, v in node.attrs.items()}
-    if _training_aware(node.op):
+    if has_trait(node.op, TRAINING_AWARE):
         kwargs["training"] = False
     try:
         with torch.no_grad():
@@ -104,9 +99,6 @@ class FoldConstants(RewritePass):
     """
 
     max_elements: int = option(1 << 20, "largest result (in elements, all outputs together) to fold")
-
-    def foldable(self, node: Node) -> bool:
-        return why_not_foldable(node, self.max_elements) is None
 
     def rules(self) -> Sequence[Rule]:
         return (fold_constant_rule(self.max_elements),)

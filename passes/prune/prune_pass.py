@@ -194,7 +194,7 @@ class Prune(Pass):
         Returns the pruned graph (a copy of `original` when groups had to be left
         out), the part of the plan it has removed, and the net's report.
         """
-        net = self._safety_net(original, context)
+        net, skipped = self._safety_net(original, context)
         failure = None
         for group, channels in plan:
             try:
@@ -205,7 +205,7 @@ class Prune(Pass):
                 failure = removal_failure(exc)
                 break
         if net is None:
-            return graph, plan, None if not self.safety else SafetyReport(skipped=self._why_no_net(context))
+            return graph, plan, SafetyReport(skipped=skipped) if self.safety else None
         graph, plan = net.accept(graph, plan, failure)
         return graph, plan, net.report
 
@@ -226,21 +226,21 @@ class Prune(Pass):
         safety.excluded += again.excluded
         return graph, plan, ratio, target
 
-    def _safety_net(self, original: Graph | None, context: RunContext) -> SafetyNet | None:
-        """The net over `original`, or None (option off, or nothing to check on: then a warning says so)."""
+    def _safety_net(self, original: Graph | None, context: RunContext) -> tuple[SafetyNet | None, str]:
+        """The net over `original` and "", or None and why it is skipped (then a warning says so too)."""
         if not self.safety or original is None:
-            return None
+            return None, ""
         why = self._why_no_net(context, original)
         if why:
             warnings.warn(f"prune: safety net skipped ({why}); the pruned graph is not checked", stacklevel=2)
-            return None
-        return SafetyNet(original, context.example_inputs, max_checks=self.safety_max_checks)
+            return None, why
+        return SafetyNet(original, context.example_inputs, max_checks=self.safety_max_checks), ""
 
     @staticmethod
-    def _why_no_net(context: RunContext, graph: Graph | None = None) -> str:
+    def _why_no_net(context: RunContext, graph: Graph) -> str:
         if context.example_inputs is None:
             return "no example inputs: give them to PassManager.run or optimize"
-        if graph is not None and any(v.data is not None and v.data.device.type == "meta" for v in graph.weights.values()):
+        if any(v.data is not None and v.data.device.type == "meta" for v in graph.weights.values()):
             return "the weights are on the meta device"
         return ""
 

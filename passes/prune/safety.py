@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from graphopt.analysis.base import bindings_from_inputs
 from graphopt.analysis.channels import ChannelGroup
 from graphopt.analysis.removal import mask_channels, remove_channels
 from graphopt.errors import GraphoptError
@@ -270,7 +271,7 @@ def _gap(a: Any, b: Any, tolerance: tuple[float, float]) -> str | None:
 
 def _expected_shapes(graph: Graph, inputs: tuple) -> list[tuple[int, ...] | None]:
     """The original's output shapes at the example inputs' sizes, from its types (None where not static)."""
-    env = {s: int(inputs[i].shape[a]) for s, (i, a) in graph.symbols().items() if i < len(inputs)}
+    env = bindings_from_inputs(graph, inputs)
     shapes: list[tuple[int, ...] | None] = []
     for value in graph.outputs:
         try:

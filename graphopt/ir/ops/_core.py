@@ -48,9 +48,6 @@ class OpDef:
     doc: str = ""
     traits: frozenset[str] = frozenset()
 
-    def has(self, trait: str) -> bool:
-        return trait in self.traits
-
 
 OPS: Registry[OpDef] = Registry("op", hint="register it with graphopt.ir.ops.register_op")
 
