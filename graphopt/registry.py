@@ -78,6 +78,10 @@ class Registry(Generic[T]):
             hint = f"\n{self.hint}" if self.hint else ""
             raise GraphoptError(f"no {self.what} for '{key}'{close_names(key, self._items)}{hint}") from None
 
+    def __getitem__(self, key: Any) -> T:
+        """The entry for `key` (KeyError when absent); a registry is read-only by item: register to change it."""
+        return self._items[key]
+
     def __contains__(self, key: object) -> bool:
         return key in self._items
 

@@ -11,11 +11,11 @@ fine-tuned with `module.train()`, and ops with the "creation" trait receive
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from graphopt.ir import op_table
 from graphopt.ir.ops import TORCH_KERNEL
+from graphopt.registry import Registry
 
 __all__ = ["KERNELS", "register_kernel"]
 
@@ -25,23 +25,5 @@ def register_kernel(name: str, fn: Callable[..., Any], *, replace: bool = False)
     return op_table.register_op_attr(name, TORCH_KERNEL, fn, replace=replace)
 
 
-class _KernelView(Mapping):
-    """Read-only `{op: kernel}` over the op table, for code written against the old KERNELS dict."""
-
-    def __getitem__(self, op: str) -> Callable[..., Any]:
-        kernels = op_table.column(TORCH_KERNEL)
-        if op not in kernels:
-            raise KeyError(op)
-        return kernels.get(op)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(op_table.column(TORCH_KERNEL)))
-
-    def __len__(self) -> int:
-        return len(op_table.column(TORCH_KERNEL))
-
-    def __repr__(self) -> str:
-        return f"KERNELS({len(self)} ops; register with graphopt.backends.torch.register_kernel)"
-
-
-KERNELS: Mapping[str, Callable[..., Any]] = _KernelView()
+# `{op: kernel}`, read-only (a Registry has no item assignment): the op table's column itself
+KERNELS: Registry[Callable[..., Any]] = op_table.column(TORCH_KERNEL)
