@@ -8,6 +8,8 @@ one neutral place instead of one importing the other.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -55,6 +57,17 @@ def to_torch_dtype(elem_type: int) -> torch.dtype:
     except KeyError:
         name = _ELEMENT_NAMES.get(elem_type, elem_type)
         raise GraphoptError(f"ONNX element type {name} has no torch dtype graphopt supports") from None
+
+
+def to_torch_tensor(proto: Any, base_dir: str | None = None) -> torch.Tensor:
+    """A torch tensor with the data of an ONNX TensorProto (external data read from `base_dir`).
+
+    Shared by the ONNX front-end and back-end; onnx is imported here, on use, so this module
+    stays importable without it.
+    """
+    from onnx import numpy_helper
+
+    return array_to_torch(numpy_helper.to_array(proto, base_dir or ""), proto.data_type)
 
 
 def array_to_torch(array: np.ndarray, elem_type: int) -> torch.Tensor:

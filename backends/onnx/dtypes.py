@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import torch
 
-from graphopt.dtypes import ONNX_TO_TORCH, TORCH_TO_ONNX, array_to_torch, to_onnx_dtype, to_torch_dtype
+from graphopt.dtypes import ONNX_TO_TORCH, TORCH_TO_ONNX, to_onnx_dtype, to_torch_dtype, to_torch_tensor
 from graphopt.errors import GraphoptError
 
 __all__ = ["TORCH_TO_ONNX", "ONNX_TO_TORCH", "to_onnx_dtype", "to_torch_dtype", "tensor_proto",
@@ -35,8 +35,3 @@ def fill_tensor_proto(proto: onnx.TensorProto, name: str, tensor: torch.Tensor) 
         t = t.view(torch.int16)
     proto.raw_data = memoryview(np.ascontiguousarray(t.numpy())).cast("B").tobytes() if t.numel() else b""
     return proto
-
-
-def to_torch_tensor(proto: onnx.TensorProto, base_dir: str | None = None) -> torch.Tensor:
-    """A torch tensor with the data of an ONNX initializer (external data read from `base_dir`)."""
-    return array_to_torch(onnx.numpy_helper.to_array(proto, base_dir or ""), proto.data_type)

@@ -31,7 +31,7 @@ import numpy as np
 import sympy
 import torch
 
-from graphopt.dtypes import array_to_torch, to_torch_dtype
+from graphopt.dtypes import to_torch_dtype, to_torch_tensor
 from graphopt.errors import GraphoptError, UnsupportedOpError
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph, Node, Value
@@ -527,11 +527,6 @@ def _check_type(ctx: OnnxImportContext, name: str, value: Value) -> None:
         if a and isinstance(b, int) and a != b:
             raise GraphoptError(f"converting {ctx.where()} gave %{value.name}: {value.type_str()}, the model declares "
                                 f"'{name}' as {declared} (a converter bug)")
-
-
-def to_torch_tensor(proto: "onnx.TensorProto", base_dir: str | None = None) -> torch.Tensor:
-    """A torch tensor with the data of an ONNX initializer (external data read from `base_dir`)."""
-    return array_to_torch(onnx.numpy_helper.to_array(proto, base_dir or ""), proto.data_type)
 
 
 def tensor_scalar(t) -> tuple[torch.dtype, Any]:
