@@ -190,11 +190,9 @@ def _commit(graph: Graph, node: Node, r: Rule, outcome: Replacement, old_inputs:
     if len(new_values) != len(node.outputs) or any(new is old for new, old in zip(new_values, node.outputs)):
         raise GraphoptError(f"rule '{r.name}' ({r.where}) replaced the {len(node.outputs)} output(s) of "
                             f"{node.where()} by {len(new_values)} value(s), or by the node's own outputs")
-    for old, new in zip(node.outputs, new_values):
-        old.replace_all_uses_with(new)
-    worklist.push_users(new_values)
     inputs = node.inputs
-    graph.erase_node(node)
+    graph.replace_node(node, new_values)
+    worklist.push_users(new_values)
     _release(graph, inputs, worklist, stats)
 
 
@@ -213,13 +211,12 @@ def _release(graph: Graph, values: Iterable[Value | None], worklist: _Worklist, 
         producer = value.producer
         if producer is None:
             stats.weights_removed += graph.remove_weight_if_unused(value)
-        elif producer.graph is not graph:
-            continue  # erased already (another output of it was released first)
-        elif producer.is_dead():
-            stack.extend(v for v in producer.inputs if v is not None)
-            graph.erase_node(producer)
+            continue
+        inputs = producer.inputs
+        if graph.erase_if_dead(producer):
+            stack.extend(v for v in inputs if v is not None)
             stats.erased += 1
-        else:
+        elif producer.graph is graph:  # (not: erased already, when another of its outputs was released first)
             worklist.push(producer)  # one reader fewer can make a rule match it (e.g. a sole-reader fold)
 
 
