@@ -2,6 +2,11 @@
 
 Usage: python bench/bench_sweep.py [--families bert gpt2 vit ...] [--limit N] [--budget-s 3000]
            [--timeout-s 300] [--tp-timeout-s 30] [--out docs/coverage_models.md] [--no-tp]
+           [--records bench/results/sweep_records.jsonl [--redo failed|all]]
+
+A full sweep takes hours on two cores: `--records` appends every measured model to a JSON-lines file
+and skips the models already in it, so a sweep stopped by its budget continues where it stopped, and
+`--redo failed` measures again only the models that failed a graphopt stage (after a fix).
 
 Every model type in transformers' MODEL_MAPPING whose base model takes `input_ids` (text) or
 `pixel_values` (vision) is a candidate; audio, video, time-series and multimodal families (a
@@ -115,6 +120,7 @@ class Record:
     reasons: dict[str, str] = field(default_factory=dict)
     graphopt_s: float = 0.0
     tp_s: float = 0.0
+    commit: str = ""  # graphopt's commit when this record was measured (records accumulate across runs)
 
     def reason(self) -> str:
         """Each failed stage and its error, in stage order: what the table's reason column shows."""
@@ -130,6 +136,15 @@ def _modality(forward: Any) -> str:
     params = list(inspect.signature(forward).parameters)[1:]
     first = params[0] if params else ""
     return {"input_ids": "text", "pixel_values": "vision"}.get(first, f"skip: first input '{first}'")
+
+
+# Sub-config names that mean a second tower (text + vision, audio, video): a multimodal model. Others
+# (MPT's attn_config, DBRX's ffn_config, DETR's backbone_config, T5Gemma's encoder) are one modality.
+OTHER_MODALITY = ("text_config", "vision_config", "audio", "video", "speech", "image_model", "prompt_encoder")
+
+
+def _other_modality(sub_configs: Any) -> bool:
+    return any(key in name for name in sub_configs for key in OTHER_MODALITY)
 
 
 def families() -> list[Family]:
@@ -150,7 +165,7 @@ def families() -> list[Family]:
             continue
         if modality.startswith("skip"):
             found.append(Family(name, "", modality + " (audio, video, time series or other)"))
-        elif name in multimodal or sub_configs:
+        elif name in multimodal or _other_modality(sub_configs):
             found.append(Family(name, "", f"skip: multimodal (sub-configs {', '.join(sorted(sub_configs))})"))
         else:
             found.append(Family(name, modality))
@@ -196,12 +211,23 @@ class HFWrapper(torch.nn.Module):
         return hidden
 
 
+class TooLarge(Exception):
+    """The small config still builds a model over MAX_PARAMS (found on the meta device, before allocating it)."""
+
+
 def build(name: str, modality: str) -> tuple[Any, tuple, tuple]:
     """The wrapped model of a family and its batch-1 and batch-2 examples (the batch-1 one is row 0)."""
     from transformers import AutoModel
 
-    torch.manual_seed(0)
     config = small_config(name, modality)
+    try:  # count first, on the meta device: a config the small keys do not shrink can take gigabytes
+        with torch.device("meta"):
+            size = sum(p.numel() for p in AutoModel.from_config(config).parameters())
+    except Exception:  # some models' init code cannot run on meta: build it and count after
+        size = 0
+    if size > MAX_PARAMS:
+        raise TooLarge(f"{size:,} params with the small config: needs an OVERRIDES entry")
+    torch.manual_seed(0)
     model = AutoModel.from_config(config).eval()
     if modality == "text":
         vocab = max(4, min(getattr(config, "vocab_size", 256) or 256, 256))
@@ -399,6 +425,11 @@ def run_child(name: str, modality: str, path: str, tp_seconds: int | None) -> Re
         model, x1, x2 = build(name, modality)
         with torch.no_grad():  # a model that fails eagerly has a bad small config: not graphopt's failure
             model(*x2), model(*x1)
+    except TooLarge as exc:
+        record.cells = {s: "skip" for s in STAGES}
+        record.reasons["build"] = str(exc)
+        child.save()
+        return record
     except Exception as exc:
         record.cells = {s: "skip" for s in STAGES}
         record.reasons["build"] = f"the model does not build or run eagerly with the small config: {_first_line(exc)}"
@@ -468,12 +499,13 @@ def _cell(text: str) -> str:
 
 def table(records: Sequence[Record]) -> str:
     """One markdown row per model: stage cells, times, and the first failure of each stage."""
-    head = "| model | kind | params | " + " | ".join(title for _, title in COLUMNS) + " | graphopt s | TP s | reason |"
+    head = ("| model | kind | params | " + " | ".join(title for _, title in COLUMNS)
+            + " | graphopt s | TP s | commit | reason |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
         cells = " | ".join(_cell(r.cells.get(key, "—")) for key, _ in COLUMNS)
         lines.append(f"| {r.model} | {r.modality} | {r.params:,} | {cells} | {r.graphopt_s:.1f} | {r.tp_s:.2f} | "
-                     f"{_cell(r.reason())} |")
+                     f"{r.commit or '?'} | {_cell(r.reason())} |")
     return "\n".join(lines)
 
 
@@ -514,7 +546,8 @@ Generated by `bench/bench_sweep.py` (see its docstring for what each column chec
 
     {command}
 
-graphopt at commit {head or "?"} (other changes may have landed in the working tree while it ran),
+graphopt at commit {head or "?"} when the document was written; each row was measured at the commit in its
+"commit" column (`--records` keeps rows from earlier runs; other changes may have landed in the working tree),
 torch {torch.__version__}, transformers {transformers.__version__}, torch-pruning {tp_version}; small random
 configs, `torch.manual_seed(0)`, no downloads; one CPU thread per model. Comparisons: rtol = atol = {TOLERANCE:g}.
 Cells: `ok`, `FAIL`, `timeout`, `—` (not reached: an earlier stage failed), `skip`; `n/a` in "TP = masked"
@@ -554,15 +587,44 @@ def order(candidates: Sequence[Family], chosen: Sequence[str] | None) -> list[Fa
     return first + sorted((f for f in candidates if f.name not in PRIORITY), key=lambda f: f.name)
 
 
+def _commit() -> str:
+    """graphopt's commit: of the checkout graphopt is imported from (the script may run from a copy)."""
+    import graphopt
+
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(graphopt.__file__).resolve().parent)
+    return done.stdout.strip() or "?"
+
+
+def load_records(path: str | None) -> dict[str, Record]:
+    """The records of an earlier run (`--records`), by model; a missing file is an empty sweep."""
+    if not path or not os.path.exists(path):
+        return {}
+    records = (Record(**json.loads(line)) for line in Path(path).read_text().splitlines() if line.strip())
+    return {r.model: r for r in records}  # a model measured again: the last line wins
+
+
+def failed(record: Record) -> bool:
+    return any(cell.startswith(("FAIL", "timeout")) for key, cell in record.cells.items() if not key.startswith("tp"))
+
+
 def sweep(fams: Sequence[Family], timeout_s: float, tp_seconds: int | None, budget_s: float,
-          log: Any = None) -> tuple[list[Record], list[str]]:
-    """Run each family isolated until the budget is spent; returns the records and the families not run."""
-    start, records = time.monotonic(), []
+          log: Any = None, records_path: str | None = None) -> tuple[list[Record], list[str]]:
+    """Run each family isolated until the budget is spent; returns the records and the families not run.
+
+    With `records_path`, each record is appended to that JSON-lines file as soon as it is measured, so
+    a sweep can be stopped at any time and continued by a later run (see `--records`).
+    """
+    start, records, commit = time.monotonic(), [], _commit()
     for index, fam in enumerate(fams):
         if time.monotonic() - start > budget_s:
             return records, [f.name for f in fams[index:]]
         record = run_isolated(fam, timeout_s, tp_seconds)
+        record.commit = commit
         records.append(record)
+        if records_path:
+            with open(records_path, "a") as out:
+                out.write(json.dumps(asdict(record)) + "\n")
         if log is not None:
             print(f"[{time.monotonic() - start:6.0f}s] {fam.name}: "
                   + " ".join(f"{k}={v.split(' ')[0]}" for k, v in record.cells.items()), file=log, flush=True)
@@ -583,20 +645,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tp-timeout-s", type=int, default=30, help="Torch-Pruning's own time limit per model")
     parser.add_argument("--no-tp", action="store_true", help="leave out the Torch-Pruning columns")
     parser.add_argument("--out", default=None, help="write the markdown document here (default: print it)")
+    parser.add_argument("--records", default=None,
+                        help="JSON-lines file of measured models: those already in it are not run again (see "
+                             "--redo), each new one is appended when measured, and the document covers them all")
+    parser.add_argument("--redo", choices=("none", "failed", "all"), default="none",
+                        help="with --records: measure again the models that failed a graphopt stage, or all")
     args = parser.parse_args(argv)
     found = families()
     candidates = [f for f in found if f.modality]
-    fams = order(candidates, args.families)
+    known = load_records(args.records)
+    keep = {name: r for name, r in known.items()
+            if args.redo == "none" or (args.redo == "failed" and not failed(r))}
+    fams = [f for f in order(candidates, args.families) if f.name not in keep]
     not_run = [f.name for f in fams[args.limit:]] if args.limit is not None else []
     fams = fams[:args.limit] if args.limit is not None else fams
     records, over_budget = sweep(fams, args.timeout_s, None if args.no_tp else args.tp_timeout_s, args.budget_s,
-                                 log=sys.stderr)
+                                 log=sys.stderr, records_path=args.records)
     if not args.families:
         not_run = over_budget + not_run
+    rank = {f.name: i for i, f in enumerate(order(candidates, None))}
+    everything = {**keep, **{r.model: r for r in records}}
+    records = sorted(everything.values(), key=lambda r: rank.get(r.model, len(rank)))
     command = "python bench/bench_sweep.py " + " ".join(argv)
     text = document(records, [f for f in found if not f.modality], not_run, command.strip())
     if args.out:
-        Path(args.out).write_text(text)
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)
     else:
         print(text)
 

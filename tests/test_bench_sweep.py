@@ -3,7 +3,9 @@ document it writes has a row per model and a summary that counts them."""
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,9 @@ def test_families_are_classified_with_reasons():
     assert found["hubert"].modality == "" and "input_values" in found["hubert"].skip  # audio
     assert found["clip"].modality == "" and "multimodal" in found["clip"].skip
     assert all(f.skip.startswith("skip") for f in found.values() if not f.modality)
+    # A sub-config that is not a second tower (MPT's attention config, DBRX's experts) is one modality.
+    assert found["mpt"].modality == "text" and found["dbrx"].modality == "text"
+    assert found["llava"].modality == "" and "multimodal" in found["llava"].skip
 
 
 def test_small_config_keeps_an_override_over_its_alias():
@@ -55,3 +60,20 @@ def test_a_model_past_its_timeout_is_recorded_not_fatal():
     assert record.model == "bert"
     assert "timeout after 0.5 s" in record.reason()
     assert any(cell in ("timeout", "FAIL") for cell in record.cells.values())
+
+
+def test_records_accumulate_and_a_rerun_skips_what_is_measured(tmp_path):
+    """--records: each measured model is appended; a second run measures only what is missing (or failed)."""
+    path = tmp_path / "records.jsonl"
+    first = bench_sweep.Record("bert", "text", 10, {s: "ok" for s in bench_sweep.STAGES}, commit="abc")
+    broken = bench_sweep.Record("gpt2", "text", 10, {**{s: "ok" for s in bench_sweep.STAGES}, "round_trip": "FAIL"},
+                                {"round_trip": "max abs diff 1"})
+    only_tp = bench_sweep.Record("opt", "text", 10, {**{s: "ok" for s in bench_sweep.STAGES}, "tp_match": "FAIL"})
+    path.write_text("\n".join(json.dumps(asdict(r)) for r in (first, broken, only_tp)) + "\n")
+    again = bench_sweep.Record("bert", "text", 10, {s: "ok" for s in bench_sweep.STAGES}, commit="def")
+    with open(path, "a") as out:
+        out.write(json.dumps(asdict(again)) + "\n")
+    known = bench_sweep.load_records(str(path))
+    assert set(known) == {"bert", "gpt2", "opt"} and known["bert"].commit == "def"  # the last line wins
+    assert [name for name, r in known.items() if bench_sweep.failed(r)] == ["gpt2"]  # TP's failures are not ours
+    assert bench_sweep.load_records(str(tmp_path / "missing.jsonl")) == {}
