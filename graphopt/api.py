@@ -30,9 +30,10 @@ class OptimizeReport:
     macs_after: int
     backend: str
     prune: list[Any] = field(default_factory=list)  # PruneReport per prune step: per-group kept/total
+    drop: list[Any] = field(default_factory=list)  # DropReport of drop_layers: blocks, scores, dropped
 
     def __str__(self) -> str:
-        pruned = "".join(f"{r.summary()}\n" for r in self.prune)
+        pruned = "".join(f"{r.summary()}\n" for r in [*self.drop, *self.prune])
         return (f"pipeline: {self.pipeline}  (backend: {self.backend})\n{self.passes}\n{pruned}"
                 f"params {self.params_before:,} -> {self.params_after:,} "
                 f"({self.params_after / max(self.params_before, 1):.1%}), "
@@ -113,6 +114,20 @@ def _prune_steps(prune: float | Mapping[str, Any], steps: int) -> list[Any]:
     return [Prune(**options) for _ in range(steps)]
 
 
+def _drop_pass(drop_layers: int | float | Mapping[str, Any], recipe: Any) -> Any:
+    """The DropLayers pass for `drop_layers=` (a count, a fraction or options), built (so checked) before tracing."""
+    from graphopt.passes.drop_layers import DropLayers
+
+    if recipe is not None:
+        raise GraphoptError("give either drop_layers= or recipe=, not both (a recipe replays on the undropped model)")
+    if isinstance(drop_layers, bool) or not isinstance(drop_layers, (int, float, Mapping)):
+        raise GraphoptError(f"drop_layers must be a block count, a fraction or a dict of DropLayers options, "
+                            f"not {type(drop_layers).__name__}")
+    if isinstance(drop_layers, Mapping):
+        return DropLayers(**drop_layers)
+    return DropLayers(count=drop_layers) if isinstance(drop_layers, int) else DropLayers(fraction=drop_layers)
+
+
 def _check_arguments(prune: Any, recipe: Any, finetune: Any, backend: str) -> None:
     """The argument errors `optimize` can see before tracing the model."""
     if recipe is not None and prune is not None:
@@ -128,6 +143,7 @@ def optimize(
     example_inputs: Sequence[Any] | torch.Tensor,
     *,
     prune: float | Mapping[str, Any] | None = None,
+    drop_layers: int | float | Mapping[str, Any] | None = None,
     recipe: str | os.PathLike | Any | None = None,
     calibration_data: Iterable[Any] | None = None,
     loss: Callable[[Any, Any], torch.Tensor] | None = None,
@@ -141,6 +157,8 @@ def optimize(
 
     `prune`: a ratio (`0.5`) or `Prune` options (`{"ratio": 0.5, "scope": "global", "round_to": 8}`,
     `{"target_macs": 0.5, "criterion": "taylor", "reconstruct": True}`); they are checked before tracing.
+    `drop_layers`: drop residual blocks before pruning: a count (`2`), a fraction (`0.25`) or `DropLayers`
+    options (`{"count": 2, "granularity": "mlp", "recover": True}`); checked before tracing.
     `recipe`: a saved pruning recipe (path or `PruneRecipe`) to replay instead of pruning afresh.
     `calibration_data`: batches of model inputs for data-driven criteria (taylor, activation,
     fluctuation) and reconstruction; with `loss(output, target)`, `(inputs, target)` pairs, and
@@ -156,13 +174,16 @@ def optimize(
 
     _check_arguments(prune, recipe, finetune, backend)
     prune_passes = _prune_steps(prune, steps) if prune is not None else []
+    drop_pass = _drop_pass(drop_layers, recipe) if drop_layers is not None else None
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     graph = trace(model, inputs, dynamic=dynamic)
     run = _Pipeline(inputs, None if calibration_data is None else list(calibration_data), loss, verify)
-    structural = prune is not None or recipe is not None
+    structural = prune is not None or recipe is not None or drop_pass is not None
     # Pruning (and fine-tuning between steps) works on the graph with its BatchNorms, which
     # `canonicalize` folds at the end: fine-tuning a pruned network without its norms loses points.
     trainable = run.stage("simplify" if structural else "canonicalize", graph)
+    if drop_pass is not None:  # depth first, then width: pruning ranks the channels of the blocks that stay
+        trainable = run.stage(drop_pass, trainable)
     for index, step in enumerate(prune_passes):
         trainable = run.stage(step, trainable)
         if finetune is not None:
@@ -226,7 +247,8 @@ def _report(run: _Pipeline, graph: Graph, optimized: Graph, inputs: tuple, backe
     bindings = bindings_from_inputs(graph, inputs)
     before, after = estimate_cost(graph, bindings=bindings), estimate_cost(optimized, bindings=bindings)
     return OptimizeReport(pipeline, merged, before.total_params, after.total_params,
-                          before.total_macs, after.total_macs, backend, merged.stats("prune"))
+                          before.total_macs, after.total_macs, backend, merged.stats("prune"),
+                          drop=merged.stats("drop-layers"))
 
 
 def _runner(graph: Graph, backend: str) -> Callable[..., Any]:

@@ -1,0 +1,11 @@
+"""Depth pruning: the `drop-layers` pass, its scores, recovery and recipes."""
+
+from .drop_pass import DropLayers
+from .recipe import DropRecipe, apply_drop_recipe
+from .recover import RecoveryReport, recover
+from .removal import drop_block
+from .report import BlockRow, DropReport
+from .scores import METRICS, loss_scores, similarity_scores
+
+__all__ = ["DropLayers", "DropReport", "BlockRow", "DropRecipe", "apply_drop_recipe", "RecoveryReport", "recover",
+           "drop_block", "METRICS", "loss_scores", "similarity_scores"]

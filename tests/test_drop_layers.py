@@ -1,0 +1,300 @@
+"""`drop-layers`: dropped graphs against hand-built references, exact parameter counts, scores, recovery, API, CLI."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import graphopt
+from graphopt import models_zoo
+from graphopt.analysis.residual_blocks import find_blocks
+from graphopt.backends.torch import to_module
+from graphopt.errors import GraphoptError
+from graphopt.ir.interpreter import run_graph
+from graphopt.passes.drop_layers import DropLayers, DropRecipe, apply_drop_recipe
+from graphopt.passes.drop_layers.scores import output_change
+from graphopt.passmanager import InvalidOptionError, PassManager, Verify
+
+
+class Block(nn.Module):
+    """A pre-norm MLP residual block."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1, self.fc2 = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(self.norm(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.branch(x)
+
+
+class Stack(nn.Module):
+    """Four residual blocks, a final norm and a head; `skip` leaves blocks out (the hand-built reference)."""
+
+    def __init__(self, width: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(width) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 5)
+
+    def forward(self, x: torch.Tensor, skip: tuple[int, ...] = ()) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            if i not in skip:
+                x = block(x)
+        return self.head(self.norm(x))
+
+
+@pytest.fixture(scope="module")
+def stack():
+    torch.manual_seed(0)
+    model = Stack().eval()
+    with torch.no_grad():  # blocks of unequal strength, so the ranking has something to find
+        for i, block in enumerate(model.blocks):
+            block.fc2.weight.mul_(0.2 + i)
+    inputs = (torch.randn(4, 6, 16),)
+    graph = graphopt.trace(model, inputs, dynamic={0: {0: "batch", 1: "seq"}})
+    return model, inputs, graph
+
+
+@pytest.fixture(scope="module")
+def llama():
+    model, inputs = models_zoo.get("llama", "tiny")
+    graph = graphopt.trace(model, inputs, dynamic=models_zoo.spec("llama").dynamic_axes)
+    graph, _ = PassManager.parse("simplify").run(graph, inputs)
+    return model, inputs, graph
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model, inputs = models_zoo.get("resnet18", "tiny")
+    graph = graphopt.trace(model, inputs, dynamic=models_zoo.spec("resnet18").dynamic_axes)
+    graph, _ = PassManager.parse("simplify").run(graph, inputs)
+    return model, inputs, graph
+
+
+def drop(graph, inputs, text, **run):
+    dropped, report = PassManager.parse(text, instruments=[Verify()]).run(graph, inputs, **run)
+    return dropped, report.stats("drop-layers")[0], report
+
+
+# ------------------------------------------------------------------ numerics against hand-built references
+def test_dropped_graph_equals_the_model_without_the_block(stack):
+    model, inputs, graph = stack
+    dropped, stats, _ = drop(graph, inputs, "drop-layers{blocks=['blocks.1','blocks.3']}")
+    assert stats.dropped == ["blocks.1", "blocks.3"]
+    x = torch.randn(3, 9, 16)  # another batch and sequence length
+    with torch.no_grad():
+        torch.testing.assert_close(to_module(dropped)(x), model(x, skip=(1, 3)), rtol=1e-6, atol=1e-6)
+    removed = sum(p.numel() for i in (1, 3) for p in model.blocks[i].parameters())
+    assert graph.num_params() - dropped.num_params() == removed == stats.params_before - stats.params_after
+    assert not any(name.startswith(("blocks.1.", "blocks.3.")) for name in dropped.weights)
+
+
+def test_cosine_and_angular_scores_match_a_hand_computation(stack):
+    model, inputs, graph = stack
+    (x,) = inputs
+    with torch.no_grad():
+        h1 = model.blocks[0](x)
+        h2 = model.blocks[1](h1)
+    cos = torch.nn.functional.cosine_similarity(h1.double(), h2.double(), dim=-1)
+    _, cosine, _ = drop(graph, inputs, "drop-layers{count=1}")
+    _, angular, _ = drop(graph, inputs, "drop-layers{count=1,metric=angular}")
+    row = {r.name: r for r in cosine.rows}["blocks.1"]
+    assert row.score == pytest.approx(float(1 - cos.mean()), rel=1e-6)
+    assert {r.name: r.score for r in angular.rows}["blocks.1"] == pytest.approx(
+        float((torch.arccos(cos.clamp(-1, 1)) / math.pi).mean()), rel=1e-6)
+    # block 0's branch is the weakest, so both metrics drop it
+    assert cosine.dropped == angular.dropped == ["blocks.0"]
+    assert min(cosine.rows, key=lambda r: r.score).name == "blocks.0"
+
+
+def test_loss_metric_is_the_measured_change_of_dropping_the_block_alone(stack):
+    model, inputs, graph = stack
+    _, stats, _ = drop(graph, inputs, "drop-layers{count=1,metric=loss}")
+    with torch.no_grad():
+        reference = model(*inputs)
+        for row in stats.rows:
+            index = int(row.name.split(".")[1])
+            expected = output_change([[reference]], [[model(*inputs, skip=(index,))]])
+            assert row.score == pytest.approx(expected, rel=1e-4)
+    assert stats.dropped == [min(stats.rows, key=lambda r: r.score).name]
+
+
+def test_loss_metric_uses_the_run_loss_with_targets(stack):
+    model, inputs, graph = stack
+    targets = torch.randint(0, 5, (4, 6))
+
+    def loss(out, target):
+        return torch.nn.functional.cross_entropy(out.reshape(-1, 5), target.reshape(-1))
+
+    _, stats, _ = drop(graph, inputs, "drop-layers{count=1,metric=loss}", calibration_data=[(inputs, targets)],
+                       loss=loss)
+    with torch.no_grad():
+        base = float(loss(model(*inputs), targets))
+        row = {r.name: r for r in stats.rows}["blocks.2"]
+        assert row.score == pytest.approx(float(loss(model(*inputs, skip=(2,)), targets)) - base, rel=1e-4)
+
+
+def test_iterative_drop_equals_dropping_one_at_a_time(stack):
+    _, inputs, graph = stack
+    _, stats, _ = drop(graph, inputs, "drop-layers{count=2,iterative=true}")
+    once, first, _ = drop(graph, inputs, "drop-layers{count=1}")
+    _, second, _ = drop(once, inputs, "drop-layers{count=1}")
+    assert stats.dropped == first.dropped + second.dropped
+
+
+def test_recipe_replays_the_drop(stack):
+    _, inputs, graph = stack
+    dropped, stats, _ = drop(graph, inputs, "drop-layers{count=2}")
+    (recipe,) = dropped.meta["drop_recipes"]
+    assert recipe.blocks == stats.dropped
+    replayed = apply_drop_recipe(graph.clone(), DropRecipe.from_json(recipe.to_json()))
+    torch.testing.assert_close(run_graph(replayed, inputs), run_graph(dropped, inputs))
+    with pytest.raises(GraphoptError, match="structure"):
+        apply_drop_recipe(dropped.clone(), recipe)
+
+
+# ------------------------------------------------------------------ zoo models
+@pytest.mark.parametrize("text, kinds", [("drop-layers{count=1}", {"layer"}),
+                                         ("drop-layers{count=2,granularity=mlp}", {"mlp"}),
+                                         ("drop-layers{count=1,granularity=attention,metric=angular}", {"attention"})])
+def test_llama_params_fall_by_the_dropped_blocks_and_backends_agree(llama, text, kinds):
+    _, inputs, graph = llama
+    dropped, stats, _ = drop(graph, inputs, text)
+    blocks = find_blocks(graph)
+    assert {blocks.get(name).kind for name in stats.dropped} == kinds
+    assert graph.num_params() - dropped.num_params() == sum(blocks.get(n).params for n in stats.dropped)
+    assert stats.params_after == dropped.num_params()
+    ids = torch.randint(1, 1000, (3, 11))  # another batch and sequence length
+    expected = to_module(dropped)(ids)
+    assert expected.shape == (3, 11, 1000)
+    pytest.importorskip("onnxruntime")
+    from graphopt.backends import onnx as onnx_backend
+
+    torch.testing.assert_close(onnx_backend.compile(dropped)(ids), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_resnet_drop_any_skips_overlaps_and_matches_onnx(resnet):
+    _, inputs, graph = resnet
+    dropped, stats, _ = drop(graph, inputs, "drop-layers{fraction=0.5}")
+    blocks = find_blocks(graph)
+    assert len(stats.dropped) == 2
+    assert graph.num_params() - dropped.num_params() == sum(blocks.get(n).params for n in stats.dropped)
+    x = torch.randn(5, 3, 32, 32)
+    pytest.importorskip("onnxruntime")
+    from graphopt.backends import onnx as onnx_backend
+
+    torch.testing.assert_close(onnx_backend.compile(dropped)(x), to_module(dropped)(x), rtol=1e-4, atol=1e-4)
+
+
+def test_nested_blocks_are_never_dropped_twice(llama):
+    _, inputs, graph = llama
+    dropped, stats, _ = drop(graph, inputs, "drop-layers{count=3,granularity=any}")
+    blocks = find_blocks(graph)
+    spans = [set(blocks.get(n).nodes) for n in stats.dropped]
+    assert all(not (a & b) for i, a in enumerate(spans) for b in spans[i + 1:])
+    assert graph.num_params() - dropped.num_params() == sum(blocks.get(n).params for n in stats.dropped)
+
+
+@pytest.mark.parametrize("fixture", ["llama", "resnet"])
+def test_recover_beats_the_ranking_alone(request, fixture):
+    model, inputs, graph = request.getfixturevalue(fixture)
+    torch.manual_seed(1)
+    calibration = [tuple(t.clone() for t in inputs) for _ in range(1)]
+    if fixture == "llama":
+        calibration = [(torch.randint(1, 1000, (8, 16)),) for _ in range(4)]
+    else:
+        calibration = [(torch.randn(16, 3, 32, 32),) for _ in range(4)]
+    text = "drop-layers{count=1,granularity=mlp}" if fixture == "llama" else "drop-layers{count=1}"
+    plain, _, _ = drop(graph, inputs, text, calibration_data=calibration)
+    recovered, stats, _ = drop(graph, inputs, text[:-1] + ",recover=true}", calibration_data=calibration)
+    assert stats.recovery.fits and any(f.error_after < f.error_before for f in stats.recovery.fits)
+    reference = [run_graph(graph, batch) for batch in calibration]
+    error_plain = output_change(reference, [run_graph(plain, b) for b in calibration])
+    error_recovered = output_change(reference, [run_graph(recovered, b) for b in calibration])
+    assert error_recovered < error_plain
+
+
+# ------------------------------------------------------------------ no-ops and errors
+def test_model_without_residual_blocks_is_a_clear_no_op():
+    model, inputs = models_zoo.get("vgg_bn", "tiny")
+    graph = graphopt.trace(model, inputs)
+    same, stats, report = drop(graph, inputs, "drop-layers{count=2}")
+    assert not report.modified and stats.dropped == []
+    assert "no residual blocks" in stats.summary()
+    assert same.num_params() == graph.num_params()
+
+
+def test_granularity_without_candidates_is_a_no_op(resnet):
+    _, inputs, graph = resnet
+    _, stats, report = drop(graph, inputs, "drop-layers{granularity=attention}")
+    assert not report.modified and "no droppable block at granularity 'attention'" in stats.message
+
+
+@pytest.mark.parametrize("options, option", [({"count": 0}, "count"), ({"fraction": 1.5}, "fraction"),
+                                             ({"count": 1, "fraction": 0.5}, "fraction"),
+                                             ({"blocks": ["a"], "count": 1}, "blocks"),
+                                             ({"blocks": ["a"], "iterative": True}, "blocks"),
+                                             ({"damp": -1.0}, "damp")])
+def test_bad_options_fail_when_the_pass_is_built(options, option):
+    with pytest.raises(InvalidOptionError) as info:
+        DropLayers(**options)
+    assert info.value.option == option
+
+
+def test_asking_for_more_blocks_than_there_are_is_an_error(resnet):
+    _, inputs, graph = resnet
+    with pytest.raises(GraphoptError, match="only 4 droppable"):
+        PassManager.parse("drop-layers{count=5}").run(graph, inputs)
+    with pytest.raises(GraphoptError, match="no block named 'layer9.0'"):
+        PassManager.parse("drop-layers{blocks=['layer9.0']}").run(graph, inputs)
+
+
+class _Untraceable(nn.Module):
+    def forward(self, x):
+        raise AssertionError("traced")
+
+
+@pytest.mark.parametrize("value, error", [(0, InvalidOptionError), (1.5, InvalidOptionError),
+                                          ("two", GraphoptError), ({"granularity": "block"}, GraphoptError)])
+def test_optimize_checks_drop_layers_before_tracing(value, error):
+    with pytest.raises(error):
+        graphopt.optimize(_Untraceable(), torch.randn(1, 4), drop_layers=value)
+
+
+def test_optimize_drops_then_prunes_in_one_report(stack):
+    model, inputs, _ = stack
+    result = graphopt.optimize(model, inputs, drop_layers={"count": 1, "recover": True},
+                               prune={"ratio": 0.5, "round_to": 1})
+    text = result.report.pipeline
+    assert text.index("drop-layers") < text.index("prune")
+    (dropped,) = result.report.drop
+    assert dropped.dropped == ["blocks.0"] and len(result.report.prune) == 1
+    assert "drop-layers" in str(result.report) and "prune" in str(result.report)
+    assert result(*inputs).shape == model(*inputs).shape
+    assert result.report.params_after < dropped.params_after  # pruning came after dropping
+
+
+def test_cli_inspect_blocks(capsys):
+    from graphopt.cli import main
+
+    assert main(["inspect", "resnet18", "--blocks"]) == 0
+    out = capsys.readouterr().out
+    assert "4 residual blocks" in out and "layer3.0" in out and "score" in out
+    assert main(["inspect", "vgg_bn", "--blocks"]) == 0
+    assert "no residual blocks" in capsys.readouterr().out
+
+
+def test_iterative_names_refer_to_the_blocks_of_the_input_graph(llama):
+    _, inputs, graph = llama
+    dropped, stats, _ = drop(graph, inputs, "drop-layers{count=2,granularity=any,iterative=true,metric=loss}")
+    blocks = find_blocks(graph)
+    assert all(blocks.get(name) is not None for name in stats.dropped)
+    replayed = apply_drop_recipe(graph.clone(), dropped.meta["drop_recipes"][0])
+    assert replayed.format() == dropped.format()
