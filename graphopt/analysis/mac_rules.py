@@ -83,3 +83,15 @@ def _recurrent(node: Node, numel) -> int:
         w_ih = node.inputs[first_weight(node.op) + layer * directions * per_direction]
         total += directions * steps_times_batch * gates * hidden * (numel(w_ih.shape[1:]) + hidden)
     return total
+
+
+@mac_rule("matmul_nbits")
+def _matmul_nbits(node: Node, numel) -> int:
+    """A linear whose weight is stored in 4/8 bits: [..., K] x [N, K]^T."""
+    return numel(node.outputs[0].shape) * numel(node.inputs[1].shape[1:])
+
+
+@mac_rule("quantize_linear", "dequantize_linear", "dynamic_quantize_linear")
+def _quantization(node: Node, numel) -> int:
+    """Scaling and rounding, element-wise: no multiply-accumulates (as for the other element-wise ops)."""
+    return 0

@@ -14,3 +14,4 @@ from graphopt.backends.onnx.lowerings import (  # noqa: F401 - each module attac
     creation, dense, elementwise, layout, norm, pooling, reduce,
 )
 from graphopt.backends.onnx.lowerings import patches, recurrent, selection  # noqa: F401,E402
+from graphopt.backends.onnx.lowerings import quant  # noqa: F401,E402

@@ -15,6 +15,7 @@ from graphopt.ir.ops._core import (
 # The family modules register their ops on import, in the order docs/ir.md lists them.
 from graphopt.ir.ops import elementwise, nn, layout, reduce, creation  # noqa: F401,E402,I001
 from graphopt.ir.ops import selection, patches, recurrent  # noqa: F401,E402,I001
+from graphopt.ir.ops import quant  # noqa: F401,E402,I001
 from graphopt.ir.ops.elementwise import ELEMENTWISE_BINARY, ELEMENTWISE_UNARY
 from graphopt.ir.ops.docs import markdown
 

@@ -1,0 +1,100 @@
+"""Run the float graph over the calibration batches and summarise chosen activations (ranges, channel maxima).
+
+One batch at a time, so memory is one batch's activations however much data
+is given; a progress bar on stderr counts the batches, since calibrating a
+large model on many batches takes minutes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from graphopt.ir.graph import Graph, Value
+from graphopt.ir.interpreter import GraphInterpreter
+
+
+class ProgressBar:
+    """`label [#####-----] i/n  t s` on stderr: redrawn in place on a terminal, a few lines otherwise."""
+
+    WIDTH = 24
+
+    def __init__(self, label: str, total: int, *, enabled: bool = True, stream=None) -> None:
+        self.label, self.total, self.enabled = label, total, enabled and total > 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.started = time.perf_counter()
+        self.done = 0
+        self._last_line = -1
+
+    def step(self) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        filled = self.WIDTH * self.done // self.total
+        text = (f"{self.label} [{'#' * filled}{'-' * (self.WIDTH - filled)}] {self.done}/{self.total} "
+                f"{time.perf_counter() - self.started:.1f}s")
+        if tty:
+            self.stream.write("\r" + text + ("\n" if self.done == self.total else ""))
+        else:  # a log file: about every quarter, and the end
+            quarter = 4 * self.done // self.total
+            if quarter == self._last_line and self.done != self.total:
+                return
+            self._last_line = quarter
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def observe(graph: Graph, batches: Sequence[tuple], watchers: dict[str, Callable[[torch.Tensor], None]],
+            *, label: str = "calibrate", progress: bool = True) -> None:
+    """Run `graph` on each batch; call `watchers[value name](tensor)` for every watched value it computes."""
+    bar = ProgressBar(label, len(batches), enabled=progress)
+    inputs = {v.name: i for i, v in enumerate(graph.inputs)}
+    for batch in batches:
+        for name, index in inputs.items():
+            if name in watchers:
+                watchers[name](batch[index])
+        interp = GraphInterpreter(graph, [batch])
+        for node in graph.nodes:
+            interp.execute(node)
+            for out in node.outputs:
+                watch = watchers.get(out.name)
+                if watch is not None:
+                    watch(interp.value(out)[0])
+        bar.step()
+
+
+def outputs_on(graph: Graph, batches: Iterable[tuple]) -> list[list[torch.Tensor]]:
+    """The graph's tensor outputs per batch."""
+    result = []
+    for batch in batches:
+        outs = GraphInterpreter(graph, [batch]).run()[0]
+        result.append([o for o in outs if isinstance(o, torch.Tensor)])
+    return result
+
+
+def relative_error(reference: list[list[torch.Tensor]], outputs: list[list[torch.Tensor]]) -> float:
+    """||out - ref|| / ||ref|| over every floating output of every batch."""
+    num = den = 0.0
+    for ref_batch, out_batch in zip(reference, outputs):
+        for ref, out in zip(ref_batch, out_batch):
+            if ref.is_floating_point():
+                num += float((out.double() - ref.double()).pow(2).sum())
+                den += float(ref.double().pow(2).sum())
+    return (num / den) ** 0.5 if den > 0 else num ** 0.5
+
+
+def channel_absmax(values: Sequence[Value]) -> tuple[dict[str, Callable[[torch.Tensor], None]], dict[str, torch.Tensor]]:
+    """Watchers that record each value's max |x| per last-axis channel, and the dict they fill."""
+    found: dict[str, torch.Tensor] = {}
+
+    def watcher(name: str) -> Callable[[torch.Tensor], None]:
+        def watch(x: torch.Tensor) -> None:
+            m = x.detach().abs().reshape(-1, x.shape[-1]).amax(0).float()
+            found[name] = m if name not in found else torch.maximum(found[name], m)
+        return watch
+
+    return {v.name: watcher(v.name) for v in values}, found

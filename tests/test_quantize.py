@@ -1,0 +1,269 @@
+"""The `quantize` pass on every zoo model (torch and ONNX Runtime), its ops' kernels against ONNX Runtime,
+observers, SmoothQuant, sensitivity, and the integer kernels ONNX Runtime actually picks."""
+
+from __future__ import annotations
+
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import graphopt
+from graphopt import models_zoo
+from graphopt.backends import onnx as onnx_backend
+from graphopt.backends.torch import to_module
+from graphopt.ir.interpreter import run_graph
+from graphopt.passmanager import InvalidOptionError, PassManager, PassFailedError, PipelineError, Verify
+from graphopt.passes import Quantize
+from graphopt.passes.quantize import OBSERVERS, qparams
+from graphopt.passes.quantize.calibrate import outputs_on, relative_error
+from graphopt.passes.quantize.smooth import smooth
+from graphopt.passes.quantize.targets import find_layers
+
+CONVNETS = ["resnet18", "resnet50", "resnext", "mobilenet_v2", "mobilenet_v3", "efficientnet", "regnet",
+            "densenet", "vgg_bn", "convnext", "unet"]
+TRANSFORMERS = ["bert", "vit", "llama"]
+# Random-weight tiny convnets amplify any perturbation (one int8 layer alone moves efficientnet's output 14 %);
+# with default options these reach 0.97-0.99, not 0.99 (measured on torch / ONNX Runtime: efficientnet
+# 0.981 / 0.974, densenet 0.980 / 0.974, regnet 0.987 / 0.98); keep_float / max_error trade speed for it.
+FRAGILE = {"efficientnet": 0.97, "densenet": 0.97, "regnet": 0.98}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+_TRACED: dict[str, tuple] = {}
+
+
+def traced(name: str):
+    """(canonicalised graph, example inputs, evaluation batch of 16) for a tiny zoo model, traced once."""
+    if name not in _TRACED:
+        model, inputs = models_zoo.get(name, "tiny")
+        batch = models_zoo.get(name, "tiny", batch_size=16)[1]
+        graph = graphopt.trace(model, inputs, dynamic=models_zoo.spec(name).dynamic_axes)
+        graph, _ = PassManager.parse("canonicalize").run(graph, inputs)
+        _TRACED[name] = (graph, inputs, batch)
+    return _TRACED[name]
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.detach().flatten().double(), b.detach().flatten().double(), dim=0))
+
+
+def first(out):
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def quantized(name: str, **options):
+    graph, inputs, batch = traced(name)
+    verify = Verify()
+    new, report = PassManager([Quantize(progress=False, **options)], instruments=[verify]).run(
+        graph, inputs, calibration_data=[batch])
+    assert verify.checked == ["quantize"], "Verify compared the outputs at the pass's bounded tolerance"
+    return graph, new, batch, report.stats("quantize")[0]
+
+
+def check_backends(graph, new, batch, bound: float) -> None:
+    """The quantized graph runs on torch and ONNX Runtime, each within `bound` cosine of the float graph."""
+    reference = run_graph(graph, batch)[0]
+    assert cosine(reference, run_graph(new, batch)[0]) >= bound
+    assert cosine(reference, first(to_module(new)(*batch))) >= bound
+    assert cosine(reference, first(onnx_backend.compile(new)(*batch))) >= bound
+
+
+@pytest.mark.parametrize("name", CONVNETS)
+def test_int8_static_on_convnets(name):
+    graph, new, batch, report = quantized(name, mode="int8")
+    assert report.quantized and new.find_nodes("quantize_linear")
+    assert all(v.dtype == torch.int8 for v in new.weights.values() if v.name.endswith(".int8"))
+    check_backends(graph, new, batch, FRAGILE.get(name, 0.99))
+
+
+@pytest.mark.parametrize("mode,bound", [("int8", 0.99), ("int8-dynamic", 0.99), ("int8-weight", 0.99),
+                                        ("int4-weight", 0.98)])
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_transformers_in_every_mode(name, mode, bound):
+    graph, new, batch, report = quantized(name, mode=mode)
+    assert report.quantized
+    check_backends(graph, new, batch, bound)
+
+
+def test_convs_stay_float_in_dynamic_and_weight_only_modes():
+    _, new, _, report = quantized("resnet18", mode="int8-dynamic")
+    assert not any(n.inputs[1].producer and n.inputs[1].producer.op == "dequantize_linear"
+                   for n in new.find_nodes("conv"))
+    assert "ConvInteger" in next(why for name, why in report.left_float.items() if "conv" in name)
+    _, new, _, _ = quantized("resnet18", mode="int4-weight")
+    assert len(new.find_nodes("matmul_nbits")) == 1 and new.find_nodes("conv")
+
+
+def test_skip_patterns_match_node_and_module_names():
+    graph, _, _ = traced("bert")
+    layers = [layer.name for layer in find_layers(graph, "int8-weight", [])[0]]
+    _, new, _, report = quantized("bert", mode="int8-weight", skip=["*.attention.*", layers[-1]])
+    assert layers[-1] in report.left_float
+    assert any("skipped by pattern '*.attention.*'" in why for why in report.left_float.values())
+    assert len(report.quantized) < len(layers) - 1
+    assert len(new.find_nodes("matmul_nbits")) == len(report.quantized)
+
+
+def test_nothing_to_quantize_is_not_modified():
+    graph, inputs, _ = traced("bert")
+    names = [layer.name for layer in find_layers(graph, "int8", [])[0]]
+    new, report = PassManager([Quantize(skip=names, progress=False)], instruments=[Verify()]).run(graph, inputs)
+    assert not report.modified and new.format() == graph.format()
+
+
+def test_options_are_checked_when_built():
+    for bad in ({"group_size": 24}, {"smooth": 1.5}, {"mode": "int4-weight", "smooth": 0.5}, {"keep_float": -1},
+                {"max_error": 0.0}, {"keep_float": 1, "max_error": 0.1}, {"percentile": 20.0}):
+        with pytest.raises(InvalidOptionError):
+            Quantize(**bad)
+    with pytest.raises(PipelineError, match="did you mean 'int8'"):
+        PassManager.parse("quantize{mode=int3}")
+    assert str(PassManager.parse("quantize{mode=int4-weight,group_size=64}")) == "quantize{mode=int4-weight,group_size=64}"
+
+
+def test_verify_rejects_a_quantizer_with_a_bug(monkeypatch):
+    """The bounded tolerance is tight enough to catch a wrong scale (weights scaled by 2)."""
+    from graphopt.passes.quantize import rewrite
+
+    real = rewrite.symmetric
+    monkeypatch.setattr(rewrite, "symmetric", lambda w, axis, bits: (lambda q, s: (q, s * 2))(*real(w, axis, bits)))
+    graph, inputs, _ = traced("resnet18")
+    with pytest.raises(PassFailedError, match="beyond its bounded"):
+        PassManager([Quantize(progress=False)], instruments=[Verify()]).run(graph, inputs)
+
+
+# ---------------------------------------------------------------- ops against ONNX Runtime
+def _ort_run(graph, inputs):
+    return [torch.as_tensor(o) for o in onnx_backend.compile(graph, optimization_level="disable")(*inputs)] \
+        if len(graph.outputs) > 1 else [first(onnx_backend.compile(graph, optimization_level="disable")(*inputs))]
+
+
+def test_quantize_dequantize_kernels_match_onnx_runtime():
+    g = graphopt.Graph("qdq")
+    x = g.add_input("x", (4, 3, 5), torch.float32)
+    s = g.add_const(torch.tensor([0.02, 0.05, 0.1]))
+    z = g.add_const(torch.tensor([0, 3, 200], dtype=torch.uint8))
+    q = g.create_node("quantize_linear", [x, s, z], {"axis": 1})
+    dq = g.create_node("dequantize_linear", [q.output, s, z], {"axis": 1, "block_size": 0})
+    dyn = g.create_node("dynamic_quantize_linear", [x])
+    ddq = g.create_node("dequantize_linear", list(dyn.outputs), {"axis": 1, "block_size": 0})
+    g.outputs = [q.output, dq.output, ddq.output]
+    g.verify()
+    inputs = (torch.randn(4, 3, 5) * 3,)
+    for ours, theirs in zip(run_graph(g, inputs), _ort_run(g, inputs)):
+        assert ours.dtype == theirs.dtype
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("bits,k", [(4, 64), (4, 40), (8, 48)])
+def test_matmul_nbits_matches_onnx_runtime(bits, k):
+    """Packing (two int4 per byte, K padded to whole blocks) and the default zero point 2^(bits-1)."""
+    from graphopt.passes.quantize.rewrite import blockwise
+
+    g = graphopt.Graph("nbits")
+    x = g.add_input("x", (3, k), torch.float32)
+    q, scale = blockwise(torch.randn(8, k), bits, 16)
+    node = g.create_node("matmul_nbits", [x, g.add_weight("w", q), g.add_weight("s", scale),
+                                          g.add_weight("b", torch.randn(8))], {"bits": bits, "block_size": 16})
+    g.outputs = [node.output]
+    inputs = (torch.randn(3, k),)
+    ours, theirs = run_graph(g, inputs)[0], _ort_run(g, inputs)[0]
+    # accuracy_level 4 quantizes the activations to int8 per block inside the kernel: ~1 % of the range
+    torch.testing.assert_close(ours, theirs, atol=0.02 * float(ours.abs().max()), rtol=0)
+
+
+# ---------------------------------------------------------------- ONNX Runtime picks integer kernels
+def optimized_ops(graph, tmp_path) -> set[str]:
+    """The op types of the model ONNX Runtime runs after its graph optimizations (saved by the session)."""
+    opts = onnx_backend.session_options()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(onnx_backend.to_onnx(graph).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+
+
+@pytest.mark.parametrize("name,mode,integer_ops", [
+    ("resnet18", "int8", {"QLinearConv"}),
+    ("bert", "int8", {"MatMulIntegerToFloat", "QLinearMatMul"}),
+    ("bert", "int8-dynamic", {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}),
+    ("bert", "int4-weight", {"MatMulNBits"}),
+    ("bert", "int8-weight", {"MatMulNBits"}),
+])
+def test_onnx_runtime_runs_integer_kernels(name, mode, integer_ops, tmp_path):
+    _, new, _, report = quantized(name, mode=mode)
+    ops = optimized_ops(new, tmp_path)
+    assert ops & integer_ops, f"no integer kernel among {sorted(ops)}"
+    if name == "resnet18":  # every conv integer (the classifier's Gemm writes the logits, kept float)
+        assert "Conv" not in ops and "QLinearConv" in ops
+
+
+def test_matmul_nbits_is_lowered_with_accuracy_level_4():
+    _, new, _, _ = quantized("bert", mode="int4-weight")
+    nodes = [n for n in onnx_backend.to_onnx(new).graph.node if n.op_type == "MatMulNBits"]
+    assert nodes and all(n.domain == "com.microsoft" for n in nodes)
+    attrs = {a.name: a.i for a in nodes[0].attribute}
+    assert attrs["accuracy_level"] == 4 and attrs["bits"] == 4
+
+
+# ---------------------------------------------------------------- observers, smoothing, sensitivity
+def test_observers():
+    x = torch.cat([torch.randn(10000), torch.tensor([40.0])])
+    ranges = {}
+    for name, make in OBSERVERS.items():
+        obs = make()
+        obs.observe(x)
+        ranges[name] = obs.range()
+    assert ranges["minmax"][1] == 40.0
+    assert ranges["percentile"][1] < 10 and ranges["mse"][1] < 40.0
+    assert qparams(0.0, 2.55) == (pytest.approx(0.01), 0)  # after a ReLU: ONNX Runtime drops the ReLU
+    assert qparams(0.0, 0.0) == (1.0, 0)
+
+
+def test_observer_choice_changes_calibration():
+    for observer in ("percentile", "mse"):
+        graph, new, batch, _ = quantized("resnet18", mode="int8", observer=observer)
+        assert cosine(run_graph(graph, batch)[0], run_graph(new, batch)[0]) >= 0.99
+
+
+def test_smoothing_is_exact_in_float_and_shrinks_activation_ranges():
+    graph, _, batch = traced("vit")
+    copy = graph.clone()
+    layers = find_layers(copy, "int8", [])[0]
+    done = smooth(copy, layers, [batch], 0.5, progress=False)
+    assert done
+    torch.testing.assert_close(run_graph(copy, batch)[0], run_graph(graph, batch)[0], rtol=1e-4, atol=1e-4)
+    _, new, _, report = quantized("vit", mode="int8", smooth=0.5)
+    assert report.smoothed == done
+    assert cosine(run_graph(graph, batch)[0], run_graph(new, batch)[0]) >= 0.99
+
+
+def test_sensitivity_report_and_keep_float():
+    graph, new, batch, report = quantized("resnet18", mode="int8", sensitivity=True)
+    assert set(report.sensitivity) == set(report.quantized) and report.error is not None
+    worst = max(report.sensitivity, key=report.sensitivity.get)
+    _, kept, _, kept_report = quantized("resnet18", mode="int8", keep_float=2)
+    assert worst in kept_report.left_float and len(kept_report.quantized) == len(report.quantized) - 2
+    assert kept_report.error < report.error
+
+
+def test_max_error_keeps_layers_float_until_met():
+    _, _, _, loose = quantized("efficientnet", mode="int8", sensitivity=True)
+    target = loose.error / 2
+    _, new, batch, report = quantized("efficientnet", mode="int8", max_error=target)
+    assert report.error <= target and report.quantized
+    assert relative_error(outputs_on(traced("efficientnet")[0], [batch]), outputs_on(new, [batch])) <= target
+
+
+def test_progress_bar_counts_calibration_batches(capsys):
+    graph, inputs, batch = traced("resnet18")
+    PassManager([Quantize()]).run(graph, inputs, calibration_data=[batch, batch, batch])
+    err = capsys.readouterr().err
+    assert "calibrate [" in err and "3/3" in err
