@@ -52,7 +52,26 @@ def noop_rule(name: str, ops: Sequence[str]) -> Rule:
 
 
 REMOVE_NOOP = noop_rule("remove-noop", NOOP_OPS)
-RULES: tuple[Rule, ...] = (REMOVE_NOOP,)
+
+
+@rule("drop-empty-concat-operands", "concat")
+def drop_empty_concat_operands(node: Node) -> Outcome:
+    """concat(x, empty) -> x: an operand of size 0 along the axis adds nothing.
+
+    Partial rotary embeddings whose rotary dim is the whole head (Phi-3) concatenate `x[..., d:]`,
+    an empty slice; left in, it is a tensor whose channels no rule can follow.
+    """
+    axis = node.attrs["axis"] % node.outputs[0].rank
+    kept = [x for x in node.inputs if x is None or x.shape[axis] != 0]
+    if len(kept) == len(node.inputs) or not kept:
+        return "no operand is empty along the axis"
+    if len(kept) == 1 and kept[0].dtype == node.outputs[0].dtype:
+        return kept[0]
+    node.set_inputs(kept)
+    return node
+
+
+RULES: tuple[Rule, ...] = (REMOVE_NOOP, drop_empty_concat_operands)
 
 
 @register_pass("remove-identity")

@@ -24,7 +24,12 @@ def _reshape(b: Builder, node: Node) -> None:
             touched = [blk for blk in blocks if set(blk[side]) & set(s.axes)]
             if not touched:
                 continue
-            if any(not all(isinstance(src.shape[a], int) for a in blk[side]) for blk in touched):
+            if any(not isinstance(v.shape[a], int) for blk in touched for v, k in ((src, side), (dst, 1 - side))
+                   for a in blk[k]):
+                # Channels merged with a dynamic axis ((batch, C) -> (batch*C)) cannot be followed; dropping
+                # the link instead would leave the far side's reshape target unrewritten by a removal.
+                b.barrier(src, f"reshape %{node.name} merges channel axes with a dynamic axis")
+                b.barrier(dst, f"reshape %{node.name} merges channel axes with a dynamic axis")
                 continue
             _couple_through_blocks(b, s, dst, touched, side)
 
@@ -93,15 +98,39 @@ def _symbolic_blocks(src: list, dst: list) -> list[tuple[list[int], list[int]]] 
 
 
 def _coarse_blocks(src: list, dst: list) -> list[tuple[list[int], list[int]]] | None:
-    """Fallback: peel equal static axes off the end; everything else is one block."""
-    blocks = []
-    i, j = len(src) - 1, len(dst) - 1
-    while i >= 0 and j >= 0 and isinstance(src[i], int) and isinstance(dst[j], int) and src[i] == dst[j]:
-        blocks.insert(0, ([i], [j]))
-        i, j = i - 1, j - 1
-    if i >= 0 or j >= 0:
-        blocks.insert(0, (list(range(i + 1)), list(range(j + 1))))
+    """Fallback: peel static blocks off the end; everything before them is one block.
+
+    (batch, seq, heads, d) -> (batch*seq, heads*d), GPT-2's Conv1D input: the static suffix (heads, d)
+    -> (heads*d) is its own block, so the channel axes are followed while (batch, seq) -> (batch*seq)
+    stays one block.
+    """
+    blocks: list[tuple[list[int], list[int]]] = []
+    i, j = len(src), len(dst)  # exclusive ends of what is not yet in a block
+    while i > 0 and j > 0 and isinstance(src[i - 1], int) and isinstance(dst[j - 1], int):
+        block = _static_block_from_end(src, dst, i, j)
+        if block is None:
+            break
+        blocks.insert(0, block)
+        i, j = block[0][0], block[1][0]
+    if i > 0 or j > 0:
+        blocks.insert(0, (list(range(i)), list(range(j))))
     return blocks
+
+
+def _static_block_from_end(src: list, dst: list, i: int, j: int) -> tuple[list[int], list[int]] | None:
+    """The shortest runs src[a:i], dst[c:j] of static axes with equal products, or None."""
+    a, c = i - 1, j - 1
+    pi, pj = src[a], dst[c]
+    while pi != pj:
+        if pi < pj and a > 0 and isinstance(src[a - 1], int):
+            a -= 1
+            pi *= src[a]
+        elif pj < pi and c > 0 and isinstance(dst[c - 1], int):
+            c -= 1
+            pj *= dst[c]
+        else:
+            return None
+    return list(range(a, i)), list(range(c, j))
 
 
 def _couple_through_blocks(b: Builder, s: Space, dst: Value, touched, side: int) -> None:
