@@ -19,6 +19,7 @@ from graphopt.analysis.channel_rules import (  # noqa: F401 - each module regist
     norms,
     patches,
     pooling,
+    quant,
     recurrent,
     reductions,
     reshape,
