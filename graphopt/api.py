@@ -31,9 +31,15 @@ class OptimizeReport:
     backend: str
     prune: list[Any] = field(default_factory=list)  # PruneReport per prune step: per-group kept/total
     drop: list[Any] = field(default_factory=list)  # DropReport of drop_layers: blocks, scores, dropped
+    quantize: list[Any] = field(default_factory=list)  # QuantizeReport: layers quantized / left float, errors
+    weight_bytes_before: dict[str, int] = field(default_factory=dict)  # by element type (model size)
+    weight_bytes_after: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        pruned = "".join(f"{r.summary()}\n" for r in [*self.drop, *self.prune])
+        pruned = "".join(f"{r.summary()}\n" for r in [*self.drop, *self.prune, *self.quantize])
+        if self.quantize:
+            pruned += (f"weight bytes {sum(self.weight_bytes_before.values()):,} -> "
+                       f"{sum(self.weight_bytes_after.values()):,} ({dict(sorted(self.weight_bytes_after.items()))})\n")
         return (f"pipeline: {self.pipeline}  (backend: {self.backend})\n{self.passes}\n{pruned}"
                 f"params {self.params_before:,} -> {self.params_after:,} "
                 f"({self.params_after / max(self.params_before, 1):.1%}), "
@@ -128,6 +134,17 @@ def _drop_pass(drop_layers: int | float | Mapping[str, Any], recipe: Any) -> Any
     return DropLayers(count=drop_layers) if isinstance(drop_layers, int) else DropLayers(fraction=drop_layers)
 
 
+def _quantize_pass(quantize: str | Mapping[str, Any]) -> Any:
+    """The Quantize pass for `quantize=` (a mode or options), built (so checked) before tracing."""
+    from graphopt.passes.quantize import Quantize
+
+    if isinstance(quantize, str):
+        return Quantize(mode=quantize)
+    if isinstance(quantize, Mapping):
+        return Quantize(**quantize)
+    raise GraphoptError(f"quantize must be a mode or a dict of Quantize options, not {type(quantize).__name__}")
+
+
 def _check_arguments(prune: Any, recipe: Any, finetune: Any, backend: str) -> None:
     """The argument errors `optimize` can see before tracing the model."""
     if recipe is not None and prune is not None:
@@ -145,6 +162,7 @@ def optimize(
     prune: float | Mapping[str, Any] | None = None,
     drop_layers: int | float | Mapping[str, Any] | None = None,
     recipe: str | os.PathLike | Any | None = None,
+    quantize: str | Mapping[str, Any] | None = None,
     calibration_data: Iterable[Any] | None = None,
     loss: Callable[[Any, Any], torch.Tensor] | None = None,
     steps: int = 1,
@@ -160,6 +178,9 @@ def optimize(
     `drop_layers`: drop residual blocks before pruning: a count (`2`), a fraction (`0.25`) or `DropLayers`
     options (`{"count": 2, "granularity": "mlp", "recover": True}`); checked before tracing.
     `recipe`: a saved pruning recipe (path or `PruneRecipe`) to replay instead of pruning afresh.
+    `quantize`: a mode ("int8", "int8-dynamic", "int8-weight", "int4-weight") or `Quantize` options
+    (`{"mode": "int8", "observer": "percentile", "keep_float": 2}`); runs last, after pruning, on the
+    calibration data; checked before tracing. `torch_module()` then simulates the quantized arithmetic.
     `calibration_data`: batches of model inputs for data-driven criteria (taylor, activation,
     fluctuation) and reconstruction; with `loss(output, target)`, `(inputs, target)` pairs, and
     Taylor scores use that loss. Without it the example inputs are the calibration batch.
@@ -175,6 +196,7 @@ def optimize(
     _check_arguments(prune, recipe, finetune, backend)
     prune_passes = _prune_steps(prune, steps) if prune is not None else []
     drop_pass = _drop_pass(drop_layers, recipe) if drop_layers is not None else None
+    quantize_pass = _quantize_pass(quantize) if quantize is not None else None
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     graph = trace(model, inputs, dynamic=dynamic)
     run = _Pipeline(inputs, None if calibration_data is None else list(calibration_data), loss, verify)
@@ -191,6 +213,8 @@ def optimize(
     if recipe is not None:
         trainable = _replay(trainable, recipe)
     optimized = run.stage("canonicalize", trainable) if structural else trainable
+    if quantize_pass is not None:  # last: pruning and fine-tuning work in float
+        optimized = trainable = run.stage(quantize_pass, optimized)
     report = _report(run, graph, optimized, inputs, backend)
     return OptimizedModel(optimized, report, _runner(optimized, backend), trainable)
 
@@ -248,7 +272,8 @@ def _report(run: _Pipeline, graph: Graph, optimized: Graph, inputs: tuple, backe
     before, after = estimate_cost(graph, bindings=bindings), estimate_cost(optimized, bindings=bindings)
     return OptimizeReport(pipeline, merged, before.total_params, after.total_params,
                           before.total_macs, after.total_macs, backend, merged.stats("prune"),
-                          drop=merged.stats("drop-layers"))
+                          drop=merged.stats("drop-layers"), quantize=merged.stats("quantize"),
+                          weight_bytes_before=before.weight_bytes, weight_bytes_after=after.weight_bytes)
 
 
 def _runner(graph: Graph, backend: str) -> Callable[..., Any]:

@@ -267,3 +267,35 @@ def test_progress_bar_counts_calibration_batches(capsys):
     PassManager([Quantize()]).run(graph, inputs, calibration_data=[batch, batch, batch])
     err = capsys.readouterr().err
     assert "calibrate [" in err and "3/3" in err
+
+
+# ---------------------------------------------------------------- cost and optimize
+def test_cost_reports_weight_bytes_and_macs_by_type():
+    from graphopt.analysis import estimate_cost
+
+    graph, int8, _, _ = quantized("bert", mode="int8")
+    _, int4, _, _ = quantized("bert", mode="int4-weight")
+    before, after8, after4 = estimate_cost(graph), estimate_cost(int8), estimate_cost(int4)
+    assert set(before.macs_by_dtype) == {"float32"} and sum(before.macs_by_dtype.values()) == before.total_macs
+    assert after8.macs_by_dtype["int8"] > 0.9 * after8.total_macs
+    assert after4.macs_by_dtype["int4-weight"] > 0.9 * after4.total_macs
+    assert after4.weight_bytes["int4"] * 2 == pytest.approx(after8.weight_bytes["int8"], rel=0.05)
+    assert after8.total_weight_bytes < 0.7 * before.total_weight_bytes  # the embeddings stay float
+    assert "weight bytes by type: " in after4.table()
+
+
+def test_optimize_prunes_then_quantizes_in_one_report():
+    from graphopt.passmanager import InvalidOptionError as Invalid
+
+    model, inputs = models_zoo.get("resnet18", "tiny")
+    with pytest.raises(Invalid, match="group_size"):
+        graphopt.optimize(model, inputs, quantize={"mode": "int4-weight", "group_size": 3})
+    with pytest.raises(graphopt.GraphoptError, match="quantize must be"):
+        graphopt.optimize(model, inputs, quantize=8)
+    batch = models_zoo.get("resnet18", "tiny", batch_size=8)[1]
+    opt = graphopt.optimize(model, inputs, prune=0.5, quantize="int8", calibration_data=[batch])
+    names = [r.path for r in opt.report.passes.records]
+    assert names.index("prune") < names.index("quantize")
+    assert opt.report.quantize[0].quantized and "quantize (int8)" in str(opt.report)
+    assert sum(opt.report.weight_bytes_after.values()) < 0.1 * sum(opt.report.weight_bytes_before.values())
+    assert cosine(first(opt(*batch)), first(opt.torch_module()(*batch))) > 0.999

@@ -46,6 +46,14 @@ class CostReport:
     total_params: int = 0
     total_macs: int = 0
     bindings: dict[str, int] = field(default_factory=dict)
+    # bytes of the weights nodes read, by element type ("int4" for int8 tensors holding 4-bit values), and
+    # MACs by the type they are computed in ("int8" when both operands are dequantized integers)
+    weight_bytes: dict[str, int] = field(default_factory=dict)
+    macs_by_dtype: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_weight_bytes(self) -> int:
+        return sum(self.weight_bytes.values())
 
     def by_op(self) -> dict[str, NodeCost]:
         """Costs summed per op type (params here double-count shared weights, like per-node figures)."""
@@ -64,6 +72,8 @@ class CostReport:
         lines = [f"{'node'.ljust(width)}  {'op':<14}{'params':>12}{'MACs':>16}"]
         lines += [f"{name.ljust(width)}  {c.op:<14}{c.params:>12,}{c.macs:>16,}" for name, c in rows]
         lines.append(f"{'total'.ljust(width)}  {'':<14}{self.total_params:>12,}{self.total_macs:>16,}")
+        if set(self.weight_bytes) & {"int8", "uint8", "int4"}:  # a quantized graph: its size by type
+            lines.append("weight bytes by type: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.weight_bytes.items())))
         if self.bindings:
             lines.append("evaluated with " + ", ".join(f"{k}={v}" for k, v in sorted(self.bindings.items())))
         return "\n".join(lines)
@@ -97,6 +107,7 @@ def estimate_cost(
 
     report = CostReport()
     counted: set[int] = set()
+    weighed: set[int] = set()
     for node in graph.nodes:
         params = 0
         seen: set[int] = set()
@@ -107,12 +118,41 @@ def estimate_cost(
                 if id(value) not in counted:
                     counted.add(id(value))
                     report.total_params += _numel(value)
+        for value in node.inputs:
+            if value is not None and value.is_weight and id(value) not in weighed:
+                weighed.add(id(value))
+                kind, size = _storage(value)
+                report.weight_bytes[kind] = report.weight_bytes.get(kind, 0) + size
         rule = mac_rule_for(node.op)
         macs = rule(node, numel) if rule is not None else 0
         report.nodes[node.name] = NodeCost(node.op, params, macs)
         report.total_macs += macs
+        if macs:
+            kind = _compute_type(node)
+            report.macs_by_dtype[kind] = report.macs_by_dtype.get(kind, 0) + macs
     report.bindings = dict(sorted(used.items()))
     return report
+
+
+def _storage(value: Value) -> tuple[str, int]:
+    """(element type name, bytes) of a weight as deployed: `meta["bits"]` marks int8 tensors of 4-bit values."""
+    bits = value.meta.get("bits")
+    numel = _numel(value)
+    if bits is not None and bits < 8:
+        return f"int{bits}", (numel * bits + 7) // 8
+    return str(value.dtype).replace("torch.", ""), numel * value.dtype.itemsize
+
+
+def _compute_type(node) -> str:
+    """The type a dense node multiplies in: integer when its operands come from dequantized integers."""
+    if node.op == "matmul_nbits":
+        return f"int{node.attrs['bits']}-weight"
+    operands = [v for v in node.inputs[:2] if v is not None]
+    integer = [v.producer is not None and v.producer.op == "dequantize_linear"
+               and not v.producer.inputs[0].dtype.is_floating_point for v in operands]
+    if operands and all(integer):
+        return "int8"
+    return str(node.outputs[0].dtype).replace("torch.", "")
 
 
 def _is_param(value: Value | None) -> bool:
