@@ -299,3 +299,19 @@ def test_optimize_prunes_then_quantizes_in_one_report():
     assert opt.report.quantize[0].quantized and "quantize (int8)" in str(opt.report)
     assert sum(opt.report.weight_bytes_after.values()) < 0.1 * sum(opt.report.weight_bytes_before.values())
     assert cosine(first(opt(*batch)), first(opt.torch_module()(*batch))) > 0.999
+
+
+def test_torch_module_fake_quantizes_with_straight_through_gradients():
+    graph, new, batch, _ = quantized("resnet18", mode="int8")
+    module = to_module(new).train()
+    x = batch[0].clone().requires_grad_(True)
+    out = module(x)
+    torch.testing.assert_close(out.detach(), run_graph(new, batch)[0], atol=1e-4, rtol=1e-4)  # same numbers
+    out.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0, "gradients pass the quantize -> dequantize pairs"
+    scales = [p for name, p in module.named_parameters() if name.endswith("scale")]
+    assert scales and all(p.grad is not None for p in scales)
+    before = out.detach().square().mean()
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=1e-3)
+    opt.step()
+    assert module(batch[0]).detach().square().mean() != before  # a step changed the quantized model

@@ -22,6 +22,7 @@ from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.interpreter import output_spec, torch_kernel
 from graphopt.ir.ops import CREATION, TRAINING_AWARE, has_trait
+from graphopt.backends.torch.fake_quant import fake_quantize, fused_pair
 from graphopt.backends.torch.kernels import KERNELS, register_kernel
 
 __all__ = ["to_module", "load_weights", "register_kernel", "KERNELS"]
@@ -144,6 +145,11 @@ class _Lowering:
         return self.env[id(value)]
 
     def emit(self, node: Node) -> None:
+        pair = fused_pair(node)
+        if pair is not None:  # Q -> DQ: fake-quant with a straight-through gradient (backends/torch/fake_quant.py)
+            args = (self.read(pair.inputs[0]), self.read(node.inputs[1]), self.read(node.inputs[2]))
+            self.env[id(node.outputs[0])] = self.fx.call_function(fake_quantize, args, {"axis": node.attrs.get("axis", 1)})
+            return
         fn = torch_kernel(node)
         kwargs = {k: self.resolve(v) for k, v in node.attrs.items()}
         if has_trait(node.op, TRAINING_AWARE):
