@@ -298,3 +298,23 @@ def test_iterative_names_refer_to_the_blocks_of_the_input_graph(llama):
     assert all(blocks.get(name) is not None for name in stats.dropped)
     replayed = apply_drop_recipe(graph.clone(), dropped.meta["drop_recipes"][0])
     assert replayed.format() == dropped.format()
+
+
+def test_consecutive_blocks_dropped_out_of_order(stack):
+    model, inputs, graph = stack
+    dropped, stats, _ = drop(graph, inputs, "drop-layers{blocks=['blocks.2','blocks.1','blocks.0','blocks.3']}")
+    assert stats.dropped == ["blocks.2", "blocks.1", "blocks.0", "blocks.3"]
+    with torch.no_grad():
+        torch.testing.assert_close(to_module(dropped)(*inputs), model(*inputs, skip=(0, 1, 2, 3)), rtol=1e-6, atol=1e-6)
+
+
+def test_docs_drop_layers_md_code_runs(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "drop_layers.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+    assert len(blocks) >= 4
+    namespace: dict = {"__name__": "docs_drop_layers_md"}
+    for index, code in enumerate(blocks):
+        exec(compile(code, f"docs/drop_layers.md[block {index}]", "exec"), namespace)

@@ -25,7 +25,10 @@ def drop_block(graph: Graph, block: ResidualBlock, replaced: dict[str, Value] | 
     except KeyError:
         raise GraphoptError(f"cannot drop block {block.name!r}: its merge %{block.merge} is gone "
                             "(was an enclosing block dropped?)") from None
-    skip = replaced.get(block.skip)
+    name, skip = block.skip, None
+    while name in replaced:  # follow chains: blocks dropped out of graph order replace each other's merges
+        skip = replaced[name]
+        name = skip.name
     if skip is None:
         try:
             skip = graph.value(block.skip)

@@ -1,0 +1,239 @@
+"""Accuracy and latency of layer dropping on real data: a residual CNN and a small transformer on digits.
+
+Usage: python bench/bench_drop_layers.py [--seeds 0 1 2] [--drops 1 2 3 4 5] [--epochs 15] [--calibration 256]
+                                         [--draws 5] [--repeat 50] [--threads 1]
+
+Data: scikit-learn's digits, split and standardised as in bench/bench_prune_accuracy.py (its
+`load_digits` and `train` are reused: 1,347 training / 450 test images, Adam, cosine decay, batch 64).
+Models, both with 6 residual blocks:
+
+- CNN: stem conv 1->32, six residual blocks at 32 channels (conv-bn-relu-conv-bn + identity, ReLU),
+  global average pooling, linear;
+- transformer: each image's 8 rows are 8 tokens of 8 pixels; linear embedding to 64 + learned
+  positions, six pre-norm layers (4-head attention, GELU MLP x2), final LayerNorm, mean over tokens,
+  linear. The 6 whole layers are the blocks (`granularity="layer"`).
+
+For each number of dropped blocks k, graphopt drops k blocks of the trained model
+(`drop-layers` on the traced graph, calibrated on the first `--calibration` training images) by:
+the default metric (cosine: 1 - cos(block input, output), ShortGPT's Block Influence), the same +
+`recover=True` (least-squares refit of the following affine pieces on the calibration images), the
+angular and loss metrics, the last k blocks, and k random blocks (mean of 5 draws). The test accuracy
+of each dropped model is its own, without fine-tuning. Latency: `graphopt.optimize` of the dense model
+and of the model with k blocks dropped by cosine, torch back-end, a batch of 256 test images, median of
+`--repeat` rounds after warm-up, the models timed in turns in each round, in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import graphopt
+from graphopt.analysis.residual_blocks import find_blocks
+from graphopt.backends.torch import to_module
+from graphopt.passes.drop_layers import DropLayers
+from graphopt.passmanager import PassManager
+from graphopt.timing import median_seconds
+
+from bench_prune_accuracy import Block, Digits, accuracy, load_digits, train
+
+
+class DigitsCNN(nn.Module):
+    """Six identity residual blocks at 32 channels on 8x8 digits."""
+
+    def __init__(self, width: int = 32, depth: int = 6, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.blocks = nn.Sequential(*(Block(width, width) for _ in range(depth)))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
+
+
+class Layer(nn.Module):
+    """A pre-norm transformer layer: x + attn(norm(x)), then + mlp(norm(.))."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class DigitsTransformer(nn.Module):
+    """Each image's rows as 8 tokens of 8 pixels, six pre-norm layers, mean-pooled classifier."""
+
+    def __init__(self, dim: int = 64, depth: int = 6, heads: int = 4, classes: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, dim)
+        self.position = nn.Parameter(torch.randn(1, 8, dim) * 0.02)
+        self.layers = nn.Sequential(*(Layer(dim, heads) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.reshape(x.shape[0], 8, 8)) + self.position
+        return self.head(self.norm(self.layers(tokens)).mean(dim=1))
+
+
+@dataclass
+class Row:
+    method: str
+    k: int
+    accuracy: float
+    spread: str = ""  # the random draws
+    dropped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelResult:
+    name: str
+    dense_acc: float
+    blocks: list[str]
+    scores: dict[str, float]
+    rows: list[Row]
+    latency: dict[int, float]  # k -> median seconds (0: dense)
+    params: dict[int, int]
+    train_seconds: float
+
+
+def dropped_accuracy(graph, example, calibration, data: Digits, **options) -> tuple[float, list[str]]:
+    """Test accuracy of `graph` after `drop-layers` with `options`, and the blocks it dropped."""
+    dropped, report = PassManager([DropLayers(**options)]).run(graph, example, calibration_data=calibration)
+    stats = report.stats("drop-layers")[0]
+    return accuracy(to_module(dropped), data.x_test, data.y_test), stats.dropped
+
+
+def evaluate(name: str, model: nn.Module, data: Digits, *, drops: list[int], calibration: int, draws: int,
+             seed: int, repeat: int, train_seconds: float) -> ModelResult:
+    example = (data.x_train[:2],)
+    graph = graphopt.trace(model, example)
+    graph, _ = PassManager.parse("simplify").run(graph, example)
+    calib = [(x,) for x in data.x_train[:calibration].split(128)]
+    blocks = [b.name for b in find_blocks(graph).select("layer") if b.droppable]
+    _, report = PassManager([DropLayers(count=1)]).run(graph, example, calibration_data=calib)
+    scores = {r.name: r.score for r in report.stats("drop-layers")[0].rows}
+    rows = []
+    rng = random.Random(seed)
+    for k in drops:
+        for method, options in (("cosine (default)", {}), ("cosine + recover", {"recover": True}),
+                                ("angular", {"metric": "angular"}), ("loss", {"metric": "loss"}),
+                                ("cosine, iterative", {"iterative": True})):
+            acc, dropped = dropped_accuracy(graph, example, calib, data, count=k, **options)
+            rows.append(Row(method, k, acc, dropped=dropped))
+        acc, _ = dropped_accuracy(graph, example, calib, data, blocks=blocks[-k:])
+        rows.append(Row("last k", k, acc, dropped=blocks[-k:]))
+        accs = [dropped_accuracy(graph, example, calib, data, blocks=rng.sample(blocks, k))[0] for _ in range(draws)]
+        rows.append(Row(f"random (mean of {draws})", k, sum(accs) / draws, " / ".join(f"{a:.1f}" for a in accs)))
+    latency, params = measure_latency(model, data, drops, calib, repeat)
+    return ModelResult(name, accuracy(model, data.x_test, data.y_test), blocks, scores, rows, latency, params,
+                       train_seconds)
+
+
+def measure_latency(model: nn.Module, data: Digits, drops: list[int], calib, repeat: int):
+    """Median latency of the optimized dense model and of each dropped one, on 256 test images.
+
+    The models are timed in turns (one call each per round, after warm-up), so load from other
+    processes on a shared machine falls on all of them alike.
+    """
+    x = data.x_test[:256]
+    modules, params = {}, {}
+    for k in [0, *drops]:
+        optimized = graphopt.optimize(model, (data.x_train[:2],), drop_layers=k or None,
+                                      calibration_data=calib if k else None)
+        modules[k] = optimized.torch_module(trainable=False).eval()
+        params[k] = optimized.report.params_after
+    times: dict[int, list[float]] = {k: [] for k in modules}
+    with torch.no_grad():
+        for module in modules.values():
+            median_seconds(module, x, repeat=1, warmup=3)
+        for _ in range(repeat):
+            for k, module in modules.items():
+                times[k].append(median_seconds(module, x, repeat=1, warmup=0))
+    return {k: statistics.median(t) for k, t in times.items()}, params
+
+
+def print_result(result: ModelResult) -> None:
+    print(f"\n### {result.name}: dense test accuracy {result.dense_acc:.1f} % "
+          f"(trained in {result.train_seconds:.1f} s), {len(result.blocks)} blocks\n")
+    print("cosine scores (1 - cos):", ", ".join(f"{b} {result.scores[b]:.3f}" for b in result.blocks))
+    print("\n| blocks dropped | method | test acc. (%) | dropped |\n|---|---|---|---|")
+    for row in result.rows:
+        detail = row.spread if row.spread else ", ".join(row.dropped)
+        print(f"| {row.k} | {row.method} | {row.accuracy:.1f} | {detail} |")
+    print("\n| blocks dropped | params | latency, batch 256 (median) | speed-up |\n|---|---|---|---|")
+    for k, seconds in result.latency.items():
+        print(f"| {k} | {result.params[k]:,} | {seconds * 1e3:.2f} ms | {result.latency[0] / seconds:.2f}x |")
+
+
+def run(seed: int, args: argparse.Namespace) -> list[ModelResult]:
+    data = load_digits(seed)
+    results = []
+    for name, factory, lr in (("residual CNN", DigitsCNN, 3e-3), ("transformer", DigitsTransformer, 1e-3)):
+        torch.manual_seed(seed)
+        model = factory()
+        start = time.perf_counter()
+        train(model, data, args.epochs, lr, seed)
+        results.append(evaluate(name, model, data, drops=args.drops, calibration=args.calibration, draws=args.draws,
+                                seed=seed, repeat=args.repeat, train_seconds=time.perf_counter() - start))
+        print_result(results[-1])
+    return results
+
+
+def across_seeds(all_results: list[list[ModelResult]]) -> None:
+    """Mean test accuracy per model, method and k over the seeds."""
+    print(f"\n### mean over {len(all_results)} seeds\n")
+    print("| model | blocks dropped | method | mean test acc. (%) |\n|---|---|---|---|")
+    for i, first in enumerate(all_results[0]):
+        dense = sum(r[i].dense_acc for r in all_results) / len(all_results)
+        print(f"| {first.name} | 0 | dense | {dense:.1f} |")
+        for j, row in enumerate(first.rows):
+            mean = sum(r[i].rows[j].accuracy for r in all_results) / len(all_results)
+            print(f"| {first.name} | {row.k} | {row.method} | {mean:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--drops", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="numbers of blocks to drop")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--calibration", type=int, default=256, help="training images for scores and recovery")
+    parser.add_argument("--draws", type=int, default=5, help="random draws per k")
+    parser.add_argument("--repeat", type=int, default=50, help="timed calls per latency")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.epochs} epochs, calibration "
+          f"{args.calibration} training images, load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    results = [run(seed, args) for seed in args.seeds]
+    if len(results) > 1:
+        across_seeds(results)
+
+
+if __name__ == "__main__":
+    main()
