@@ -39,6 +39,7 @@ def similarity_scores(graph: Graph, blocks: Sequence[ResidualBlock], batches: Se
     for block in blocks:
         at_merge.setdefault(block.merge, []).append(block)
     skips = {block.skip for block in blocks}
+    readers = {name: sum(b.skip == name for b in blocks) for name in skips}  # merges still to read each skip
     run = GraphInterpreter(graph, batches)
     kept = {v.name: run.value(v) for v in graph.inputs if v.name in skips}
     sums = {b.name: [0.0, 0] for b in blocks}
@@ -50,6 +51,9 @@ def similarity_scores(graph: Graph, blocks: Sequence[ResidualBlock], batches: Se
                 values = torch.arccos(cos.clamp(-1, 1)) / math.pi if metric == "angular" else 1 - cos
                 sums[block.name][0] += float(values.double().sum())
                 sums[block.name][1] += values.numel()
+            readers[block.skip] -= 1
+            if not readers[block.skip]:
+                kept.pop(block.skip)  # hold a skip only until its last block is scored
         kept.update({out.name: run.value(out) for out in node.outputs if out.name in skips})
     return {name: total / max(count, 1) for name, (total, count) in sums.items()}
 
