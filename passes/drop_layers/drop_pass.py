@@ -78,7 +78,8 @@ class DropLayers(Pass):
             return PassResult(graph, modified=False, stats=report)
 
         scores = self._scores(graph, found.select(self.granularity), context)
-        original = graph.clone()
+        structure = structure_hash(graph)
+        original = graph.clone() if self.recover else None
         if self.blocks:
             chosen, replaced = [self._named(found, name) for name in self.blocks], {}
             for block in chosen:
@@ -93,7 +94,7 @@ class DropLayers(Pass):
                 self._drop_ranked(graph, candidates, scores, wanted)
             if len(chosen) < wanted:
                 report.message = f"only {len(chosen)} of {wanted} blocks could be dropped without overlapping"
-        if self.recover:
+        if original is not None:
             report.recovery = recover(original, graph, [b.merge for b in chosen], context.calibration_batches(),
                                       damp=self.damp)
         self._check_runs(graph, context)
@@ -103,7 +104,7 @@ class DropLayers(Pass):
         names = {(b.merge, b.kind): b.name for b in found}
         self._fill(report, found, scores, [names.get((b.merge, b.kind), b.name) for b in chosen])
         report.seconds = time.perf_counter() - start
-        recipe = DropRecipe(structure_hash(original), report.dropped, __version__)
+        recipe = DropRecipe(structure, report.dropped, __version__)
         graph.meta["drop_recipes"] = [*graph.meta.get("drop_recipes", []), recipe]
         return PassResult(graph, modified=True, stats=report)
 
