@@ -25,9 +25,31 @@ def _sdpa(b: Builder, node: Node) -> None:
         couple_axis(b, q, -1, k, -1)
         couple_axis(b, v, -1, out, -1)
         b.identity(q, out, list(range(q.rank - 2)), list(range(q.rank - 2)))
-    if mask is not None:
-        for s in b.spaces_of(mask):
+    if mask is None:
+        return
+    per_head = _mask_heads(b, mask, q) if b.heads and q.rank >= 4 else None
+    for s in b.spaces_of(mask):
+        if s is not per_head:
             b.barriers.setdefault(id(s), f"attention mask of %{node.name} carries channels")
+
+
+def _mask_heads(b: Builder, mask: Value, q: Value):
+    """A per-head additive mask (Swin's and BEiT's relative position bias): its head h goes with query head h.
+
+    Removing a head then slices the bias too (a weight, or the table it was gathered from);
+    left out, the pruned heads meet a bias with the old head count.
+    """
+    axis = mask.rank - 3
+    heads = q.shape[-3]
+    if axis < 0 or not isinstance(mask.shape[axis], int) or mask.shape[axis] != heads or heads == 1:
+        return None
+    m, qs = b.space(mask, (axis,)), b.space(q, (q.rank - 3, q.rank - 1))
+    if m is None or qs is None:
+        return None
+    if b.once("sdpa-mask", id(m), id(qs)):
+        for h in range(heads):
+            b.union_all(np.concatenate([m.grid()[h].ravel(), qs.grid()[h].ravel()]))
+    return m
 
 
 def _sdpa_whole_heads(b: Builder, q: Value, k: Value, v: Value, out: Value) -> bool:
