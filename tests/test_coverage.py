@@ -70,3 +70,29 @@ def test_a_column_declared_later_gets_its_own_heading(restore_tables):
     op_table.register_op_attr("relu", "int8_kernel", torch.relu)
     assert coverage.column_keys()[-1] == "int8_kernel"
     assert "| `relu` | elementwise | yes | yes | - | yes | yes |" in coverage.markdown()
+
+
+ATEN_DOC = Path(__file__).resolve().parents[1] / "docs" / "aten_coverage.md"
+
+
+def test_core_aten_coverage_doc_is_current():
+    """Regenerate with `python -m graphopt.coverage --aten > docs/aten_coverage.md`."""
+    assert ATEN_DOC.read_text() == coverage.aten_markdown()
+
+
+def test_core_aten_coverage_reads_the_converters_and_torchs_core_tag():
+    from graphopt.frontends import torch as torch_frontend
+
+    rows = {r.op: r for r in coverage.aten_coverage()}
+    assert len(rows) > 100 and {"aten.convolution", "aten.add", "aten.sym_size"} <= set(rows)
+    assert rows["aten.convolution"].status == "mapped" and rows["aten.sym_size"].status == "shape arithmetic"
+    assert rows["aten.convolution_backward"].status == "out of scope"
+    unmapped = [op for op, r in rows.items() if r.status == "not mapped"]
+    assert unmapped and all(torch_frontend.find_converter(op) is None for op in unmapped)
+    op = unmapped[0]
+    snapshot = torch_frontend.CONVERTERS.snapshot()
+    try:
+        torch_frontend.register_torch_op(op)(lambda ctx, fx: None)
+        assert {r.op: r.status for r in coverage.aten_coverage()}[op] == "mapped"
+    finally:
+        torch_frontend.CONVERTERS.restore(snapshot)
