@@ -206,11 +206,10 @@ def test_nested_blocks_are_never_dropped_twice(llama):
 def test_recover_beats_the_ranking_alone(request, fixture):
     model, inputs, graph = request.getfixturevalue(fixture)
     torch.manual_seed(1)
-    calibration = [tuple(t.clone() for t in inputs) for _ in range(1)]
     if fixture == "llama":
-        calibration = [(torch.randint(1, 1000, (8, 16)),) for _ in range(4)]
+        calibration = [(torch.randint(1, 1000, (8, 16)),) for _ in range(2)]
     else:
-        calibration = [(torch.randn(16, 3, 32, 32),) for _ in range(4)]
+        calibration = [(torch.randn(16, 3, 32, 32),) for _ in range(4)]  # with 2, a 32-image fit was worse end to end
     text = "drop-layers{count=1,granularity=mlp}" if fixture == "llama" else "drop-layers{count=1}"
     plain, _, _ = drop(graph, inputs, text, calibration_data=calibration)
     recovered, stats, _ = drop(graph, inputs, text[:-1] + ",recover=true}", calibration_data=calibration)
@@ -293,7 +292,7 @@ def test_cli_inspect_blocks(capsys):
 
 def test_iterative_names_refer_to_the_blocks_of_the_input_graph(llama):
     _, inputs, graph = llama
-    dropped, stats, _ = drop(graph, inputs, "drop-layers{count=2,granularity=any,iterative=true,metric=loss}")
+    dropped, stats, _ = drop(graph, inputs, "drop-layers{count=2,granularity=any,iterative=true}")
     blocks = find_blocks(graph)
     assert all(blocks.get(name) is not None for name in stats.dropped)
     replayed = apply_drop_recipe(graph.clone(), dropped.meta["drop_recipes"][0])
