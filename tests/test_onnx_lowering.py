@@ -316,6 +316,10 @@ CASES: list[Case] = [
     Case("sort", [X], {"axis": 2, "descending": False, "stable": False}),
     Case("sort", [X], {"axis": 1, "descending": True, "stable": False}, id="sort-descending"),
     Case("sort", [INT], {"axis": 2, "descending": True, "stable": True}, id="sort-stable-ties"),
+    Case("histc", [torch.tensor([[-1.0, 0.0, 0.5, 1.0, 2.9, 3.0, 3.5, 1.5]] * 2)], {"bins": 4, "min": 0.0, "max": 3.0},
+         atol=0),  # edges, max (last bin) and outliers (not counted)
+    Case("grouped_mm", [torch.randn(6, 4), w(torch.randn(3, 4, 5)), w(torch.tensor([2, 2, 5], dtype=torch.int32))],
+         id="grouped_mm-empty-group-and-tail"),  # group 1 empty, row 5 past the last offset (0)
     Case("im2col", [IMG], {"kernel": [3, 3], "dilation": [1, 1], "padding": [1, 1], "stride": [2, 2]}),
     Case("im2col", [IMG], {"kernel": [2, 3], "dilation": [2, 1], "padding": [0, 0], "stride": [1, 2]},
          id="im2col-dilated"),

@@ -22,7 +22,6 @@ pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import bench_sweep  # noqa: E402 - after the skip: it imports transformers' config classes when used
 import graphopt  # noqa: E402
-from graphopt.errors import UnsupportedOpError  # noqa: E402
 from graphopt.backends.torch import to_module  # noqa: E402
 
 TOLERANCE = 1e-4  # float32 reassociation only: the traced graph runs the same ops
@@ -30,22 +29,19 @@ TOLERANCE = 1e-4  # float32 reassociation only: the traced graph runs the same o
 
 # family -> modality; every family is traced, round-tripped and run on ONNX Runtime.
 FAMILIES = {"bert": "text", "gpt2": "text", "llama": "text", "mistral": "text", "mixtral": "text", "t5": "text",
-            "deberta-v2": "text", "vit": "vision", "swin": "vision", "convnext": "vision"}
+            "deberta-v2": "text", "falcon": "text", "fnet": "text", "vit": "vision", "swin": "vision",
+            "convnext": "vision"}
 # Pruning and batch-1 tracing on fewer, to keep the file near a minute on 2 cores: mistral prunes as llama
 # does (its sliding-window mask matters to the trace); within heads on the patterns the zoo lacks (fused
-# Conv1D qkv, GQA + RoPE, shifted windows).
+# Conv1D qkv, GQA + RoPE, shifted windows). mixtral: transformers' grouped experts (sort, histc, grouped_mm,
+# an inverse permutation) are a channel barrier, so only attention prunes; falcon: its multi-query split
+# indexes fused_qkv[..., [-2], :] (a negative constant index fixed the batch at batch 1); fnet: fftn(...).real.
 PRUNE_HEADS = [name for name in FAMILIES if name != "mistral"]
-BATCH1 = ["bert", "llama", "swin"]
+BATCH1 = ["bert", "llama", "swin", "falcon", "mixtral"]
 WITHIN_HEADS = ["gpt2", "llama", "swin"]
 # (test, family) -> the exact error it fails with today: xfail(strict=True, raises=that error), so the fix
 # that lands flips the test to XPASS (a failure: remove the entry), and a different error fails it too.
-_HISTC = ("UnsupportedOpError: unsupported operator 'aten.histc.default' (node 'histc') from "
-          "transformers/integrations/moe.py in 'model.layers.0.mlp.experts' (the experts' token counts)")
-KNOWN_FAILURES: dict[tuple[str, str], tuple[type, str]] = {
-    ("trace", "mixtral"): (UnsupportedOpError, _HISTC),
-    ("prune_heads", "mixtral"): (UnsupportedOpError, _HISTC),
-    ("ort", "mixtral"): (UnsupportedOpError, _HISTC),
-}
+KNOWN_FAILURES: dict[tuple[str, str], tuple[type, str]] = {}
 
 
 def _params(test: str, names) -> list:

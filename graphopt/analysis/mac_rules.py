@@ -1,6 +1,6 @@
 """Multiply-accumulates per canonical op: the "mac_rule" column of the op table, used by the cost analysis.
 
-MACs are counted for dense ops only (conv, conv_transpose, linear, matmul,
+MACs are counted for dense ops only (conv, conv_transpose, linear, matmul, grouped_mm,
 einsum, sdpa, lstm, gru); an op without a MAC rule counts 0 (topk, sort, im2col and
 col2im only move or compare values), see graphopt/analysis/cost.py.
 A rule is `fn(node, numel) -> int`, where `numel(shape)` evaluates a (symbolic)
@@ -38,6 +38,12 @@ def _linear(node: Node, numel) -> int:
 def _matmul(node: Node, numel) -> int:
     a = node.inputs[0]
     return numel(node.outputs[0].shape) * numel(a.shape[-1:])
+
+
+@mac_rule("grouped_mm")
+def _grouped_mm(node: Node, numel) -> int:
+    # each row of x [S, k] meets one group's weight [k, n] (rows past the last offset: fewer)
+    return numel(node.outputs[0].shape) * numel(node.inputs[0].shape[-1:])
 
 
 @mac_rule("einsum")

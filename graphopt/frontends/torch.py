@@ -121,6 +121,29 @@ def _clean_module_path(path: str) -> str:
     return path.strip(".")
 
 
+class ComplexValue:
+    """A complex tensor while importing: the IR has no complex dtype, so its real and imaginary parts.
+
+    `make(part)` emits the Value of "real" or "imag" (None: that part is zero) on first use, so a
+    `.real` emits only what the real part needs. Only converters that know complex inputs (fft,
+    real, imag, view_as_real) read it; any other op on it stops the import with the source line.
+    """
+
+    def __init__(self, fx: torch.fx.Node, make: Callable[[str], "Value | None"]) -> None:
+        self.fx = fx
+        self._make = make
+        self._parts: dict[str, Value | None] = {}
+
+    def part(self, ctx: "ImportContext", which: str) -> "Value | None":
+        if which not in self._parts:
+            current, ctx.current = ctx.current, self.fx  # its nodes carry the complex op's source line
+            try:
+                self._parts[which] = self._make(which)
+            finally:
+                ctx.current = current
+        return self._parts[which]
+
+
 class ImportContext:
     """What a converter sees: fx arguments as graph Values, and a way to emit canonical nodes."""
 
@@ -138,6 +161,11 @@ class ImportContext:
             found = self._values.get(arg)
             if isinstance(found, Value):
                 return found
+            if isinstance(found, ComplexValue):
+                raise GraphoptError(
+                    f"{self._where()} reads the complex tensor %{arg.name} ({op_name(found.fx.target)} from "
+                    f"{source_location(found.fx)}); graphopt's IR has no complex dtype: only .real, .imag or "
+                    "view_as_real of a Fourier transform can be imported")
             raise GraphoptError(f"argument %{arg.name} of {self._where()} is not a tensor the importer knows")
         if isinstance(arg, (bool, int, float)):
             return self.scalar(arg)
@@ -224,10 +252,16 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic,
     still comes out static is named, with the source line that forced it, in a `StaticAxisWarning`
     (`asked`: the (input, axis) meant to be dynamic; default all of `dynamic`).
     """
-    if dynamic:
-        ep = export_dynamic(model, args, kwargs, dynamic, asked=asked, rejected=rejected)
-    else:
-        ep = export_static(model, args, kwargs)
+    try:
+        if dynamic:
+            ep = export_dynamic(model, args, kwargs, dynamic, asked=asked, rejected=rejected)
+        else:
+            ep = export_static(model, args, kwargs)
+    except GraphoptError as exc:
+        explained = _data_dependent_branch(model, exc)
+        if explained is None:
+            raise
+        raise explained from exc
     # Functionalising re-traces the whole program (about 2/3 of the time on a 7B-size
     # decoder, 3/4 on ResNet-50), so do it only when the program has in-place ops that
     # need it: writes to fresh activations (ReLU(inplace=True), `out += identity`) are
@@ -238,6 +272,30 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic,
         else:
             ep = ep.run_decompositions({})
     return ep
+
+
+_GUARD = re.compile(r"Could not guard on data-dependent expression (?P<expr>[^\n]+?)(?: \(unhinted|\.?\n|$)")
+_RAISED_AT = re.compile(r'The following call raised this error:\s*\n\s*File "(?P<file>[^"]+)", line (?P<line>\d+), '
+                        r'in (?P<func>[^\n]+)\n\s*(?P<code>[^\n]*)')
+
+
+def _data_dependent_branch(model: torch.nn.Module, exc: GraphoptError) -> GraphoptError | None:
+    """torch.export's data-dependent guard error, said in its first line: the model's source line that
+    branches on a tensor's values, that this is torch.export's limit, and what the user can do."""
+    text = str(exc.__cause__ or exc)
+    guard = _GUARD.search(text)
+    if guard is None:
+        return None
+    at = _RAISED_AT.search(text)
+    where = (f"{at.group('file')}:{at.group('line')} in {at.group('func').strip()}: `{at.group('code').strip()}`"
+             if at else "a line of the model")
+    return GraphoptError(
+        f"torch.export could not trace {type(model).__name__}: {where} branches on the values of a tensor "
+        f"(data-dependent guard {guard.group('expr').strip()}). This is a limit of torch.export, not of "
+        "graphopt: an exported program cannot take a Python branch that depends on tensor data. Rewrite that "
+        "line without the branch (torch.where, or torch.cond for two code paths), or call the model with inputs "
+        "that skip it (often an explicit argument, such as a mask, that the branch would compute).\n\n"
+        f"torch.export said: {text}")
 
 
 def _has_mutations(ep: torch.export.ExportedProgram) -> bool:
@@ -421,6 +479,8 @@ def _import_call(ctx: ImportContext, fx: torch.fx.Node) -> None:
     if result is None:
         raise GraphoptError(f"converter for '{name}' returned nothing for node '{fx.name}'")
     ctx._values[fx] = result
+    if isinstance(result, ComplexValue):
+        return
     _check_types(ctx, fx, result)
 
 

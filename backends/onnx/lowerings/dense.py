@@ -12,7 +12,7 @@ from graphopt.ir import dims as D
 from graphopt.ir.graph import Node
 from graphopt.backends.onnx.builder import OnnxBuilder
 from graphopt.backends.onnx.lowering import lowering
-from graphopt.backends.onnx.lowerings._common import casted, out_of, per_axis, scalar, expand, neg_inf, reshape
+from graphopt.backends.onnx.lowerings._common import casted, out_of, per_axis, scalar, expand, neg_inf, reduce, reshape
 
 
 def _conv_attrs(node: Node, n: int) -> dict:
@@ -126,3 +126,28 @@ def _sdpa(b, node, ins):
             scores = b.op("Add", [scores, b.cast(mask, dt, mask_v.dtype)], dtype=dt)
     attn = b.op("Softmax", [scores], {"axis": -1}, dtype=dt)
     return b.op("MatMul", [attn, v], dtype=dt)
+
+
+@lowering("grouped_mm")
+def _grouped_mm(b, node, ins):
+    """Every group's product [G, S, n], each row kept from its own group: group(s) = #{g: offsets[g] <= s}.
+
+    Rows past offsets[-1] belong to no group and stay 0, as in the torch kernel.
+    """
+    x_v, w_v = node.inputs[0], node.inputs[1]
+    dt = out_of(node).dtype
+    x, w = b.cast(ins[0], dt, x_v.dtype), b.cast(ins[1], dt, w_v.dtype)
+    offsets = b.cast(ins[2], torch.int64, node.inputs[2].dtype)
+    groups = w_v.shape[0]
+    rows = b.op("Range", [b.i64(0), b.scalar_dim(x_v.shape[0]), b.i64(1)], dtype=torch.int64)
+    rows = b.op("Unsqueeze", [rows, b.i64([1])], dtype=torch.int64)  # [S, 1]
+    passed = b.op("GreaterOrEqual", [rows, b.op("Unsqueeze", [offsets, b.i64([0])], dtype=torch.int64)],
+                  dtype=torch.bool)  # [S, G]
+    group = reduce(b, "ReduceSum", b.cast(passed, torch.int64, torch.bool), [1], False, torch.int64)  # [S]
+    ids = b.op("Range", [b.i64(0), b.scalar_dim(groups), b.i64(1)], dtype=torch.int64)
+    mine = b.op("Equal", [b.op("Unsqueeze", [group, b.i64([0])], dtype=torch.int64),
+                          b.op("Unsqueeze", [ids, b.i64([1])], dtype=torch.int64)], dtype=torch.bool)  # [G, S]
+    mine = b.op("Unsqueeze", [mine, b.i64([2])], dtype=torch.bool)  # [G, S, 1]
+    every = b.op("MatMul", [x, w], dtype=dt)  # [G, S, n]
+    kept = b.op("Where", [mine, every, scalar(b, 0, dt)], dtype=dt)
+    return reduce(b, "ReduceSum", kept, [0], False, dt)

@@ -12,4 +12,4 @@ factorisation is explicit. Importing this package registers every converter
 from graphopt.frontends.torch_ops import (  # noqa: F401 - each module registers its family
     creation, dense, elementwise, inplace, layout, norm, pooling, reduce,
 )
-from graphopt.frontends.torch_ops import patches, recurrent, selection, sequence  # noqa: F401,E402
+from graphopt.frontends.torch_ops import fft, patches, recurrent, selection, sequence  # noqa: F401,E402

@@ -15,7 +15,8 @@ def _full(ctx, node):
     return full_node(ctx, fill)
 
 
-@register_torch_op("aten.zeros", "aten.new_zeros", "aten.zeros_like", "aten.empty", "aten.new_empty")
+# empty/empty_like: their contents are unspecified, so zeros are as good (MoE inverse permutations fill them)
+@register_torch_op("aten.zeros", "aten.new_zeros", "aten.zeros_like", "aten.empty", "aten.new_empty", "aten.empty_like")
 def _zeros(ctx, node):
     return full_node(ctx, 0)
 

@@ -124,3 +124,15 @@ def _sdpa(ctx, node):
         "enable_gqa": bool(node.kwargs.get("enable_gqa", node.args[7] if len(node.args) > 7 else False)),
     }
     return ctx.emit1("sdpa", [q, k, v, mask], attrs)
+
+
+@register_torch_op("transformers.grouped_mm_fallback", "aten._grouped_mm", "aten.grouped_mm")
+def _grouped_mm(ctx, node):
+    # transformers' mixture-of-experts blocks: tokens sorted by expert, offsets = cumsum(histc(expert ids))
+    x, w = ctx.value(node.args[0]), ctx.value(node.args[1])
+    offsets = schema_arg(node, 2, "offs")
+    if offsets is None or x.rank != 2 or w.rank != 3 or schema_arg(node, 3, "bias") is not None:
+        raise GraphoptError(f"node '{node.name}': only the 2-d x 3-d grouped_mm with offsets and no bias is "
+                            f"supported, got {list(x.shape)} x {list(w.shape)}")
+    out = ctx.emit1("grouped_mm", [x, w, ctx.value(offsets)])
+    return out if out.dtype == ctx.out_dtype() else ctx.emit1("cast", [out], {"dtype": ctx.out_dtype()})

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from graphopt.errors import GraphoptError
-from graphopt.frontends.torch import register_torch_op
+from graphopt.frontends.torch import register_torch_op, source_location
 from graphopt.frontends.torch_ops._common import as_list, cast_to, clamp_range, same_dim, schema_arg
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Value
@@ -94,6 +96,12 @@ def _split(ctx, node):
     x = ctx.value(node.args[0])
     axis = int(schema_arg(node, 2, "dim", 0))
     sizes = [ctx.out_shape(index=i)[axis] for i in range(len(node.meta["val"]))]
+    unbacked = sorted({str(s) for d in sizes for s in D.free_symbols(d) if re.fullmatch(r"u\d+", str(s))})
+    if unbacked:  # JetMoE: inputs.split(expert_size.tolist())
+        raise GraphoptError(f"node '{node.name}' ({node.target}) from {source_location(node)}: split sizes "
+                            f"{sizes} are computed from tensor values ({', '.join(unbacked)} are data-dependent, "
+                            "e.g. a .tolist() of token counts); graphopt's graph needs sizes that follow from "
+                            "the input shapes")
     return _split_values(ctx, x, sizes, axis)
 
 
@@ -159,7 +167,7 @@ def _index(ctx, node):
                             "use torch.where or masked_fill instead")
     if len(used) == 1 and next(iter(used.values())).rank == 1:  # x[..., idx, ...]: one gather of whole slices
         (axis, idx), = used.items()
-        return ctx.emit1("index_select", [x, idx], {"axis": axis})
+        return ctx.emit1("index_select", [x, _wrap_negative(ctx, idx, x.shape[axis])], {"axis": axis})
     return _advanced_index(ctx, node, x, used)
 
 
@@ -221,6 +229,54 @@ def _scatter(ctx, node):
         src = ctx.emit1("full", [], {"shape": list(index.shape), "value": src, "dtype": x.dtype})
     reduce = "add" if "scatter_add" in str(node.target) else "none"
     return ctx.emit1("scatter", [x, index, src], {"axis": axis, "reduce": reduce})
+
+
+@register_torch_op("aten.index_put", "aten.index_put_")
+def _index_put(ctx, node):
+    """x[..., idx, ...] = values with one integer index tensor (a scatter along its axis), or x[mask] = v.
+
+    transformers' grouped experts invert their sort permutation so: `inv[perm] = arange(S)`.
+    """
+    x = ctx.value(node.args[0])
+    used = {i: idx for i, idx in enumerate(node.args[1]) if idx is not None}
+    values = cast_to(ctx, ctx.value(node.args[2]), x.dtype)
+    accumulate = bool(schema_arg(node, 3, "accumulate", False))
+    if len(used) == 1 and ctx.value(next(iter(used.values()))).dtype == torch.bool and not accumulate:
+        (axis, mask), = used.items()
+        mask = ctx.value(mask)
+        if axis == 0 and D.prod(values.shape) == 1:  # x[mask] = v: a where over the masked leading axes
+            mask = ctx.emit1("reshape", [mask], {"shape": list(mask.shape) + [1] * (x.rank - mask.rank)})
+            value = ctx.emit1("reshape", [values], {"shape": []})
+            return ctx.emit1("where", [mask, value, x])
+    if len(used) != 1 or ctx.value(next(iter(used.values()))).dtype == torch.bool:
+        raise GraphoptError(f"node '{node.name}': index_put (x[index] = values) is supported with one integer "
+                            "index tensor, or one boolean mask over the leading axes and a single value")
+    (axis, idx), = used.items()
+    idx = _wrap_negative(ctx, cast_to(ctx, ctx.value(idx), torch.int64), x.shape[axis])
+    count = D.prod(idx.shape)
+    lead, rest = list(x.shape[:axis]), list(x.shape[axis + 1:])
+    target = lead + [count] + rest  # the written slices, the index flattened
+    values = ctx.emit1("expand", [values], {"shape": lead + list(idx.shape) + rest})
+    values = ctx.emit1("reshape", [values], {"shape": target})
+    idx = ctx.emit1("reshape", [idx], {"shape": [1] * len(lead) + [count] + [1] * len(rest)})
+    idx = ctx.emit1("expand", [idx], {"shape": target})
+    return ctx.emit1("scatter", [x, idx, values], {"axis": axis, "reduce": "add" if accumulate else "none"})
+
+
+@register_torch_op("aten.index_add", "aten.index_add_")
+def _index_add(ctx, node):
+    """x.index_add(dim, idx, src, alpha): src's slices added at x's positions idx (JetMoE combines its experts so)."""
+    x = ctx.value(node.args[0])
+    axis = int(node.args[1]) % max(x.rank, 1)
+    idx = _wrap_negative(ctx, cast_to(ctx, ctx.value(node.args[2]), torch.int64), x.shape[axis])
+    src = cast_to(ctx, ctx.value(node.args[3]), x.dtype)
+    alpha = schema_arg(node, 4, "alpha", 1)
+    if alpha != 1:
+        src = ctx.emit1("mul", [src, ctx.scalar(alpha, x.dtype)])
+    shape = [1] * x.rank
+    shape[axis] = D.prod(idx.shape)
+    idx = ctx.emit1("expand", [ctx.emit1("reshape", [idx], {"shape": shape})], {"shape": list(src.shape)})
+    return ctx.emit1("scatter", [x, idx, src], {"axis": axis, "reduce": "add"})
 
 
 @register_torch_op("aten.stack")
@@ -289,6 +345,8 @@ def _wrap_negative(ctx, index: Value, size: D.Dim) -> Value:
     """index + size where index < 0; nothing to emit for constant indices that are all non-negative."""
     if index.data is not None and bool((index.data >= 0).all()):
         return index
+    if index.data is not None and isinstance(size, int):  # Falcon's fused_qkv[..., [-2], :]: a constant
+        return ctx.graph.add_const(torch.where(index.data < 0, index.data + size, index.data), name="index")
     if isinstance(size, int):
         total = ctx.scalar(size)
     else:  # a dynamic axis: its size at run time

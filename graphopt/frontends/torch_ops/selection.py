@@ -52,3 +52,13 @@ def _one_hot(ctx, node):
     positions = ctx.emit1("arange", [], {"start": 0, "end": classes, "step": 1, "dtype": idx.dtype})
     hits = ctx.emit1("eq", [column, positions])
     return ctx.emit1("cast", [hits], {"dtype": ctx.out_dtype()})
+
+
+@register_torch_op("aten.histc")
+def _histc(ctx, node):
+    x = ctx.value(node.args[0])
+    bins, low, high = (schema_arg(node, 1, "bins", 100), schema_arg(node, 2, "min", 0), schema_arg(node, 3, "max", 0))
+    if not all(isinstance(a, (int, float)) for a in (bins, low, high)) or not float(low) < float(high):
+        raise GraphoptError(f"node '{node.name}': histc needs bins, min and max known when the model is traced, "
+                            f"with min < max (min == max takes the range from the data); got {bins}, {low}, {high}")
+    return ctx.emit1("histc", [x], {"bins": int(bins), "min": float(low), "max": float(high)})

@@ -116,6 +116,34 @@ def _matmul(node: Node) -> list[TensorType]:
 kernel("matmul")(torch.matmul)
 
 
+@op("grouped_mm", "x, weight, offsets", shape="[S, n] from x [S, k], weight [G, k, n], offsets [G] (int)",
+    category="dense", doc="rows offsets[g-1] <= s < offsets[g] of x (sorted by group) times weight[g]; rows past "
+    "offsets[-1] are 0. Mixture-of-experts blocks run their experts so (transformers' grouped_mm)")
+def _grouped_mm(node: Node) -> list[TensorType]:
+    x, w, offs = in_(node, 0), in_(node, 1), in_(node, 2)
+    if x.rank != 2 or w.rank != 3 or offs.rank != 1:
+        raise ShapeError(f"{node.where()}: grouped_mm wants x [S, k], weight [G, k, n] and offsets [G], got "
+                         f"{list(x.shape)}, {list(w.shape)} and {list(offs.shape)}")
+    if offs.dtype.is_floating_point or not D.dims_equal(offs.shape[0], w.shape[0]):
+        raise ShapeError(f"{node.where()}: grouped_mm offsets must be integers, one per group: "
+                         f"{offs.dtype}{list(offs.shape)} for {w.shape[0]} groups")
+    if isinstance(x.shape[1], int) and isinstance(w.shape[1], int) and x.shape[1] != w.shape[1]:
+        raise ShapeError(f"{node.where()}: contraction sizes {x.shape[1]} and {w.shape[1]} differ")
+    return [((x.shape[0], w.shape[2]), result_dtype(x, w))]
+
+
+@kernel("grouped_mm")
+def grouped_mm(x, weight, offsets):
+    out = torch.zeros(x.shape[0], weight.shape[2], dtype=torch.result_type(x, weight), device=x.device)
+    start = 0
+    for group, end in enumerate(offsets.tolist()):  # one product per group, as transformers' fallback runs
+        end = min(int(end), x.shape[0])
+        if end > start:
+            out[start:end] = x[start:end] @ weight[group]
+        start = max(start, end)
+    return out
+
+
 @op("einsum", "*operands", attrs={"equation": "einsum equation, e.g. 'bhqd,bhkd->bhqk'"},
     shape="from the equation", category="dense", doc="Einstein summation")
 def _einsum(node: Node) -> list[TensorType]:

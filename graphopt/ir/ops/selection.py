@@ -1,4 +1,4 @@
-"""Data-dependent selection ops (topk, sort): which positions come out depends on the values, not the shapes.
+"""Data-dependent selection ops (topk, sort, histc): what comes out depends on the values, not the shapes.
 
 Both return the selected values and their int64 positions along one axis, as
 two outputs, so mixture-of-experts routing (softmax -> topk -> gather by the
@@ -48,3 +48,23 @@ def _sort(node: Node) -> list[TensorType]:
 @kernel("sort")
 def sort(x, *, axis, descending=False, stable=False):
     return tuple(torch.sort(x, stable=stable, dim=axis, descending=descending))
+
+
+@op("histc", "x", attrs={"bins": "number of equal-width bins", "min": "left edge of the first bin",
+                         "max": "right edge of the last bin (min < max)"},
+    shape="[bins], x.dtype", category="selection",
+    doc="torch.histc: how many entries of x fall in each bin (entries outside [min, max] are not counted); "
+        "mixture-of-experts blocks count their tokens per expert with it")
+def _histc(node: Node) -> list[TensorType]:
+    x = in_(node, 0)
+    a = node.attrs
+    if not x.dtype.is_floating_point:
+        raise ShapeError(f"{node.where()}: histc wants a floating-point x, got {x.dtype}")
+    if not (isinstance(a["bins"], int) and a["bins"] > 0 and float(a["min"]) < float(a["max"])):
+        raise ShapeError(f"{node.where()}: histc wants bins > 0 and min < max, got {a['bins']}, {a['min']}, {a['max']}")
+    return [((a["bins"],), x.dtype)]
+
+
+@kernel("histc")
+def histc(x, *, bins, min, max):  # noqa: A002 - torch's argument names
+    return torch.histc(x, bins=bins, min=min, max=max)
