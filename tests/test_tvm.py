@@ -413,3 +413,20 @@ def test_tuning_workers_start_without_torch():
         assert subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip() == "False"
     assert os.environ.get("PYTHONPATH") == before
     assert "torch" in sys.modules  # this process keeps its torch
+
+
+def test_an_operator_tvm_cannot_import_is_named_before_tvm_sees_it():
+    """TVM's ONNX importer has no LSTM: the error names the layer and the back-ends that run it."""
+
+    class Tagger(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = torch.nn.LSTM(8, 16, batch_first=True)
+            self.head = torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    graph = graphopt.trace(Tagger().eval(), (torch.randn(2, 5, 8),))
+    with pytest.raises(GraphoptError, match=r"cannot compile node %rnn \(lstm\).*ONNX operator LSTM.*ONNX Runtime"):
+        gtvm.compile(graph)

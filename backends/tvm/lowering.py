@@ -81,11 +81,51 @@ def to_relax(graph: Graph, bind: Mapping[str, int]) -> Lowered:
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise GraphoptError("compiling with TVM lowers through ONNX and needs the onnx package: "
                             "pip install 'graphopt[onnx,tvm]'") from exc
+    _check_importable(graph)
     model = to_onnx(graph, dynamic=False, bind=dict(bind))
+    _check_tvm_imports(graph, model)
     mod = from_onnx(model)  # initializers become relax constants: the weights are bound
     inputs = [_spec(v) for v in model.graph.input]
     outputs = [_spec(v) for v in model.graph.output]
     return Lowered(mod, inputs, outputs, dict(bind))
+
+
+# Ops whose ONNX lowering TVM's ONNX importer rejects (checked with apache-tvm 0.27): say so in graphopt's terms.
+NOT_IMPORTABLE = {
+    "matmul_nbits": "weight-only quantization lowers to ONNX Runtime's com.microsoft MatMulNBits, which TVM's "
+                    "ONNX importer does not support; compile it with ONNX Runtime, or quantize with "
+                    "mode='int8' / 'int8-dynamic' (TVM runs those as dequantize + fp32 kernels)",
+}
+
+
+def _check_importable(graph: Graph) -> None:
+    for node in graph.nodes:
+        why = NOT_IMPORTABLE.get(node.op)
+        if why is not None:
+            raise GraphoptError(f"the TVM back-end cannot compile {node.where()}: {why}")
+
+
+def _check_tvm_imports(graph: Graph, model) -> None:
+    """Every ONNX operator of the lowered model must be one TVM's ONNX importer converts.
+
+    Checked before importing: TVM's own error for an operator it lacks (LSTM, GRU, DFT, Col2Im,
+    QLinearConv, ...) names neither the model's layer nor what to do instead.
+    """
+    try:
+        from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+        known = set(_get_convert_map())
+    except (ImportError, AttributeError, TypeError):  # another TVM release: leave the check to TVM
+        return
+    by_name = {node.name: node for node in graph.nodes}
+    for onnx_node in model.graph.node:
+        if onnx_node.domain in ("", "ai.onnx") and onnx_node.op_type in known:
+            continue
+        source = by_name.get(onnx_node.name.split("/", 1)[0])
+        where = source.where() if source is not None else f"ONNX node '{onnx_node.name}'"
+        op = f"{onnx_node.domain + '.' if onnx_node.domain else ''}{onnx_node.op_type}"
+        raise GraphoptError(
+            f"the TVM back-end cannot compile {where}: it lowers to the ONNX operator {op}, which TVM's ONNX "
+            "importer does not convert. Run this model on ONNX Runtime (backend='onnx') or the torch back-end.")
 
 
 def _spec(value_info) -> TensorSpec:
