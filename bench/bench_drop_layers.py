@@ -1,6 +1,6 @@
 """Accuracy and latency of layer dropping on real data: a residual CNN and a small transformer on digits.
 
-Usage: python bench/bench_drop_layers.py [--seeds 0 1 2] [--drops 1 2 3 4 5] [--epochs 15] [--calibration 256]
+Usage: python bench/bench_drop_layers.py [--seeds 0 1 2] [--drops 1 2 3 4 5] [--epochs 15] [--calibration 512]
                                          [--draws 5] [--repeat 50] [--threads 1]
 
 Data: scikit-learn's digits, split and standardised as in bench/bench_prune_accuracy.py (its
@@ -222,7 +222,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--drops", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="numbers of blocks to drop")
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--calibration", type=int, default=256, help="training images for scores and recovery")
+    parser.add_argument("--calibration", type=int, default=512, help="training images for scores and recovery")
     parser.add_argument("--draws", type=int, default=5, help="random draws per k")
     parser.add_argument("--repeat", type=int, default=50, help="timed calls per latency")
     parser.add_argument("--threads", type=int, default=1)

@@ -11,7 +11,8 @@ reproduces, on calibration data, what it computed in the original model:
   improves);
 - a norm's affine (layer norm, batch norm: scale and shift per channel) or a
   per-channel scale (an RMSNorm's weight, a LayerScale): a 1-D least squares
-  per channel on the normalised input.
+  per channel on the normalised input; the walk goes on past it to the next
+  linear or conv, which is refitted too (a norm cannot mix channels).
 
 Paths go through residual adds, so in a pre-norm transformer every later norm
 is a piece. The original and the dropped graph run in lockstep and pieces are
@@ -96,7 +97,12 @@ def _has_node(graph: Graph, name: str) -> bool:
 
 
 def _nearest_pieces(starts: list[Node], reader_of: dict[int, Reader]) -> list[Node]:
-    """The first fittable node on every forward path from `starts`."""
+    """The first fittable node on every forward path from `starts`; after a norm's affine, the next layer too.
+
+    A norm's per-channel affine can only rescale what it normalises; the linear
+    or conv after it (a pre-norm layer's projections, a classifier head) can
+    mix channels, so both are refitted, the layer on the refitted norm's output.
+    """
     found, seen, work = [], set(), list(starts)
     while work:
         node = work.pop()
@@ -105,7 +111,8 @@ def _nearest_pieces(starts: list[Node], reader_of: dict[int, Reader]) -> list[No
         seen.add(id(node))
         if _fittable(node, reader_of):
             found.append(node)
-            continue
+            if id(node) in reader_of:
+                continue
         work.extend(user for out in node.outputs for user in out.users)
     return found
 
