@@ -62,8 +62,18 @@ def first(out) -> torch.Tensor:
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)][0]
 
 
+def _known_gap(request, zoo_name: str) -> None:
+    """NFNet standardises conv weights with F.batch_norm(training=True), which torch.onnx.export writes as
+    BatchNormalization with training_mode=1: the ONNX front-end rejects it."""
+    if zoo_name == "nfnet":
+        request.applymarker(pytest.mark.xfail(
+            strict=True, raises=GraphoptError,
+            reason="ONNX front-end: BatchNormalization in training mode (training_mode=1) is not supported"))
+
+
 # -------------------------------------------------------- torch round trip
-def test_torch_onnx_export_round_trip(zoo_name):
+def test_torch_onnx_export_round_trip(zoo_name, request):
+    _known_gap(request, zoo_name)
     _, inputs, want, graph = zoo_via_torch_onnx(zoo_name)
     graph.verify()
     symbols = set(graph.symbols())
@@ -72,8 +82,9 @@ def test_torch_onnx_export_round_trip(zoo_name):
         torch.testing.assert_close(first(to_module(graph)(*inputs)), want, **TOL)
 
 
-def test_imported_model_exports_again_and_runs_on_onnxruntime(zoo_name):
+def test_imported_model_exports_again_and_runs_on_onnxruntime(zoo_name, request):
     """IR -> ONNX -> ONNX Runtime: same outputs, and output shapes that follow the dynamic axes."""
+    _known_gap(request, zoo_name)
     model, inputs, want, graph = zoo_via_torch_onnx(zoo_name)
     run = gonnx.compile(graph, threads=2)
     torch.testing.assert_close(first(run(*inputs)), want, **TOL)
@@ -82,8 +93,9 @@ def test_imported_model_exports_again_and_runs_on_onnxruntime(zoo_name):
     assert got.shape[0] == 3 and got.shape[1:] == want.shape[1:] or got.shape == (3, 11, *want.shape[2:])
 
 
-def test_imported_model_prunes_exports_and_runs(zoo_name):
+def test_imported_model_prunes_exports_and_runs(zoo_name, request):
     """torch.onnx.export -> load -> prune 0.5 -> export -> ONNX Runtime: runs, output shapes unchanged."""
+    _known_gap(request, zoo_name)
     from graphopt.passmanager import PassManager
 
     _, inputs, want, graph = zoo_via_torch_onnx(zoo_name)
@@ -320,3 +332,52 @@ def test_data_dependent_reshape_is_reported():
     model.ir_version = 8
     with pytest.raises(GraphoptError, match="/dyn/Reshape.*computed from tensor data"):
         fonnx.load(model)
+
+
+# ------------------------------------------- what graphopt's own lowering emits reads back
+class SelectionAndRounding(torch.nn.Module):
+    """Ops whose ONNX lowering emits TopK, GatherElements, ScatterElements, Mod, rounding, inverse trig and
+    bitwise operators: graphopt's ONNX files must import into graphopt again."""
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        values, index = x.topk(3, dim=-1)
+        picked = torch.gather(x, 1, index)
+        spread = torch.zeros_like(x).scatter_add(1, index, values)
+        rounded = torch.floor(x) + torch.ceil(x) * torch.round(x) + torch.sign(x)
+        trig = torch.atan(x) + torch.asin(x.clamp(-1, 1)) + torch.acos(x.clamp(-1, 1))
+        bits = (ids & 6) | (ids ^ 3)
+        return picked.sum(-1, keepdim=True) + spread + rounded + trig, bits + ids // 3 + torch.bitwise_not(ids)
+
+
+def test_graphopt_lowering_of_selection_rounding_and_bitwise_ops_imports_again():
+    import graphopt
+
+    x, ids = torch.randn(2, 8), torch.randint(-20, 20, (2, 8))
+    graph = graphopt.trace(SelectionAndRounding().eval(), (x, ids))
+    exported = gonnx.to_onnx(graph, opset=18)  # BitwiseAnd/Or/Xor/Not on integers need 18
+    emitted = {n.op_type for n in exported.graph.node}
+    assert {"TopK", "GatherElements", "ScatterElements", "Mod", "Floor", "Ceil", "Round", "Sign", "Atan",
+            "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot"} <= emitted, emitted
+    again = fonnx.load(exported)
+    x2, ids2 = torch.randn(5, 8), torch.randint(-20, 20, (5, 8))  # another batch: the axis stayed dynamic
+    with torch.no_grad():
+        for got, want in zip(to_module(again)(x2, ids2), SelectionAndRounding()(x2, ids2)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_mod_and_negative_gather_elements_indices_follow_the_spec():
+    x = helper.make_tensor_value_info("x", TensorProto.INT64, [2, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [2, 4])
+    idx = helper.make_tensor("idx", TensorProto.INT64, [2, 2], [-1, 0, 1, -4])
+    nodes = [helper.make_node("Mod", ["x", "y"], ["py_mod"], fmod=0),
+             helper.make_node("Mod", ["x", "y"], ["c_mod"], fmod=1),
+             helper.make_node("GatherElements", ["x", "idx"], ["picked"], axis=1)]
+    outs = [helper.make_tensor_value_info(n, TensorProto.INT64, [2, k]) for n, k in (("py_mod", 4), ("c_mod", 4),
+                                                                            ("picked", 2))]
+    model = helper.make_model(helper.make_graph(nodes, "m", [x, y], outs, [idx]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    a = np.array([[7, -7, 5, -5], [9, -9, 0, 3]], dtype=np.int64)
+    b = np.array([[3, 3, -2, -2], [4, 4, 5, -2]], dtype=np.int64)
+    got = to_module(fonnx.load(model))(torch.from_numpy(a), torch.from_numpy(b))
+    for mine, theirs in zip(got, _ort(model, a, b)):
+        np.testing.assert_array_equal(mine.numpy(), theirs)

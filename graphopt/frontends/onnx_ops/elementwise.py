@@ -12,7 +12,9 @@ from graphopt.frontends.onnx_ops._common import attr, value_at
 
 _UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Erf": "erf", "Exp": "exp", "Log": "log",
           "Sqrt": "sqrt", "Neg": "neg", "Abs": "abs", "Sin": "sin", "Cos": "cos", "Reciprocal": "reciprocal",
-          "Not": "logical_not", "HardSwish": "hardswish", "Mish": "mish"}
+          "Not": "logical_not", "HardSwish": "hardswish", "Mish": "mish", "Sign": "sign", "Asin": "asin",
+          "Acos": "acos", "Atan": "atan", "Floor": "floor", "Ceil": "ceil", "Round": "round",
+          "BitwiseNot": "bitwise_not"}
 
 
 def _unary(op: str):
@@ -97,7 +99,7 @@ def _clip(ctx, node):
 
 _BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Pow": "pow", "Equal": "eq", "Less": "lt",
            "LessOrEqual": "le", "Greater": "gt", "GreaterOrEqual": "ge", "And": "logical_and", "Or": "logical_or",
-           "Xor": "ne"}
+           "Xor": "ne", "BitwiseAnd": "bitwise_and", "BitwiseOr": "bitwise_or", "BitwiseXor": "bitwise_xor"}
 
 
 def _binary(op: str):
@@ -116,6 +118,17 @@ def _div(ctx, node):
     a, b = value_at(ctx, node, 0), value_at(ctx, node, 1)
     attrs = {} if a.dtype.is_floating_point else {"rounding_mode": "trunc"}  # ONNX integer Div truncates
     return ctx.emit1("div", [a, b], attrs)
+
+
+@register_onnx_op("Mod")
+def _mod(ctx, node):
+    """x - q*y with q rounded down (fmod=0: the divisor's sign, Python's %) or toward zero (fmod=1: C's fmod)."""
+    a, b = value_at(ctx, node, 0), value_at(ctx, node, 1)
+    fmod = int(attr(node, "fmod", 0))
+    if not fmod and a.dtype.is_floating_point:
+        raise GraphoptError(f"{ctx.where()}: Mod on floats needs fmod=1 (the ONNX spec allows no other)")
+    q = ctx.emit1("div", [a, b], {"rounding_mode": "trunc" if fmod else "floor"})
+    return ctx.emit1("sub", [a, ctx.emit1("mul", [q, b])])
 
 
 @register_onnx_op("Max", "Min", "Sum", "Mean")
