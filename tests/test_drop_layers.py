@@ -317,3 +317,41 @@ def test_docs_drop_layers_md_code_runs(capsys):
     namespace: dict = {"__name__": "docs_drop_layers_md"}
     for index, code in enumerate(blocks):
         exec(compile(code, f"docs/drop_layers.md[block {index}]", "exec"), namespace)
+
+
+def test_recovery_is_the_least_squares_fit_computed_by_hand(stack):
+    """Dropping the last block: the final norm's affine, then the head, refitted by plain least squares (damp=0)."""
+    model, inputs, graph = stack
+    torch.manual_seed(2)
+    calibration = [(torch.randn(4, 6, 16),) for _ in range(20)]  # 480 rows: enough for a full head refit
+    dropped, stats, _ = drop(graph, inputs, "drop-layers{blocks=['blocks.3'],recover=true,damp=0.0}",
+                             calibration_data=calibration)
+    assert [f.node for f in stats.recovery.fits] == ["norm", "head"]
+    x = torch.cat([batch[0] for batch in calibration]).double()
+    reference = model.double()
+    try:
+        with torch.no_grad():
+            h_full, h_drop = x, x
+            for i, block in enumerate(reference.blocks):
+                h_full = block(h_full)
+                h_drop = block(h_drop) if i != 3 else h_drop
+            target = reference.norm(h_full).reshape(-1, 16)
+            normalised = torch.nn.functional.layer_norm(h_drop, (16,)).reshape(-1, 16)
+            for c in range(16):  # per channel: target = a * normalised + b
+                design = torch.stack([normalised[:, c], torch.ones_like(normalised[:, c])], dim=1)
+                a, b = torch.linalg.lstsq(design, target[:, c:c + 1]).solution.flatten()
+                assert float(dropped.weights["norm.weight"].data[c]) == pytest.approx(float(a), rel=1e-4, abs=1e-5)
+                assert float(dropped.weights["norm.bias"].data[c]) == pytest.approx(float(b), rel=1e-4, abs=1e-5)
+            refit = normalised * dropped.weights["norm.weight"].data.double() + dropped.weights["norm.bias"].data.double()
+            design = torch.cat([refit, torch.ones(refit.shape[0], 1, dtype=refit.dtype)], dim=1)
+            solution = torch.linalg.lstsq(design, reference.head(reference.norm(h_full)).reshape(-1, 5)).solution
+            head_target = reference.head(reference.norm(h_full)).reshape(-1, 5)
+    finally:
+        model.float()
+    # A LayerNorm's outputs sum to a constant per row, so the head's solution is not unique (and the float32
+    # graph's fit is ill-conditioned): it must reach the least-squares residual, and beat the original head.
+    fitted = torch.cat([dropped.weights["head.weight"].data.double().T, dropped.weights["head.bias"].data.double()[None]])
+    original = torch.cat([model.head.weight.data.double().T, model.head.bias.data.double()[None]])
+    best = float((design @ solution - head_target).pow(2).sum())
+    assert float((design @ fitted - head_target).pow(2).sum()) == pytest.approx(best, rel=1e-3)
+    assert float((design @ original - head_target).pow(2).sum()) > 2 * best
