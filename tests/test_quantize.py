@@ -315,3 +315,27 @@ def test_torch_module_fake_quantizes_with_straight_through_gradients():
     opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=1e-3)
     opt.step()
     assert module(batch[0]).detach().square().mean() != before  # a step changed the quantized model
+
+
+def test_tvm_lowers_qdq_and_refuses_weight_only_clearly():
+    pytest.importorskip("tvm")
+    from graphopt.backends.tvm.lowering import static_bind, to_relax
+
+    _, int8, batch, _ = quantized("resnet18", mode="int8")
+    lowered = to_relax(int8, static_bind(int8, example_inputs=batch))
+    assert [s.shape for s in lowered.outputs] == [[16, 10]]
+    _, int4, batch, _ = quantized("bert", mode="int4-weight")
+    with pytest.raises(graphopt.GraphoptError, match="MatMulNBits, which TVM's ONNX importer does not support"):
+        to_relax(int4, static_bind(int4, example_inputs=batch))
+
+
+def test_non_finite_weights_are_refused_not_quantized():
+    graph, inputs, _ = traced("bert")
+    broken = graph.clone()
+    layer = find_layers(broken, "int8", [])[0][0]
+    weight = layer.node.inputs[1]
+    data = weight.data.clone()
+    data[0, 0] = float("nan")
+    weight.set_data(data)
+    with pytest.raises(graphopt.GraphoptError, match="non-finite values"):
+        PassManager([Quantize(progress=False)]).run(broken, inputs)

@@ -1,0 +1,147 @@
+"""Quantization: accuracy on real data (digits CNN), speed on ONNX Runtime (zoo base models) and model file sizes.
+
+Usage: python bench/bench_quantize.py [--part accuracy|speed|all] [--epochs 12] [--models resnet50 mobilenet_v2 bert]
+                                      [--batches 1 32] [--runs 5] [--warmup 2] [--threads 1]
+
+Accuracy: the residual CNN of bench/bench_prune_accuracy.py trained on scikit-learn's digits (same split,
+seed 0), then `graphopt.optimize(..., quantize="int8", backend="onnx")` calibrated on the first 512
+training images (batches of 128), measured on the 450 test images through ONNX Runtime's integer
+kernels; and pruned to 50 % of its MACs (l2 + reconstruction) then int8, against the same pruned model in fp32.
+
+Speed: each model at zoo size `base`, traced and canonicalised, run by ONNX Runtime (optimization level
+all, `--threads` intra-op threads) in fp32 and quantized (convnets: int8 static, calibrated on two
+random batches of 4; BERT: int8 static, int8-dynamic and int4-weight), timed in alternation, median
+of `--runs` calls after `--warmup`. Sizes: each model exported to a .onnx file (weights included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import graphopt
+from graphopt import models_zoo
+from graphopt.backends import onnx as onnx_backend
+from graphopt.passmanager import PassManager
+from graphopt.passes import Quantize
+
+HERE = Path(__file__).resolve().parent
+
+
+def _prune_bench():
+    """bench/bench_prune_accuracy.py as a module: its digits data, CNN, training loop and accuracy."""
+    spec = importlib.util.spec_from_file_location("bench_prune_accuracy", HERE / "bench_prune_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------ accuracy
+def accuracy_rows(epochs: int = 12, calibration: int = 512, seed: int = 0) -> list[tuple[str, float]]:
+    """(row name, test accuracy %) for fp32, int8, pruned fp32 and pruned + int8."""
+    pb = _prune_bench()
+    data = pb.load_digits(seed)
+    torch.manual_seed(seed)
+    model = pb.train(pb.DigitsResNet(), data, epochs, 3e-3, seed)
+    example = (data.x_train[:2],)
+    batches = [(x,) for x in data.x_train[:calibration].split(128)]
+    prune = {"target_macs": 0.5, "reconstruct": True}
+    rows = [("fp32", pb.accuracy(model, data.x_test, data.y_test))]
+    int8 = graphopt.optimize(copy.deepcopy(model), example, quantize="int8", calibration_data=batches, backend="onnx")
+    rows.append(("int8 static (ONNX Runtime)", pb.accuracy(int8, data.x_test, data.y_test)))
+    pruned = graphopt.optimize(copy.deepcopy(model), example, prune=prune, calibration_data=batches, backend="onnx")
+    rows.append(("pruned 50 % MACs, fp32", pb.accuracy(pruned, data.x_test, data.y_test)))
+    both = graphopt.optimize(copy.deepcopy(model), example, prune=prune, quantize="int8", calibration_data=batches,
+                             backend="onnx")
+    rows.append(("pruned 50 % MACs + int8 (ONNX Runtime)", pb.accuracy(both, data.x_test, data.y_test)))
+    return rows
+
+
+# ------------------------------------------------------------------ speed and size
+def interleaved_medians(fns: list[Callable[[], object]], runs: int, warmup: int) -> list[float]:
+    """Median milliseconds per function, timing them in alternation."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(runs):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
+def variants(name: str) -> list[tuple[str, dict]]:
+    if name == "bert":
+        return [("int8", {"mode": "int8"}), ("int8-dynamic", {"mode": "int8-dynamic"}),
+                ("int4-weight", {"mode": "int4-weight"})]
+    return [("int8", {"mode": "int8"})]
+
+
+def file_mb(graph, directory: Path, stem: str) -> float:
+    path = onnx_backend.export(graph, directory / f"{stem}.onnx", external_data=False)
+    return path.stat().st_size / 2**20
+
+
+def speed_rows(name: str, batches: list[int], runs: int, warmup: int, threads: int, size: str = "base") -> list[str]:
+    """Markdown rows: per quantized variant and batch, fp32 ms, quantized ms, speed-up; and file sizes."""
+    model, example = models_zoo.get(name, size, batch_size=2)
+    graph = graphopt.trace(model, example, dynamic=models_zoo.spec(name).dynamic_axes)
+    graph, _ = PassManager.parse("canonicalize").run(graph, example)
+    calibration = [models_zoo.get(name, size, batch_size=4, seed=s)[1] for s in (1, 2)]
+    fp32 = onnx_backend.compile(graph, threads=threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sizes = {"fp32": file_mb(graph, Path(tmp), "fp32")}
+        for label, options in variants(name):
+            quantized, _ = PassManager([Quantize(progress=False, **options)]).run(graph, example,
+                                                                               calibration_data=calibration)
+            sizes[label] = file_mb(quantized, Path(tmp), label)
+            run = onnx_backend.compile(quantized, threads=threads)
+            for batch in batches:
+                inputs = models_zoo.get(name, size, batch_size=batch, seed=3)[1]
+                f_ms, q_ms = interleaved_medians([lambda: fp32(*inputs), lambda: run(*inputs)], runs, warmup)
+                rows.append(f"| {name} | {label} | {batch} | {f_ms:.1f} | {q_ms:.1f} | {f_ms / q_ms:.2f}x |")
+    size_text = ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items())
+    rows.append(f"| {name} | file sizes | | {size_text} | | |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["accuracy", "speed", "all"], default="all")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2", "bert"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    if args.part in ("accuracy", "all"):
+        print("| digits CNN | test accuracy % |\n|---|---|", flush=True)
+        for row, acc in accuracy_rows(args.epochs):
+            print(f"| {row} | {acc:.2f} |", flush=True)
+    if args.part in ("speed", "all"):
+        import onnxruntime
+
+        print(f"\nONNX Runtime {onnxruntime.__version__}, {args.threads} thread(s), "
+              f"median of {args.runs} after {args.warmup} warm-up\n")
+        print("| model | quantized | batch | fp32 ms | quantized ms | speed-up |\n|---|---|---|---|---|---|", flush=True)
+        for name in args.models:
+            for row in speed_rows(name, args.batches, args.runs, args.warmup, args.threads):
+                print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
