@@ -5,7 +5,8 @@
   (`torch.ops.transformers.grouped_mm_fallback` on CPU) and undo the sort with `inv[perm] = arange(S)`
   (`index_put`). Both ops are channel barriers: which rows meet which expert depends on the data.
 - FFT: the IR has no complex dtype; `.real` / `.imag` / `view_as_real` of a DFT of a real (or DFT'd)
-  input become matmuls with constant cos/sin matrices (FNet's `fftn(x, dim=(1, 2)).real`).
+  input become matmuls with constant cos/sin matrices (FNet's `fftn(x, dim=(1, 2)).real`); complex
+  rotary embeddings (`polar`, `view_as_complex`, complex `mul`, layout ops) work on the two parts.
 - Negative constant indices (Falcon's `fused_qkv[..., [-2], :]`) and `x[mask] = v`.
 
 Every model is traced, run back on torch from the graph and on ONNX Runtime, on the example and on
@@ -178,6 +179,23 @@ def test_complex_tensor_read_by_another_op_is_refused_with_the_line():
         graphopt.trace(model, (torch.randn(2, 8, 16),))
 
 
+class ComplexRotary(nn.Module):
+    """Llama 4's rotary embedding: polar(1, angles), view_as_complex(x pairs) * freqs, view_as_real."""
+
+    def forward(self, x):  # [batch, seq, heads, dim]
+        seq, dim = x.shape[1], x.shape[-1]
+        inv = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+        angles = torch.outer(torch.arange(seq).float(), inv)
+        freqs = torch.polar(torch.ones_like(angles), angles) * 1.0
+        pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+        return torch.view_as_real(pairs * freqs[None, :, None, :]).flatten(3)
+
+
+def test_complex_rotary_embedding():
+    graph = check_round_trip(ComplexRotary(), (torch.randn(2, 5, 3, 8),), (torch.randn(3, 5, 3, 8),), atol=1e-5)
+    assert {"cos", "sin", "select"} <= _ops(graph)
+
+
 # ------------------------------------------------------------------ indexing
 class NegativeIndex(nn.Module):
     """Falcon's multi-query split: fused[..., :-2, :], fused[..., [-2], :], fused[..., [-1], :]."""
@@ -201,3 +219,44 @@ class MaskedWrite(nn.Module):
 
 def test_boolean_mask_write():
     check_round_trip(MaskedWrite(), (torch.randn(2, 4, 8),), (torch.randn(3, 4, 8),), atol=0)
+
+
+class Flip(nn.Module):
+    def __init__(self, dims) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return torch.flip(x * 2, self.dims) + x
+
+
+@pytest.mark.parametrize("dims", [(1,), (1, -1), (0, 2)], ids=["seq", "seq-and-last", "batch-and-2"])
+def test_flip(dims):
+    graph = check_round_trip(Flip(dims), (torch.randn(2, 5, 6),), (torch.randn(3, 5, 6),), atol=0)
+    assert set(graph.symbols()) == {"batch"}
+
+
+class ScatterReduce(nn.Module):
+    """BLT's patch pooling (amax into zeros, include_self=False) and TAPAS's segment means, on a batch."""
+
+    def __init__(self, how: str, include_self: bool) -> None:
+        super().__init__()
+        self.how, self.include_self = how, include_self
+
+    def forward(self, x):  # x [batch, T, D]; segments [batch, T] in [0, 4): segment 4 is never reached
+        segments = (x[..., 0].abs() * 2).long().clamp(max=3)
+        index = segments.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        out = torch.full((x.shape[0], 5, x.shape[-1]), 0.5)
+        return out.scatter_reduce(1, index, x, reduce=self.how, include_self=self.include_self)
+
+
+@pytest.mark.parametrize("how", ["sum", "prod", "mean", "amax", "amin"])
+@pytest.mark.parametrize("include_self", [True, False], ids=["with-self", "without-self"])
+def test_scatter_reduce(how, include_self):
+    torch.manual_seed(0)
+    x, other = torch.randn(2, 7, 3), torch.randn(3, 7, 3)
+    graph = check_round_trip(ScatterReduce(how, include_self), (x,), (other,), atol=1e-5)
+    if how in ("amax", "amin"):  # ScatterElements' own max/min from opset 18 (the default 17 spreads one-hot)
+        with torch.no_grad():
+            torch.testing.assert_close(gonnx.compile(graph, threads=1, opset=18)(other),
+                                       ScatterReduce(how, include_self)(other))

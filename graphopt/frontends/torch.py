@@ -38,6 +38,9 @@ Converter = Callable[["ImportContext", torch.fx.Node], "Value | Sequence[Value] 
 # several aten ops one canonical op, so converters are a table of their own, not a column of the op table.
 CONVERTERS: Registry[Converter] = Registry("torch converter")
 _CONVERTERS = CONVERTERS  # the name tests and users already call
+# Converters for an op whose tensor argument is complex (a `ComplexValue`): mul of two complex tensors,
+# unsqueeze of one, ...; keyed like CONVERTERS. An op on a complex tensor without one stops the import.
+COMPLEX_CONVERTERS: Registry[Converter] = Registry("torch converter of complex tensors")
 
 # Ops that only assert or annotate; they compute nothing the graph needs.
 _IGNORED = {
@@ -92,6 +95,12 @@ def _packet(name: str) -> str:
 
 def find_converter(name: str) -> Converter | None:
     return CONVERTERS.get(name) or CONVERTERS.get(_packet(name))
+
+
+def _reads_complex(ctx: "ImportContext", fx: torch.fx.Node) -> bool:
+    args = list(fx.args) + list(fx.kwargs.values())
+    flat = [a for arg in args for a in (arg if isinstance(arg, (list, tuple)) else [arg])]
+    return any(isinstance(ctx._values.get(a), ComplexValue) for a in flat if isinstance(a, torch.fx.Node))
 
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>[^\n]+)\n(?P<code>[^\n]*)')
@@ -472,6 +481,8 @@ def _import_call(ctx: ImportContext, fx: torch.fx.Node) -> None:
     if not _is_tensor_val(val):
         return  # shape arithmetic on SymInts: read through meta["val"] where used
     converter = find_converter(name)
+    if _reads_complex(ctx, fx):
+        converter = COMPLEX_CONVERTERS.get(name) or COMPLEX_CONVERTERS.get(_packet(name)) or converter
     if converter is None:
         raise UnsupportedOpError(name, fx.name, source=str(source_location(fx)) or None,
                                  hint=REGISTER_HINT.format(op=name))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import torch
+
 from graphopt.errors import GraphoptError
 from graphopt.ir import dims as D
 from graphopt.backends.onnx.builder import INT64_MAX
 from graphopt.backends.onnx.lowering import lowering
-from graphopt.backends.onnx.lowerings._common import axes_list, casted, out_of, scalar, expand, reshape
+from graphopt.backends.onnx.lowerings._common import axes_list, casted, out_of, scalar, expand, reduce, reshape
 
 
 @lowering("reshape")
@@ -72,11 +74,40 @@ def _gather(b, node, ins):
 def _scatter(b, node, ins):
     dt = out_of(node).dtype
     attrs = {"axis": int(node.attrs["axis"]) % node.inputs[0].rank}
-    if node.attrs.get("reduce", "none") == "add":
-        if b.opset < 16:
-            raise GraphoptError(f"{node.where()}: scatter_add needs ScatterElements' reduction, opset 16 or later")
-        attrs["reduction"] = "add"
-    return b.op("ScatterElements", [ins[0], ins[1], b.cast(ins[2], dt, node.inputs[2].dtype)], attrs, dtype=dt)
+    mode = node.attrs.get("reduce", "none")
+    src = b.cast(ins[2], dt, node.inputs[2].dtype)
+    if mode in ("amax", "amin") and b.opset < 18:
+        return _scatter_extreme(b, node, ins[0], ins[1], src)
+    if mode != "none":
+        needs = 18 if mode in ("amax", "amin") else 16
+        if b.opset < needs:
+            raise GraphoptError(f"{node.where()}: scatter with reduce={mode!r} needs ScatterElements' reduction, "
+                                f"opset {needs} or later")
+        attrs["reduction"] = {"add": "add", "mul": "mul", "amax": "max", "amin": "min"}[mode]
+    return b.op("ScatterElements", [ins[0], ins[1], src], attrs, dtype=dt)
+
+
+def _scatter_extreme(b, node, x: str, idx: str, src: str) -> str:
+    """scatter amax/amin before opset 18 (no ScatterElements max/min): each target position's extreme over a
+    one-hot [.., M, N, ..] of the sources that reach it, then max/min with x."""
+    x_v, idx_v = node.inputs[0], node.inputs[1]
+    dt, rank = out_of(node).dtype, x_v.rank
+    axis = int(node.attrs["axis"]) % rank
+    if not all(D.dims_equal(a, c) for i, (a, c) in enumerate(zip(x_v.shape, idx_v.shape)) if i != axis):
+        raise GraphoptError(f"{node.where()}: scatter {node.attrs['reduce']} with indices {list(idx_v.shape)} "
+                            f"narrower than x {list(x_v.shape)} off the axis needs opset 18")
+    largest = node.attrs["reduce"] == "amax"
+    info = torch.finfo(dt) if dt.is_floating_point else torch.iinfo(dt)
+    fill = b.const(float("-inf") if largest and dt.is_floating_point else float("inf") if dt.is_floating_point
+                   else (info.min if largest else info.max), dt)
+    positions = b.op("Range", [b.i64(0), b.scalar_dim(x_v.shape[axis]), b.i64(1)], dtype=torch.int64)
+    positions = b.op("Reshape", [positions, b.i64([1] * (axis + 1) + [-1] + [1] * (rank - axis - 1))],
+                     dtype=torch.int64)
+    hit = b.op("Equal", [b.op("Unsqueeze", [b.cast(idx, torch.int64, idx_v.dtype), b.i64([axis + 1])],
+                              dtype=torch.int64), positions], dtype=torch.bool)  # [.., M, N, ..]
+    spread = b.op("Where", [hit, b.op("Unsqueeze", [src, b.i64([axis + 1])], dtype=dt), fill], dtype=dt)
+    best = reduce(b, "ReduceMax" if largest else "ReduceMin", spread, [axis], False, dt)
+    return b.op("Max" if largest else "Min", [x, best], dtype=dt)
 
 
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}

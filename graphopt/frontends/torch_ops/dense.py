@@ -136,3 +136,12 @@ def _grouped_mm(ctx, node):
                             f"supported, got {list(x.shape)} x {list(w.shape)}")
     out = ctx.emit1("grouped_mm", [x, w, ctx.value(offsets)])
     return out if out.dtype == ctx.out_dtype() else ctx.emit1("cast", [out], {"dtype": ctx.out_dtype()})
+
+
+@register_torch_op("aten.outer", "aten.ger")
+def _outer(ctx, node):
+    # a[:, None] * b[None, :] (rotary tables: positions x inverse frequencies)
+    a, b = ctx.value(node.args[0]), ctx.value(node.args[1])
+    column = ctx.emit1("reshape", [a], {"shape": [a.shape[0], 1]})
+    row = ctx.emit1("reshape", [b], {"shape": [1, b.shape[0]]})
+    return ctx.emit1("mul", [column, row])

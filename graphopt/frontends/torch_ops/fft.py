@@ -1,4 +1,4 @@
-"""ATen converters for discrete Fourier transforms, as matrix products with constant cos/sin DFT matrices.
+"""ATen converters for discrete Fourier transforms (matmuls with constant cos/sin DFT matrices) and complex numbers.
 
 graphopt's IR has no complex dtype. An FFT's output is held while importing as a
 `ComplexValue` (its real and imaginary parts, each emitted on first use), and only
@@ -9,6 +9,10 @@ after the other. FNet mixes its tokens with `torch.fft.fftn(x, dim=(1, 2)).real`
 C_s X C_h - S_s X S_h: four matmuls. The scale of `norm` ("backward", "ortho", "forward") is folded
 into the matrices. A transformed axis whose size is only known at run time stops the import with
 the op and the source line.
+
+Complex rotary embeddings (Llama 4, DeepSeek-V2) build `polar(1, angles)`, multiply it with
+`view_as_complex(x)` and read `view_as_real` of the product: `polar`, `view_as_complex`, complex `mul`
+and layout ops on a complex tensor (`COMPLEX_CONVERTERS`) act on the two parts.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import math
 import torch
 
 from graphopt.errors import GraphoptError
-from graphopt.frontends.torch import ComplexValue, register_torch_op, source_location
+from graphopt.frontends.torch import (
+    COMPLEX_CONVERTERS, ComplexValue, find_converter, op_name, register_torch_op, source_location,
+)
 from graphopt.frontends.torch_ops._common import as_list, cast_to, schema_arg
 from graphopt.ir.graph import Value
 
+register_complex_op = COMPLEX_CONVERTERS.decorator
 _NORM_CODES = {0: "backward", 1: "ortho", 2: "forward"}  # _fft_r2c/_fft_c2c's `normalization`
 
 
@@ -201,3 +208,92 @@ def _view_as_real(ctx, node):
     shape = list(real.shape) + [1]
     pair = [ctx.emit1("reshape", [p], {"shape": shape}) for p in (real, imag)]
     return ctx.emit1("concat", pair, {"axis": real.rank})
+
+
+# ------------------------------------------------------------------ complex arithmetic and layout
+# Rotary embeddings written with complex numbers (Llama 4, DeepSeek-V2): freqs_cis = polar(1, angles),
+# view_as_real(view_as_complex(x.reshape(..., -1, 2)) * freqs_cis[..., None, :]). Each complex op works
+# on the two parts.
+@register_torch_op("aten.polar")
+def _polar(ctx, node):
+    magnitude, angle = ctx.value(node.args[0]), ctx.value(node.args[1])
+
+    def make(which: str) -> Value:
+        wave = ctx.emit1("cos" if which == "real" else "sin", [angle])
+        return ctx.emit1("mul", [magnitude, wave])
+
+    return ComplexValue(ctx.current, make)
+
+
+@register_torch_op("aten.view_as_complex")
+def _view_as_complex(ctx, node):
+    x = ctx.value(node.args[0])
+    return ComplexValue(ctx.current, lambda which: ctx.emit1(
+        "select", [x], {"axis": x.rank - 1, "index": 0 if which == "real" else 1}))
+
+
+@register_complex_op("aten.mul")
+def _complex_mul(ctx, node):
+    """(a + ib)(c + id) = (ac - bd) + i(ad + bc); a real factor scales both parts."""
+    a, b = _operand(ctx, node.args[0]), _operand(ctx, node.args[1])
+
+    def times(x: Value | None, y: Value | None) -> Value | None:
+        return None if x is None or y is None else ctx.emit1("mul", [x, y])
+
+    def make(which: str) -> Value | None:
+        if which == "real":
+            return _add(ctx, times(a[0], b[0]), times(a[1], b[1]), negate_b=True)
+        return _add(ctx, times(a[0], b[1]), times(a[1], b[0]))
+
+    return ComplexValue(ctx.current, make)
+
+
+def _operand(ctx, arg) -> tuple[Value | None, Value | None]:
+    """(real, imaginary) of a complex tensor, a real tensor or a Python number."""
+    found = ctx._values.get(arg) if isinstance(arg, torch.fx.Node) else None
+    if isinstance(found, ComplexValue):
+        return found.part(ctx, "real"), found.part(ctx, "imag")
+    if isinstance(arg, complex):
+        return ctx.scalar(arg.real), ctx.scalar(arg.imag)
+    return ctx.value(arg), None
+
+
+@register_complex_op("aten.unsqueeze", "aten.squeeze", "aten.view", "aten.reshape", "aten._unsafe_view",
+                     "aten.flatten", "aten.slice", "aten.select", "aten.expand", "aten.permute", "aten.transpose",
+                     "aten.clone", "aten.contiguous", "aten.alias", "aten.detach", "aten.index.Tensor",
+                     "aten.index_select")
+def _complex_layout(ctx, node):
+    """A layout op moves the real and imaginary parts alike: the real-tensor converter on each part."""
+    complex_value = ctx._values[node.args[0]]
+    convert = find_converter(op_name(node.target))
+    if not isinstance(complex_value, ComplexValue) or convert is None:
+        raise GraphoptError(f"node '{node.name}' ({node.target}) from {source_location(node)}: only its first "
+                            "argument may be complex")
+
+    def make(which: str) -> Value | None:
+        part = complex_value.part(ctx, which)
+        if part is None:
+            return None
+        ctx._values[node.args[0]] = part
+        try:
+            return convert(ctx, node)
+        finally:
+            ctx._values[node.args[0]] = complex_value
+
+    return ComplexValue(ctx.current, make)
+
+
+@register_complex_op("aten.to", "aten._to_copy")
+def _complex_to(ctx, node):
+    dtype = ctx.out_dtype()
+    if dtype not in (torch.complex64, torch.complex128):
+        raise GraphoptError(f"node '{node.name}' ({node.target}) from {source_location(node)}: a complex tensor "
+                            f"converted to {dtype} (only .real, .imag or view_as_real leave the complex numbers)")
+    complex_value = ctx._values[node.args[0]]
+    part_dtype = torch.float32 if dtype == torch.complex64 else torch.float64
+
+    def make(which: str) -> Value | None:
+        part = complex_value.part(ctx, which)
+        return None if part is None else cast_to(ctx, part, part_dtype)
+
+    return ComplexValue(ctx.current, make)

@@ -231,6 +231,50 @@ def _scatter(ctx, node):
     return ctx.emit1("scatter", [x, index, src], {"axis": axis, "reduce": reduce})
 
 
+_SCATTER_REDUCE = {"sum": "add", "prod": "mul", "amax": "amax", "amin": "amin", "mean": "add"}
+_IDENTITY = {"sum": 0.0, "prod": 1.0, "amax": float("-inf"), "amin": float("inf"), "mean": 0.0}
+
+
+@register_torch_op("aten.scatter_reduce", "aten.scatter_reduce_")
+def _scatter_reduce(ctx, node):
+    """x.scatter_reduce(dim, index, src, reduce, include_self): a combining scatter. Without include_self the
+    reached positions are first set to the reduction's identity; "mean" is a sum divided by a count.
+
+    BLT pools its patches with amax, TAPAS its segments with sum/mean/amax/amin (both include_self=False).
+    """
+    x = ctx.value(node.args[0])
+    axis = int(node.args[1]) % max(x.rank, 1)
+    index = ctx.value(node.args[2])
+    src = cast_to(ctx, ctx.value(node.args[3]), x.dtype)
+    how = str(node.args[4])
+    include_self = bool(schema_arg(node, 5, "include_self", True))
+    if how not in _SCATTER_REDUCE:
+        raise GraphoptError(f"node '{node.name}': scatter_reduce with reduce={how!r} is not supported")
+    for a, (have, want) in enumerate(zip(src.shape, index.shape)):  # torch reads src only where index reaches
+        if not same_dim(have, want):
+            src = ctx.emit1("slice", [src], {"axis": a, "start": 0, "end": want, "step": 1})
+    identity = _IDENTITY[how]
+    if not x.dtype.is_floating_point and how in ("amax", "amin"):
+        info = torch.iinfo(x.dtype)
+        identity = info.min if how == "amax" else info.max
+    start = x
+    if not include_self:
+        fill = ctx.emit1("full", [], {"shape": list(index.shape), "value": identity, "dtype": x.dtype})
+        start = ctx.emit1("scatter", [x, index, fill], {"axis": axis, "reduce": "none"})
+    out = ctx.emit1("scatter", [start, index, src], {"axis": axis, "reduce": _SCATTER_REDUCE[how]})
+    if how != "mean":
+        return out
+    ones = ctx.emit1("full", [], {"shape": list(index.shape), "value": 1, "dtype": x.dtype})
+    base = ctx.emit1("full", [], {"shape": list(x.shape), "value": 1 if include_self else 0, "dtype": x.dtype})
+    count = ctx.emit1("scatter", [base, index, ones], {"axis": axis, "reduce": "add"})
+    if include_self:
+        return ctx.emit1("div", [out, count], {} if x.dtype.is_floating_point else {"rounding_mode": "floor"})
+    reached = ctx.emit1("gt", [count, ctx.scalar(0)])
+    safe = ctx.emit1("maximum", [count, ctx.emit1("full", [], {"shape": [], "value": 1, "dtype": x.dtype})])
+    mean = ctx.emit1("div", [out, safe], {} if x.dtype.is_floating_point else {"rounding_mode": "floor"})
+    return ctx.emit1("where", [reached, mean, x])
+
+
 @register_torch_op("aten.index_put", "aten.index_put_")
 def _index_put(ctx, node):
     """x[..., idx, ...] = values with one integer index tensor (a scatter along its axis), or x[mask] = v.
@@ -277,6 +321,22 @@ def _index_add(ctx, node):
     shape[axis] = D.prod(idx.shape)
     idx = ctx.emit1("expand", [ctx.emit1("reshape", [idx], {"shape": shape})], {"shape": list(src.shape)})
     return ctx.emit1("scatter", [x, idx, src], {"axis": axis, "reduce": "add"})
+
+
+@register_torch_op("aten.flip")
+def _flip(ctx, node):
+    """x reversed along each of `dims`: an index_select with the reversed positions of each axis."""
+    x = ctx.value(node.args[0])
+    for axis in sorted({int(a) % max(x.rank, 1) for a in as_list(schema_arg(node, 1, "dims"))}):
+        size = x.shape[axis]
+        if isinstance(size, int):
+            reversed_positions = ctx.graph.add_const(torch.arange(size - 1, -1, -1, dtype=torch.int64), name="flip")
+        else:  # (size - 1) - arange(size) at run time
+            last = ctx.emit1("full", [], {"shape": [], "value": size - 1, "dtype": torch.int64})
+            positions = ctx.emit1("arange", [], {"start": 0, "end": size, "step": 1, "dtype": torch.int64})
+            reversed_positions = ctx.emit1("sub", [last, positions])
+        x = ctx.emit1("index_select", [x, reversed_positions], {"axis": axis})
+    return x
 
 
 @register_torch_op("aten.stack")

@@ -154,9 +154,11 @@ def gather(x, indices, *, axis):
     return torch.gather(x, axis, indices)
 
 
-@op("scatter", "x, indices, src", attrs={"axis": "axis", "reduce": "'none' (write) or 'add' (accumulate)"},
+@op("scatter", "x, indices, src", attrs={"axis": "axis", "reduce": "'none' (write), or how to combine with what is "
+                                                               "there: 'add', 'mul', 'amax', 'amin'"},
     shape="same as x; indices and src have one shape", category="layout",
-    doc="x with x[..., indices[..., i, ...], ...] = src[..., i, ...] along axis (torch.scatter / scatter_add)",
+    doc="x with x[..., indices[..., i, ...], ...] = src[..., i, ...] along axis, or combined with it "
+        "(torch.scatter, scatter_add, scatter_reduce with include_self)",
     traits={LAYOUT})
 def _scatter(node: Node) -> list[TensorType]:
     x, idx, src = in_(node, 0), in_(node, 1), in_(node, 2)
@@ -164,15 +166,21 @@ def _scatter(node: Node) -> list[TensorType]:
     if not idx.rank == src.rank == x.rank or not D.shapes_equal(idx.shape, src.shape):
         raise ShapeError(f"{node.where()}: scatter wants indices and src of one shape and x's rank, got "
                          f"{list(idx.shape)} and {list(src.shape)} for rank {x.rank}")
-    if node.attrs.get("reduce", "none") not in ("none", "add"):
-        raise ShapeError(f"{node.where()}: scatter reduce must be 'none' or 'add', not {node.attrs['reduce']!r}")
+    if node.attrs.get("reduce", "none") not in _SCATTER_REDUCE:
+        raise ShapeError(f"{node.where()}: scatter reduce must be one of {sorted(_SCATTER_REDUCE)}, "
+                         f"not {node.attrs['reduce']!r}")
     return [(x.shape, x.dtype)]
+
+
+_SCATTER_REDUCE = {"none": None, "add": "sum", "mul": "prod", "amax": "amax", "amin": "amin"}  # -> scatter_reduce's
 
 
 @kernel("scatter")
 def scatter(x, indices, src, *, axis, reduce="none"):
     if reduce == "add":
         return torch.scatter_add(x, axis, indices, src)
+    if reduce != "none":
+        return torch.scatter_reduce(x, axis, indices, src, _SCATTER_REDUCE[reduce], include_self=True)
     return torch.scatter(x, axis, indices, src)
 
 
