@@ -339,3 +339,12 @@ def test_non_finite_weights_are_refused_not_quantized():
     weight.set_data(data)
     with pytest.raises(graphopt.GraphoptError, match="non-finite values"):
         PassManager([Quantize(progress=False)]).run(broken, inputs)
+
+
+def test_canonicalize_after_quantize_keeps_the_int8_weights():
+    """fold-constants would evaluate dequantize(int8 weight) into a float weight: the op's no_fold trait stops it."""
+    _, new, batch, _ = quantized("resnet18", mode="int8")
+    again, report = PassManager.parse("canonicalize").run(new, batch)
+    assert len(again.find_nodes("dequantize_linear")) == len(new.find_nodes("dequantize_linear"))
+    assert sum(v.dtype == torch.int8 for v in again.weights.values()) == sum(
+        v.dtype == torch.int8 for v in new.weights.values())

@@ -11,6 +11,7 @@ from graphopt.ir import dims as D
 from graphopt.ir.graph import Node, Value
 from graphopt.ir.op_table import get_op_attr
 from graphopt.ir.ops import TORCH_KERNEL, TRAINING_AWARE, has_trait
+from graphopt.ir.ops.quant import NO_FOLD
 from graphopt.passmanager import option, register_pass
 from graphopt.passmanager.rewrite import Outcome, RewritePass, Rule, rule
 
@@ -36,6 +37,8 @@ def why_not_foldable(node: Node, max_elements: int) -> str | None:
     """Why `node` cannot be replaced by its value, or None when it can."""
     if get_op_attr(node.op, TORCH_KERNEL) is None:
         return f"op '{node.op}' has no torch kernel to evaluate it"
+    if has_trait(node.op, NO_FOLD):
+        return f"op '{node.op}' is a stored form (a dequantized int8 weight): folding would undo it"
     if any(v is not None and not v.is_weight for v in node.inputs):
         return "an input is computed, not a stored tensor"
     if any(v is not None and v.data is not None and v.data.device.type == "meta" for v in node.inputs):

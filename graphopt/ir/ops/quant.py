@@ -24,6 +24,10 @@ from graphopt.errors import ShapeError
 from graphopt.ir.graph import Node
 from graphopt.ir.ops._core import TensorType, in_, kernel, op
 
+# Trait: constant folding must leave the op alone. A dequantize_linear of a stored int8 weight reads only
+# weights, so folding would turn the weight back into float and undo the quantization.
+NO_FOLD = "no_fold"
+
 _AXIS = {"axis": "axis along which a 1-d scale / zero_point applies (per-channel); ignored for 0-d ones"}
 
 
@@ -59,7 +63,7 @@ def quantize_linear(x, scale, zero_point, *, axis=1):
 
 @op("dequantize_linear", "q, scale, zero_point?",
     attrs={**_AXIS, "block_size": "0: per tensor or per axis; n > 0: one scale per n elements along axis"},
-    shape="same as q; element type of scale", category="quantization",
+    shape="same as q; element type of scale", category="quantization", traits={NO_FOLD},
     doc="(q - zero_point) * scale (ONNX DequantizeLinear, blocked from opset 21)")
 def _dequantize_linear(node: Node) -> list[TensorType]:
     q, scale = in_(node, 0), in_(node, 1)
