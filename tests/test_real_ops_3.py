@@ -260,3 +260,20 @@ def test_scatter_reduce(how, include_self):
         with torch.no_grad():
             torch.testing.assert_close(gonnx.compile(graph, threads=1, opset=18)(other),
                                        ScatterReduce(how, include_self)(other))
+
+
+class PaddingBranch(nn.Module):
+    """FSMT's make_padding_mask: a Python branch on a tensor's values, which torch.export cannot trace."""
+
+    def forward(self, ids):
+        mask = ids.eq(1)
+        if not mask.any():
+            mask = None
+        return ids * 2 if mask is None else ids.masked_fill(mask, 0)
+
+
+def test_data_dependent_branch_names_the_line_and_torch_export():
+    with pytest.raises(GraphoptError, match=r"(?s)^torch.export could not trace PaddingBranch: .*test_real_ops_3\.py:"
+                                            r"\d+ in forward: `if not mask.any\(\):` branches on the values of a "
+                                            r"tensor.*limit of torch.export, not of graphopt"):
+        graphopt.trace(PaddingBranch(), (torch.randint(0, 5, (2, 6)),))
