@@ -1,4 +1,4 @@
-"""The ResidualBlocks analysis: the blocks of every zoo model, nesting, projections, escapes, names."""
+"""The ResidualBlocks analysis: the blocks of every zoo model (and one dropped), nesting, projections, escapes, names."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from torch import nn
 import graphopt
 from graphopt import models_zoo
 from graphopt.analysis.residual_blocks import ResidualBlocks, find_blocks
+from graphopt.backends.torch import to_module
 from graphopt.passmanager import AnalysisManager, PassManager
 
 # (attention, mlp, layer, conv) blocks per tiny zoo model; conv blocks include projection shortcuts.
@@ -33,7 +34,7 @@ def test_every_zoo_model_is_covered():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_zoo_block_counts(name):
-    graph, _ = simplified(name)
+    graph, inputs = simplified(name)
     found = find_blocks(graph)
     kinds = [b.kind for b in found]
     assert (kinds.count("attention"), kinds.count("mlp"), kinds.count("layer"), kinds.count("conv")) == EXPECTED[name]
@@ -43,6 +44,21 @@ def test_zoo_block_counts(name):
     for block in found:
         assert graph.node(block.merge).op == "add"
         assert 0 < block.params <= graph.num_params() and block.macs > 0
+    if found.blocks:
+        _check_drop(name, graph, inputs, found)
+
+
+def _check_drop(name, graph, inputs, found):
+    """Drop the top-ranked block: params fall by its own, and torch and ONNX Runtime agree at batch 3."""
+    dropped, report = PassManager.parse("drop-layers{count=1}").run(graph, inputs)
+    (stats,) = report.stats("drop-layers")
+    assert graph.num_params() - dropped.num_params() == found.get(stats.dropped[0]).params
+    wider = models_zoo.get(name, "tiny", batch_size=3)[1]
+    expected = to_module(dropped)(*wider)
+    pytest.importorskip("onnxruntime")
+    from graphopt.backends import onnx as onnx_backend
+
+    torch.testing.assert_close(onnx_backend.compile(dropped)(*wider), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_llama_layers_nest_attention_and_mlp():
