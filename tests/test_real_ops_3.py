@@ -191,6 +191,17 @@ class ComplexRotary(nn.Module):
         return torch.view_as_real(pairs * freqs[None, :, None, :]).flatten(3)
 
 
+class ComplexSum(nn.Module):
+    def forward(self, x):
+        z = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))
+        w = torch.fft.fft(x, dim=-1)[..., : z.shape[-1]]
+        return torch.view_as_real(z + w - 2 * z)
+
+
+def test_complex_add_and_sub():
+    check_round_trip(ComplexSum(), (torch.randn(2, 3, 8),), (torch.randn(3, 3, 8),), atol=1e-5)
+
+
 def test_complex_rotary_embedding():
     graph = check_round_trip(ComplexRotary(), (torch.randn(2, 5, 3, 8),), (torch.randn(3, 5, 3, 8),), atol=1e-5)
     assert {"cos", "sin", "select"} <= _ops(graph)

@@ -248,6 +248,23 @@ def _complex_mul(ctx, node):
     return ComplexValue(ctx.current, make)
 
 
+@register_complex_op("aten.add", "aten.sub")
+def _complex_add(ctx, node):
+    """(a + ib) +- (c + id) part by part; add's alpha scales the second operand."""
+    a, b = _operand(ctx, node.args[0]), _operand(ctx, node.args[1])
+    alpha = node.kwargs.get("alpha", 1)
+    subtract = "sub" in str(node.target)
+
+    def make(which: str) -> Value | None:
+        i = 0 if which == "real" else 1
+        second = b[i]
+        if second is not None and alpha != 1:
+            second = ctx.emit1("mul", [second, ctx.scalar(alpha)])
+        return _add(ctx, a[i], second, negate_b=subtract)
+
+    return ComplexValue(ctx.current, make)
+
+
 def _operand(ctx, arg) -> tuple[Value | None, Value | None]:
     """(real, imaginary) of a complex tensor, a real tensor or a Python number."""
     found = ctx._values.get(arg) if isinstance(arg, torch.fx.Node) else None
