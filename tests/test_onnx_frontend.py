@@ -381,3 +381,47 @@ def test_onnx_mod_and_negative_gather_elements_indices_follow_the_spec():
     got = to_module(fonnx.load(model))(torch.from_numpy(a), torch.from_numpy(b))
     for mine, theirs in zip(got, _ort(model, a, b)):
         np.testing.assert_array_equal(mine.numpy(), theirs)
+
+
+class Recurrent(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(6, 8, num_layers=2, batch_first=True, bidirectional=True)
+        self.gru = torch.nn.GRU(16, 5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        y, (h, c) = self.lstm(x)
+        z, g = self.gru(y.transpose(0, 1))
+        return z, h, c, g
+
+
+@pytest.mark.parametrize("source", ["graphopt", "torch.onnx"])
+def test_lstm_and_gru_import_from_onnx(source):
+    """graphopt's own export (one ONNX node per layer) and torch.onnx's both read back as torch's recurrence."""
+    import graphopt
+
+    torch.manual_seed(0)
+    model, x = Recurrent().eval(), torch.randn(2, 7, 6)
+    if source == "graphopt":
+        exported = gonnx.to_onnx(graphopt.trace(model, (x,)))
+    else:
+        exported = onnx.load_from_string(torch_onnx_bytes(model, (x,), {}))
+    assert {"LSTM", "GRU"} <= {n.op_type for n in exported.graph.node}
+    again = fonnx.load(exported)
+    assert again.find_nodes("lstm") and again.find_nodes("gru")
+    with torch.no_grad():
+        for got, want in zip(to_module(again)(x), model(x)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_an_onnx_lstm_torch_cannot_run_is_refused_by_name():
+    h = 3
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 1, 1, h])
+    inits = [helper.make_tensor("W", TensorProto.FLOAT, [1, 4 * h, 2], np.zeros(8 * h).tolist()),
+             helper.make_tensor("R", TensorProto.FLOAT, [1, 4 * h, h], np.zeros(4 * h * h).tolist())]
+    lstm = helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=h, clip=1.0)
+    model = helper.make_model(helper.make_graph([lstm], "m", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(GraphoptError, match="LSTM with clip has no torch equivalent"):
+        fonnx.load(model)

@@ -9,5 +9,5 @@ converter and folder (`graphopt.frontends.onnx.load` does so).
 """
 
 from graphopt.frontends.onnx_ops import (  # noqa: F401 - each module registers its family
-    creation, dense, elementwise, folding, layout, norm, pooling, reduce, selection,
+    creation, dense, elementwise, folding, layout, norm, pooling, recurrent, reduce, selection,
 )
