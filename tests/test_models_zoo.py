@@ -45,6 +45,9 @@ BASE_PARAMS = {
     "vit": 86_567_656,
     "bert": 109_483_778,  # bert-base-uncased + 2-way classifier
 }
+# Normalizer-free models standardise conv weights instead of normalising activations: their
+# per-channel conv gains stand in for norm affines.
+NORM_FREE = {"nfnet"}
 # 32 layers, 4096 hidden, 32 heads / 8 kv heads, 11008 intermediate, 32000 vocab, untied head.
 LLAMA_7B_PARAMS = 5_933_109_248
 
@@ -169,6 +172,12 @@ def test_norm_layers_look_trained(name):
         for m in model.modules()
         if "Norm" in type(m).__name__ and isinstance(getattr(m, "weight", None), nn.Parameter)
     ]
+    if name in NORM_FREE:
+        gains = [m.gain for m in model.modules() if isinstance(getattr(m, "gain", None), nn.Parameter)]
+        assert gains and not norms
+        for gain in gains:
+            assert not torch.allclose(gain, torch.ones_like(gain))
+        return
     assert norms, "every zoo model has some normalisation"
     for norm in norms:
         assert not torch.allclose(norm.weight, torch.ones_like(norm.weight))
