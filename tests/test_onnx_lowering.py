@@ -346,6 +346,17 @@ CASES: list[Case] = [
       for x_shape, batch_first, layers, dirs, biases, id_ in (((2, 5, 4), True, 1, 1, True, "batch-first"),
                                                               ((5, 2, 4), False, 2, 2, True, "seq-first"),
                                                               ((2, 5, 4), True, 2, 1, False, "no-bias"))],
+    # ---------------------------------------------------------- quantization (QDQ; MatMulNBits)
+    Case("quantize_linear", [X * 3, scalar(0.05), w(torch.tensor(7, dtype=torch.uint8))], {"axis": 1}),
+    Case("quantize_linear", [X * 3, w(torch.tensor([0.02, 0.05, 0.1])), w(torch.tensor([0, -3, 9], dtype=torch.int8))],
+         {"axis": 1}, id="quantize_linear-per-axis"),
+    Case("dequantize_linear", [w(torch.randint(-127, 127, (4, 3, 8), dtype=torch.int8)),
+                               w(torch.tensor([0.02, 0.05, 0.1])), w(torch.tensor([0, -3, 9], dtype=torch.int8))],
+         {"axis": 1, "block_size": 0}, dynamic=False),
+    Case("dynamic_quantize_linear", [X * 3]),
+    Case("matmul_nbits", [torch.randn(2, 3, 32), w(torch.randint(-127, 128, (6, 32), dtype=torch.int8)),
+                          w(torch.rand(6, 2) * 0.01), w(torch.randn(6))], {"bits": 8, "block_size": 16},
+         atol=0.05),  # accuracy_level=4: ONNX Runtime quantizes x to int8 per block (outputs ~4, off by ~0.5 %)
 ]
 
 
