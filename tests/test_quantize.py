@@ -362,3 +362,19 @@ def test_canonicalize_after_quantize_keeps_the_int8_weights():
     assert len(again.find_nodes("dequantize_linear")) == len(new.find_nodes("dequantize_linear"))
     assert sum(v.dtype == torch.int8 for v in again.weights.values()) == sum(
         v.dtype == torch.int8 for v in new.weights.values())
+
+
+def test_blocked_dequantize_needs_opset_21_and_matches_there():
+    g = graphopt.Graph("blocked")
+    x = g.add_input("x", (3, 32), torch.float32)
+    q = g.add_weight("q", torch.randint(-7, 8, (6, 32), dtype=torch.int8))
+    s = g.add_weight("s", torch.rand(6, 2) * 0.1)
+    dq = g.create_node("dequantize_linear", [q, s], {"axis": 1, "block_size": 16})
+    y = g.create_node("linear", [x, dq.output])
+    g.outputs = [y.output]
+    inputs = (torch.randn(3, 32),)
+    with pytest.raises(graphopt.GraphoptError, match="opset 21"):
+        onnx_backend.to_onnx(g)
+    ours = run_graph(g, inputs)[0]
+    theirs = onnx_backend.compile(g, opset=21, optimization_level="disable")(*inputs)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
