@@ -18,6 +18,10 @@ EXPECTED = {
     "resnet18": (0, 0, 0, 4), "resnet50": (0, 0, 0, 4), "resnext": (0, 0, 0, 4), "convnext": (0, 0, 0, 5),
     "mobilenet_v2": (0, 0, 0, 2), "mobilenet_v3": (0, 0, 0, 1), "efficientnet": (0, 0, 0, 1), "regnet": (0, 0, 0, 5),
     "vgg_bn": (0, 0, 0, 0), "unet": (0, 0, 0, 0), "densenet": (0, 0, 0, 0),
+    # issue 13's vision patterns: LeViT's attention-downsample stage keeps its MLP residual; a MobileViT block
+    # is not residual (its input is concatenated), but its MobileNetV2 block and transformer layer are
+    "swin": (4, 4, 0, 0), "mobilevit": (1, 1, 1, 1), "levit": (2, 3, 2, 0), "mlp_mixer": (0, 4, 0, 0),
+    "gmlp": (0, 2, 0, 0), "nfnet": (0, 0, 0, 2),
 }
 
 
