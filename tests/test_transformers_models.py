@@ -119,3 +119,11 @@ def test_onnx_runtime_matches_torch(name):
     model, _, x2 = _built(name)
     with torch.no_grad():
         _assert_close(runtime.compile(_traced(name), threads=1)(*x2), model(*x2))
+
+
+def test_mixtral_experts_are_a_barrier_that_says_why():
+    """Data-dependent routing: the grouped experts' channels are not pruned, and their group says which op and line."""
+    from graphopt.analysis import channel_groups
+
+    reasons = [r for group in channel_groups(_traced("mixtral")) if not group.prunable for r in group.reasons]
+    assert any("op 'grouped_mm'" in r and "channel barrier" in r and "model.layers.0.mlp.experts" in r for r in reasons)
