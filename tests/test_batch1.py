@@ -187,8 +187,10 @@ def test_an_axis_specialised_by_the_code_is_named_with_its_line():
 def test_a_model_that_computes_something_else_at_batch1_keeps_its_batch1_meaning():
     # At batch 2 squeeze() keeps the batch axis; at batch 1 it drops it: the graph checked at batch 1 says so.
     model, x = SqueezesTheBatch().eval(), torch.randn(1, 6)
-    with pytest.warns(StaticAxisWarning, match="differs from the model's .*float32\\[1, 2\\].*float32\\[2\\]"):
+    with pytest.warns(StaticAxisWarning, match="differs from the model's .*float32\\[1, 2\\].*float32\\[2\\]") as caught:
         graph = graphopt.trace(model, (x,))
+    line = line_of(SqueezesTheBatch.forward, "squeeze()")  # the warning names the line that does it
+    assert f"test_batch1.py:{line}: return self.fc(x).squeeze()" in str(caught[0].message)
     assert graph.inputs[0].type_str() == "f32[1,6]"
     torch.testing.assert_close(to_module(graph)(x), model(x))
 

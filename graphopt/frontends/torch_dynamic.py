@@ -184,7 +184,44 @@ def differs_at_example(graph: Graph, model: torch.nn.Module, args: tuple, kwargs
             what = "values" if (a.shape, a.dtype) == (b.shape, b.dtype) else \
                 f"{a.dtype}{list(a.shape)}, the model's {b.dtype}{list(b.shape)}"
             return Failure(f"the graph's output {k} at size 1 differs from the model's ({what}): "
-                           "the model computes something else at size 1")
+                           "the model computes something else at size 1",
+                           _first_divergence(model, args, kwargs, flat, size_one_axes(flat, dynamic, asked)))
+    return None
+
+
+def _first_divergence(model: torch.nn.Module, args: tuple, kwargs: dict, flat: Sequence[Any],
+                      axes: Sequence[tuple[int, int]]) -> str | None:
+    """The model's line where its program at the example's sizes first departs from its program at size WIDE.
+
+    Both are exported with static shapes and compared op by op (target, source line, output rank): the
+    first op that differs is where the model computes something else at size 1 (a `squeeze()` that
+    drops the batch axis, a branch on `x.shape[0] == 1`). None when they cannot be compared.
+    """
+    import difflib
+
+    from graphopt.frontends.torch import source_location  # torch.py imports this module
+
+    wide = widen(flat, axes)
+    try:
+        programs = [export_static(model, tuple(a[:len(args)]), dict(zip(kwargs, a[len(args):]))) for a in (flat, wide)]
+    except GraphoptError:
+        return None
+
+    def ops(ep: torch.export.ExportedProgram) -> list[tuple]:
+        found = []
+        for fx in ep.graph.nodes:
+            val = fx.meta.get("val")
+            if fx.op == "call_function" and isinstance(val, torch.Tensor):
+                where = source_location(fx)
+                found.append((str(fx.target), where.file, where.line, val.dim(), where.code))
+        return found
+
+    at_example, at_wide = (ops(ep) for ep in programs)
+    keys = [[op[:4] for op in side] for side in (at_example, at_wide)]
+    for tag, i, _, j, _ in difflib.SequenceMatcher(None, *keys, autojunk=False).get_opcodes():
+        if tag != "equal":
+            op = at_example[i] if i < len(at_example) else at_wide[j] if j < len(at_wide) else None
+            return f"{op[1]}:{op[2]}: {op[4]}" if op is not None and op[1] else None
     return None
 
 
