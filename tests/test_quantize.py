@@ -247,14 +247,15 @@ def test_observer_choice_changes_calibration():
         assert cosine(run_graph(graph, batch)[0], run_graph(new, batch)[0]) >= 0.99
 
 
-def test_smoothing_is_exact_in_float_and_shrinks_activation_ranges():
-    graph, _, batch = traced("vit")
+@pytest.mark.parametrize("name", ["vit", "llama"])  # layer_norm; Llama's decomposed RMSNorm (x * rsqrt(.) * w)
+def test_smoothing_is_exact_in_float_and_shrinks_activation_ranges(name):
+    graph, _, batch = traced(name)
     copy = graph.clone()
     layers = find_layers(copy, "int8", [])[0]
     done = smooth(copy, layers, [batch], 0.5, progress=False)
     assert done
     torch.testing.assert_close(run_graph(copy, batch)[0], run_graph(graph, batch)[0], rtol=1e-4, atol=1e-4)
-    _, new, _, report = quantized("vit", mode="int8", smooth=0.5)
+    _, new, _, report = quantized(name, mode="int8", smooth=0.5)
     assert report.smoothed == done
     assert cosine(run_graph(graph, batch)[0], run_graph(new, batch)[0]) >= 0.99
 
@@ -378,3 +379,30 @@ def test_blocked_dequantize_needs_opset_21_and_matches_there():
     ours = run_graph(g, inputs)[0]
     theirs = onnx_backend.compile(g, opset=21, optimization_level="disable")(*inputs)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_smoothing_repairs_an_activation_outlier_channel():
+    """An outlier channel (norm weight x 50, the linear's weight column / 50: the float function is unchanged)
+    stretches the per-tensor int8 scale; SmoothQuant moves it into the weights and the error falls."""
+    from graphopt.passes.quantize.smooth import smoothable
+
+    graph, inputs, batch = traced("vit")
+    outlier = graph.clone()
+    norm, members = next(iter(smoothable(find_layers(outlier, "int8", [])[0]).values()))
+    for index, factor in ((1, 50.0), (2, 50.0)):
+        value = norm.inputs[index]
+        data = value.data.clone()
+        data[:4] *= factor
+        norm.set_input(index, outlier.add_weight(f"{value.name}.outlier", data))
+    for layer in members:
+        weight = layer.node.inputs[1]
+        data = weight.data.clone()
+        data[:, :4] /= 50.0
+        layer.node.set_input(1, outlier.add_weight(f"{weight.name}.outlier", data))
+    reference = outputs_on(outlier, [batch])
+    torch.testing.assert_close(reference[0][0], run_graph(graph, batch)[0], rtol=1e-3, atol=1e-3)
+    errors = {}
+    for alpha in (None, 0.5):
+        new, report = PassManager([Quantize(progress=False, smooth=alpha)]).run(outlier, inputs, calibration_data=[batch])
+        errors[alpha] = relative_error(reference, outputs_on(new, [batch]))
+    assert errors[0.5] < 0.5 * errors[None], errors  # measured: 0.022 -> 0.009

@@ -24,6 +24,22 @@ from .targets import Layer
 NORMS = ("layer_norm", "rms_norm")
 
 
+def scale_input(node: Node | None) -> int | None:
+    """The input index of the per-channel weight a norm multiplies by: a layer/RMS norm's weight, or the
+    1-d weight of a `mul` (an RMSNorm the front-end decomposed, as in Llama: x * rsqrt(...) * weight)."""
+    if node is None:
+        return None
+    if node.op in NORMS:
+        return 1 if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if node.op == "mul" and len(node.inputs) == 2:
+        for i, v in enumerate(node.inputs):
+            other = node.inputs[1 - i]
+            if (v is not None and v.is_weight and v.rank == 1 and other is not None and not other.is_weight
+                    and other.rank >= 1 and v.shape[0] == other.shape[-1]):
+                return i
+    return None
+
+
 def smoothable(layers: Sequence[Layer]) -> dict[int, tuple[Node, list[Layer]]]:
     """id(norm) -> (norm, the linear layers reading it), for norms whose every reader is such a layer."""
     by_input: dict[int, list[Layer]] = {}
@@ -34,7 +50,7 @@ def smoothable(layers: Sequence[Layer]) -> dict[int, tuple[Node, list[Layer]]]:
     for members in by_input.values():
         x = members[0].node.inputs[0]
         norm = x.producer
-        if norm is None or norm.op not in NORMS or len(norm.inputs) < 2 or norm.inputs[1] is None:
+        if scale_input(norm) is None:
             continue
         readers = {id(n) for n in x.users}
         if readers != {id(m.node) for m in members} or x.is_graph_output():
@@ -68,8 +84,9 @@ def smooth(graph: Graph, layers: Sequence[Layer], batches: Sequence[tuple], alph
             continue
         wmax = torch.stack([m.node.inputs[1].data.detach().abs().amax(0).float() for m in members]).amax(0)
         s = (act.clamp(min=1e-5) ** alpha / wmax.clamp(min=1e-5) ** (1.0 - alpha)).clamp(min=1e-5)
-        gamma = norm.inputs[1]
-        _rescaled(graph, norm, 1, (gamma.data.float() / s).to(gamma.dtype))
+        index = scale_input(norm)
+        gamma = norm.inputs[index]
+        _rescaled(graph, norm, index, (gamma.data.float() / s).to(gamma.dtype))
         if norm.op == "layer_norm" and len(norm.inputs) > 2 and norm.inputs[2] is not None:
             beta = norm.inputs[2]
             _rescaled(graph, norm, 2, (beta.data.float() / s).to(beta.dtype))
