@@ -305,3 +305,27 @@ def test_hugging_face_model_traced_at_batch1_runs_at_batch4(arch):
     assert pruned.report.params_after < pruned.report.params_before
     reference = pruned.torch_module(trainable=False)(ids4, mask4)["last_hidden_state"]
     torch.testing.assert_close(first(pruned(ids4, mask4)), reference, atol=1e-4, rtol=1e-4)
+
+
+class Varargs(nn.Module):
+    """forward(self, first, *rest, scale=...): torch.export takes *rest's dynamic axes as one tuple."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, first, *rest, scale=None):
+        out = self.fc(first + rest[0] * rest[1])
+        return out if scale is None else out * scale
+
+
+@pytest.mark.parametrize("kwargs", [None, {"scale": torch.full((1, 3), 2.0)}], ids=["args", "args_and_kwargs"])
+def test_a_varargs_forward_keeps_its_batch_axis(kwargs, recwarn):
+    model, xs = Varargs().eval(), tuple(torch.randn(1, 4) for _ in range(3))
+    graph = graphopt.trace(model, xs, kwargs)
+    assert graph.symbols() and graph.inputs[0].type_str() == "f32[batch,4]"
+    assert not [w for w in recwarn if issubclass(w.category, StaticAxisWarning)]
+    x4 = tuple(torch.randn(4, 4) for _ in range(3))
+    extra = () if kwargs is None else (torch.full((4, 3), 2.0),)
+    torch.testing.assert_close(to_module(graph)(*x4, *extra), model(*x4, **({} if kwargs is None else
+                                                                          {"scale": extra[0]})))

@@ -69,10 +69,14 @@ def dynamic_shapes(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[
             return None
         return {axis: torch.export.Dim.AUTO for axis in dynamic.get(i, {})} or None
 
+    specs = [spec(i, a) for i, a in enumerate(args)]
+    signature = list(inspect.signature(model.forward).parameters.values())
+    varargs = next((k for k, p in enumerate(signature) if p.kind is p.VAR_POSITIONAL), None)
+    if varargs is not None:  # forward(self, x, *rest): torch.export wants rest's specs as one tuple
+        specs = specs[:varargs] + [tuple(specs[varargs:])]
     if not kwargs:
-        return tuple(spec(i, a) for i, a in enumerate(args))
-    params = list(inspect.signature(model.forward).parameters)
-    shapes: dict[str, Any] = {params[i]: spec(i, a) for i, a in enumerate(args)}
+        return tuple(specs)
+    shapes: dict[str, Any] = {signature[i].name: s for i, s in enumerate(specs)}
     for j, (k, a) in enumerate(kwargs.items()):
         shapes[k] = spec(len(args) + j, a)
     return shapes
