@@ -1,7 +1,8 @@
 """Accuracy and latency of layer dropping on real data: a residual CNN and a small transformer on digits.
 
 Usage: python bench/bench_drop_layers.py [--seeds 0 1 2] [--drops 1 2 3 4 5] [--epochs 15] [--calibration 512]
-                                         [--draws 5] [--repeat 50] [--threads 1]
+                                         [--draws 5] [--repeat 50] [--models cnn transformer transformer12]
+                                         [--threads 1]
 
 Data: scikit-learn's digits, split and standardised as in bench/bench_prune_accuracy.py (its
 `load_digits` and `train` are reused: 1,347 training / 450 test images, Adam, cosine decay, batch 64).
@@ -12,6 +13,7 @@ Models, both with 6 residual blocks:
 - transformer: each image's 8 rows are 8 tokens of 8 pixels; linear embedding to 64 + learned
   positions, six pre-norm layers (4-head attention, GELU MLP x2), final LayerNorm, mean over tokens,
   linear. The 6 whole layers are the blocks (`granularity="layer"`).
+- `--models transformer12`: the same transformer with 12 layers.
 
 For each number of dropped blocks k, graphopt drops k blocks of the trained model
 (`drop-layers` on the traced graph, calibrated on the first `--calibration` training images) by:
@@ -191,10 +193,17 @@ def print_result(result: ModelResult) -> None:
         print(f"| {k} | {result.params[k]:,} | {seconds * 1e3:.2f} ms | {result.latency[0] / seconds:.2f}x |")
 
 
+MODELS = {  # key -> (name, factory, learning rate)
+    "cnn": ("residual CNN", DigitsCNN, 3e-3),
+    "transformer": ("transformer", DigitsTransformer, 1e-3),
+    "transformer12": ("transformer, 12 layers", lambda: DigitsTransformer(depth=12), 1e-3),
+}
+
+
 def run(seed: int, args: argparse.Namespace) -> list[ModelResult]:
     data = load_digits(seed)
     results = []
-    for name, factory, lr in (("residual CNN", DigitsCNN, 3e-3), ("transformer", DigitsTransformer, 1e-3)):
+    for name, factory, lr in ((MODELS[key][0], *MODELS[key][1:]) for key in args.models):
         torch.manual_seed(seed)
         model = factory()
         start = time.perf_counter()
@@ -225,6 +234,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=512, help="training images for scores and recovery")
     parser.add_argument("--draws", type=int, default=5, help="random draws per k")
     parser.add_argument("--repeat", type=int, default=50, help="timed calls per latency")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["cnn", "transformer"])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
