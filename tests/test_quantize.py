@@ -11,7 +11,7 @@ import torch
 import graphopt
 from graphopt import models_zoo
 from graphopt.backends import onnx as onnx_backend
-from graphopt.backends.torch import to_module
+from graphopt.backends.torch import load_weights, to_module
 from graphopt.ir.interpreter import run_graph
 from graphopt.passmanager import InvalidOptionError, PassManager, PassFailedError, PipelineError, Verify
 from graphopt.passes import Quantize
@@ -324,12 +324,20 @@ def test_torch_module_fake_quantizes_with_straight_through_gradients():
     torch.testing.assert_close(out.detach(), run_graph(new, batch)[0], atol=1e-4, rtol=1e-4)  # same numbers
     out.square().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0, "gradients pass the quantize -> dequantize pairs"
-    scales = [p for name, p in module.named_parameters() if name.endswith("scale")]
-    assert scales and all(p.grad is not None for p in scales)
-    before = out.detach().square().mean()
-    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=1e-3)
+    int8 = [name for name, v in new.weights.items() if v.dtype == torch.int8 and v.kind == "param"]
+    params = dict(module.named_parameters())
+    weights = [params[module.graphopt_weight_paths[name]] for name in int8]
+    assert weights and all(p.dtype == torch.float32 and p.grad is not None for p in weights), \
+        "int8 weights train as float tensors, fake-quantized where they are read"
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=1e-2)
     opt.step()
-    assert module(batch[0]).detach().square().mean() != before  # a step changed the quantized model
+    tuned = module(batch[0]).detach()
+    assert not torch.equal(tuned, out.detach())  # the step changed the quantized model
+    # read back: the fine-tuned weights are int8 again, and the graph computes what the module computes
+    back = load_weights(new.clone(), module)
+    assert all(back.weights[name].dtype == torch.int8 for name in int8)
+    assert any(not torch.equal(back.weights[name].data, new.weights[name].data) for name in int8)
+    torch.testing.assert_close(run_graph(back, batch)[0], tuned, atol=1e-3, rtol=1e-3)
 
 
 def test_tvm_lowers_qdq_and_refuses_weight_only_clearly():

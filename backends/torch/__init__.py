@@ -22,7 +22,7 @@ from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.interpreter import output_spec, torch_kernel
 from graphopt.ir.ops import CREATION, TRAINING_AWARE, has_trait
-from graphopt.backends.torch.fake_quant import fake_quantize, fused_pair
+from graphopt.backends.torch.fake_quant import dequantized, fake_quantize, fused_pair, requantized, shadowed_weights
 from graphopt.backends.torch.kernels import KERNELS, register_kernel
 
 __all__ = ["to_module", "load_weights", "register_kernel", "KERNELS"]
@@ -77,10 +77,13 @@ def to_module(graph: Graph, *, copy_weights: bool = True) -> torch.fx.GraphModul
     """
     root = torch.nn.Module()
     paths: dict[str, str] = {}
+    shadows = shadowed_weights(graph)  # int8 weights installed as float, fake-quantized where read
     for name, value in graph.weights.items():
         tensor = value.data.detach().clone() if copy_weights and value.data.device.type != "meta" else value.data
+        if name in shadows and value.data.device.type != "meta":
+            tensor = dequantized(shadows[name])
         paths[name] = _install(root, name, tensor, value.kind)
-    lowering = _Lowering(graph, paths)
+    lowering = _Lowering(graph, paths, set(shadows))
     for node in graph.nodes:
         lowering.emit(node)
     lowering.output(root)
@@ -101,9 +104,10 @@ def to_module(graph: Graph, *, copy_weights: bool = True) -> torch.fx.GraphModul
 class _Lowering:
     """Builds the fx graph of `to_module`: one call of the op's torch kernel per node."""
 
-    def __init__(self, graph: Graph, paths: dict[str, str]) -> None:
+    def __init__(self, graph: Graph, paths: dict[str, str], shadows: set[str] = frozenset()) -> None:
         self.graph = graph
         self.paths = paths  # graph weight name -> attribute path in the module
+        self.shadows = shadows  # int8 weights the module holds as float (backends/torch/fake_quant.py)
         self.fx = torch.fx.Graph()
         self.env: dict[int, torch.fx.Node] = {}
         for value in graph.inputs:
@@ -146,9 +150,12 @@ class _Lowering:
 
     def emit(self, node: Node) -> None:
         pair = fused_pair(node)
-        if pair is not None:  # Q -> DQ: fake-quant with a straight-through gradient (backends/torch/fake_quant.py)
-            args = (self.read(pair.inputs[0]), self.read(node.inputs[1]), self.read(node.inputs[2]))
-            self.env[id(node.outputs[0])] = self.fx.call_function(fake_quantize, args, {"axis": node.attrs.get("axis", 1)})
+        shadow = node.op == "dequantize_linear" and node.inputs[0].name in self.shadows and node.inputs[0].is_weight
+        if pair is not None or shadow:  # fake-quant with a straight-through gradient (backends/torch/fake_quant.py)
+            source = node.inputs[0] if shadow else pair.inputs[0]
+            args = (self.read(source), self.read(node.inputs[1]), self.read(node.inputs[2]))
+            kwargs = {"axis": node.attrs.get("axis", 1), "narrow": shadow}
+            self.env[id(node.outputs[0])] = self.fx.call_function(fake_quantize, args, kwargs)
             return
         fn = torch_kernel(node)
         kwargs = {k: self.resolve(v) for k, v in node.attrs.items()}
@@ -186,11 +193,16 @@ def load_weights(graph: Graph, module: torch.nn.Module) -> Graph:
     paths = getattr(module, "graphopt_weight_paths", None)
     if paths is None:
         raise GraphoptError("load_weights needs a module made by graphopt.backends.torch.to_module")
+    shadows = shadowed_weights(graph)
     for name, path in paths.items():
         value = graph.weights.get(name)
         if value is None:
             raise GraphoptError(f"the module has weight '{name}', which graph '{graph.name}' lacks")
         tensor = module.get_parameter(path) if value.kind == "param" else module.get_buffer(path)
+        if name in shadows and tensor.is_floating_point():  # a fine-tuned int8 weight: round it back
+            scale = shadows[name].inputs[1]
+            trained = module.get_parameter(paths[scale.name]) if scale.kind == "param" else scale.data
+            tensor = requantized(shadows[name], tensor, trained)
         if tuple(tensor.shape) != tuple(value.data.shape):
             raise GraphoptError(f"weight '{name}' has shape {list(tensor.shape)} in the module but "
                                 f"{list(value.data.shape)} in the graph")
