@@ -288,3 +288,41 @@ def test_data_dependent_branch_names_the_line_and_torch_export():
                                             r"\d+ in forward: `if not mask.any\(\):` branches on the values of a "
                                             r"tensor.*limit of torch.export, not of graphopt"):
         graphopt.trace(PaddingBranch(), (torch.randint(0, 5, (2, 6)),))
+
+
+class RaggedExperts(nn.Module):
+    """JetMoE's experts: rows sorted by expert, x.split(counts.tolist()), one linear per piece, cat, index_add."""
+
+    def __init__(self, dim: int = 8, out: int = 6, experts: int = 3) -> None:
+        super().__init__()
+        self.experts = experts
+        self.gate = nn.Linear(dim, experts)
+        self.weight = nn.Parameter(torch.randn(experts, out, dim) * 0.3)
+
+    def forward(self, x):
+        tokens = x.reshape(-1, x.shape[-1])
+        expert = self.gate(tokens).argmax(-1)
+        counts = (expert.unsqueeze(-1) == torch.arange(self.experts)).long().sum(0)
+        order = torch.sort(expert).indices
+        pieces = tokens[order].split(counts.tolist(), dim=0)
+        out = torch.cat([nn.functional.linear(p, self.weight[i]) for i, p in enumerate(pieces)], dim=0)
+        combined = torch.zeros(tokens.shape[0], out.shape[-1]).index_add(0, order, out)
+        return combined.view(*x.shape[:-1], -1)
+
+
+def test_rows_split_by_counts_from_values_become_grouped_mm():
+    torch.manual_seed(0)
+    graph = check_round_trip(RaggedExperts(), (torch.randn(2, 5, 8),), (torch.randn(3, 5, 8),))
+    assert "grouped_mm" in _ops(graph)
+
+
+class RaggedRelu(RaggedExperts):
+    def forward(self, x):
+        tokens = x.reshape(-1, x.shape[-1])
+        counts = (self.gate(tokens).argmax(-1).unsqueeze(-1) == torch.arange(self.experts)).long().sum(0)
+        return torch.cat([torch.relu(p) for p in tokens.split(counts.tolist(), dim=0)], dim=0).sum(0)
+
+
+def test_other_ops_on_ragged_pieces_are_refused_with_the_line():
+    with pytest.raises(GraphoptError, match=r"(?s)rows split by sizes read from tensor values.*test_real_ops_3\.py:\d+"):
+        graphopt.trace(RaggedRelu().eval(), (torch.randn(2, 5, 8),))

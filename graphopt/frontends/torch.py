@@ -153,6 +153,18 @@ class ComplexValue:
         return self._parts[which]
 
 
+class RaggedPiece:
+    """Piece `index` of rows of `x` split by sizes computed at run time (`offsets`: their running sums).
+
+    JetMoE runs its experts as `x.split(expert_size.tolist())`, one linear per piece, `cat`: the pieces
+    never reach the graph; the linear converter records each piece's weight (`weight`, [out, in]) and
+    the cat of all pieces, in order, becomes one `grouped_mm`.
+    """
+
+    def __init__(self, x: Value, offsets: Value, index: int, count: int, weight: Value | None = None) -> None:
+        self.x, self.offsets, self.index, self.count, self.weight = x, offsets, index, count, weight
+
+
 class ImportContext:
     """What a converter sees: fx arguments as graph Values, and a way to emit canonical nodes."""
 
@@ -170,6 +182,10 @@ class ImportContext:
             found = self._values.get(arg)
             if isinstance(found, Value):
                 return found
+            if isinstance(found, RaggedPiece):
+                raise GraphoptError(
+                    f"{self._where()} reads %{arg.name}, rows split by sizes read from tensor values (from "
+                    f"{source_location(arg)}); only one linear per piece, concatenated back in order, is supported")
             if isinstance(found, ComplexValue):
                 raise GraphoptError(
                     f"{self._where()} reads the complex tensor %{arg.name} ({op_name(found.fx.target)} from "
@@ -490,7 +506,9 @@ def _import_call(ctx: ImportContext, fx: torch.fx.Node) -> None:
     if result is None:
         raise GraphoptError(f"converter for '{name}' returned nothing for node '{fx.name}'")
     ctx._values[fx] = result
-    if isinstance(result, ComplexValue):
+    if isinstance(result, ComplexValue) or isinstance(result, list) and any(isinstance(r, RaggedPiece) for r in result):
+        return
+    if isinstance(result, RaggedPiece):
         return
     _check_types(ctx, fx, result)
 
@@ -522,6 +540,11 @@ def _inline_subgraph(ctx: ImportContext, fx: torch.fx.Node) -> Any:
     return result
 
 
+def _data_dependent(dim: D.Dim) -> bool:
+    """Whether a dim uses torch's unbacked symbols (u0, u1, ...: sizes read from tensor values)."""
+    return not isinstance(dim, int) and any(re.fullmatch(r"u\d+", str(s)) for s in D.free_symbols(dim))
+
+
 def _check_types(ctx: ImportContext, fx: torch.fx.Node, result) -> None:
     """Catch converter mistakes at import: the graph's types must equal what torch computed."""
     vals = fx.meta["val"]
@@ -530,6 +553,8 @@ def _check_types(ctx: ImportContext, fx: torch.fx.Node, result) -> None:
         if value is None:  # an output the canonical op does not produce (e.g. batch-norm statistics)
             continue
         expected = ctx.shape_of(val)
+        # a dim torch only knows from tensor values (u0 + u1 + ...: the rows of ragged pieces put back together)
+        expected = tuple(have if _data_dependent(want) else want for have, want in zip(value.shape, expected))
         if not D.shapes_equal(value.shape, expected) or value.dtype != val.dtype:
             raise GraphoptError(
                 f"importing node '{fx.name}' ({op_name(fx.target)}) gave %{value.name}: {value.type_str()}, "

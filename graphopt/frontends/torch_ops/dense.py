@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+
 from graphopt.errors import GraphoptError
-from graphopt.frontends.torch import register_torch_op
+from graphopt.frontends.torch import RaggedPiece, register_torch_op
 from graphopt.frontends.torch_ops._common import as_list, schema_arg
 from graphopt.ir.graph import Value
 
@@ -76,6 +78,10 @@ def _conv_transpose(ctx, node):
 
 @register_torch_op("aten.linear")
 def _linear(ctx, node):
+    piece = ctx._values.get(node.args[0]) if isinstance(node.args[0], torch.fx.Node) else None
+    if isinstance(piece, RaggedPiece) and piece.weight is None and schema_arg(node, 2, "bias") is None:
+        # one expert's rows (JetMoE): kept pending until the cat of all pieces makes a grouped_mm
+        return RaggedPiece(piece.x, piece.offsets, piece.index, piece.count, ctx.value(node.args[1]))
     return ctx.emit1("linear", [ctx.value(node.args[0]), ctx.value(node.args[1]), ctx.maybe_value(schema_arg(node, 2, "bias"))])
 
 

@@ -7,7 +7,7 @@ import re
 import torch
 
 from graphopt.errors import GraphoptError
-from graphopt.frontends.torch import register_torch_op, source_location
+from graphopt.frontends.torch import RaggedPiece, register_torch_op, source_location
 from graphopt.frontends.torch_ops._common import as_list, cast_to, clamp_range, same_dim, schema_arg
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Value
@@ -75,6 +75,14 @@ def _repeat(ctx, node):
 
 @register_torch_op("aten.cat", "aten.concat", "aten.concatenate")
 def _cat(ctx, node):
+    pieces = [ctx._values.get(v) for v in node.args[0]]
+    if any(isinstance(p, RaggedPiece) for p in pieces):
+        joined = _ragged_cat(ctx, node, pieces) if int(schema_arg(node, 1, "dim", 0)) == 0 else None
+        if joined is None:
+            raise GraphoptError(f"node '{node.name}' ({node.target}) from {source_location(node)}: rows split by "
+                                "sizes read from tensor values are only supported as one linear per piece, "
+                                "concatenated back in order (a grouped matmul)")
+        return joined
     xs = [ctx.value(v) for v in node.args[0]]
     xs = [x for x in xs if not (x.rank == 1 and x.shape[0] == 0)]  # torch.cat skips empty 1-d tensors
     axis = int(schema_arg(node, 1, "dim", 0))
@@ -97,12 +105,52 @@ def _split(ctx, node):
     axis = int(schema_arg(node, 2, "dim", 0))
     sizes = [ctx.out_shape(index=i)[axis] for i in range(len(node.meta["val"]))]
     unbacked = sorted({str(s) for d in sizes for s in D.free_symbols(d) if re.fullmatch(r"u\d+", str(s))})
+    ragged = _ragged_pieces(ctx, node, x, axis) if unbacked else None
+    if ragged is not None:
+        return ragged
     if unbacked:  # JetMoE: inputs.split(expert_size.tolist())
         raise GraphoptError(f"node '{node.name}' ({node.target}) from {source_location(node)}: split sizes "
                             f"{sizes} are computed from tensor values ({', '.join(unbacked)} are data-dependent, "
                             "e.g. a .tolist() of token counts); graphopt's graph needs sizes that follow from "
                             "the input shapes")
     return _split_values(ctx, x, sizes, axis)
+
+
+def _ragged_pieces(ctx, node, x: Value, axis: int) -> list | None:
+    """x.split(sizes.tolist()) along axis 0, each size an item() of a 0-d tensor: pieces a later cat of
+    their linears turns into one grouped_mm (JetMoE's experts); None when the sizes are not so read."""
+    sizes = schema_arg(node, 1, "split_sizes")
+    if axis % max(x.rank, 1) != 0 or x.rank != 2 or not isinstance(sizes, (list, tuple)):
+        return None
+    parts = []
+    for size in sizes:
+        item = size if isinstance(size, torch.fx.Node) and "item" in str(size.target) else None
+        found = ctx._values.get(item.args[0]) if item is not None else None
+        if not isinstance(found, Value) or found.rank != 0:
+            return None
+        parts.append(ctx.emit1("reshape", [cast_to(ctx, found, torch.int64)], {"shape": [1]}))
+    counts = parts[0] if len(parts) == 1 else ctx.emit1("concat", parts, {"axis": 0})
+    offsets = ctx.emit1("cumsum", [counts], {"axis": 0})
+    return [RaggedPiece(x, offsets, i, len(parts)) for i in range(len(parts))]
+
+
+def _ragged_cat(ctx, node, pieces: list) -> Value | None:
+    """cat of every piece's linear, in order: grouped_mm of the rows with the pieces' weights stacked."""
+    first = pieces[0]
+    if not all(isinstance(p, RaggedPiece) and p.weight is not None and p.x is first.x and p.offsets is first.offsets
+               and p.index == i for i, p in enumerate(pieces)) or len(pieces) != first.count:
+        return None
+    weights = [p.weight for p in pieces]
+    sources = [w.producer for w in weights]
+    if all(n is not None and n.op == "select" and n.attrs["axis"] == 0 and n.attrs["index"] == i
+           and n.inputs[0] is sources[0].inputs[0] for i, n in enumerate(sources)) \
+            and sources[0].inputs[0].shape[0] == len(pieces):
+        stacked = sources[0].inputs[0]  # weight[i] of one [experts, out, in] parameter: that parameter
+    else:
+        stacked = ctx.emit1("concat", [ctx.emit1("reshape", [w], {"shape": [1, *w.shape]}) for w in weights],
+                            {"axis": 0})
+    transposed = ctx.emit1("permute", [stacked], {"dims": [0, 2, 1]})  # [experts, in, out]
+    return ctx.emit1("grouped_mm", [first.x, transposed, first.offsets])
 
 
 @register_torch_op("aten.unbind", "aten.unbind_copy")
