@@ -97,12 +97,10 @@ class Rewriter:
         return {"before": next(n for n in self.graph.nodes if any(v is value for v in n.inputs))}
 
     def _redirect(self, value: Value, new: Value, keep: Node) -> None:
-        """Every reader of `value` except `keep` (the quantize node) reads `new`."""
+        """Every node reading `value` except `keep` (the quantize node) reads `new`; a graph output stays float."""
         for node, i in value.uses():
             if node is not keep:
                 node.set_input(i, new)
-        if value.is_graph_output():
-            self.graph.outputs = [new if v is value else v for v in self.graph.outputs]
 
     # ------------------------------------------------------------ activations
     def quantize_activation(self, value: Value) -> Value:
