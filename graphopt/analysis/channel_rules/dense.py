@@ -24,6 +24,22 @@ def _conv(b: Builder, node: Node) -> None:
         _grouped_conv(b, node, groups, transposed)
     if bias is not None:
         link(b, bias, 0, out, 1, "producer")
+    b.identity(x, out, [0], [0])
+    _spatial_barrier(b, node, x, out)
+
+
+def _spatial_barrier(b: Builder, node: Node, *values) -> None:
+    """Spatial positions are not channels: a space on them alone (MLP-Mixer's and gMLP's token axis, a
+    Linear over the flattened pixels) cannot be removed through a conv, whose kernel slides over them.
+
+    A space over the channel axis and the spatial axes together (flatten -> linear) is a finer view of
+    the channel space and stays: its atoms join the channel space's through their overlap.
+    """
+    for value in values:
+        for s in b.spaces_of(value):
+            if 1 not in s.axes and any(a >= 2 for a in s.axes):
+                b.barriers.setdefault(id(s), f"{node.op} %{node.name} slides over these positions: spatial "
+                                             "positions (tokens) are not channels")
 
 
 def _grouped_conv(b: Builder, node: Node, groups: int, transposed: bool) -> None:

@@ -28,8 +28,14 @@ def _reshape(b: Builder, node: Node) -> None:
                    for a in blk[k]):
                 # Channels merged with a dynamic axis ((batch, C) -> (batch*C)) cannot be followed; dropping
                 # the link instead would leave the far side's reshape target unrewritten by a removal.
-                b.barrier(src, f"reshape %{node.name} merges channel axes with a dynamic axis")
-                b.barrier(dst, f"reshape %{node.name} merges channel axes with a dynamic axis")
+                # Only this space and the far side's spaces on those axes stop: the value's other spaces
+                # (its channel axis beside a window partition's merged batch) still pass.
+                reason = f"reshape %{node.name} merges channel axes with a dynamic axis"
+                far = {a for blk in touched for a in blk[1 - side]}
+                b.barriers.setdefault(id(s), reason)
+                for t in b.spaces_of(dst):
+                    if far & set(t.axes):
+                        b.barriers.setdefault(id(t), reason)
                 continue
             _couple_through_blocks(b, s, dst, touched, side)
 
