@@ -53,11 +53,18 @@ def _scale(norm: str | None, n: int, forward: bool) -> float:
 
 
 def _matrices(ctx, n: int, m: int, scale: float, dtype: torch.dtype) -> tuple[Value, Value]:
-    """cos and sin DFT matrices [n, m] (the first m frequencies), in float64 then cast; angles from j*k mod n."""
+    """cos and sin DFT matrices [n, m] (the first m frequencies), in float64 then cast; angles from j*k mod n.
+
+    One pair per size, scale and dtype in the graph (FNet's layers share them).
+    """
+    key = ("dft", n, m, scale, dtype)
+    if key in ctx._consts:
+        return ctx._consts[key]
     jk = torch.outer(torch.arange(n, dtype=torch.int64), torch.arange(m, dtype=torch.int64)) % n
     angle = jk.to(torch.float64) * (2 * math.pi / n)
     cos = ctx.graph.add_const((torch.cos(angle) * scale).to(dtype), name=f"dft_cos_{n}")
     sin = ctx.graph.add_const((torch.sin(angle) * scale).to(dtype), name=f"dft_sin_{n}")
+    ctx._consts[key] = (cos, sin)
     return cos, sin
 
 
