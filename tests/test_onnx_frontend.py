@@ -62,18 +62,8 @@ def first(out) -> torch.Tensor:
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)][0]
 
 
-def _known_gap(request, zoo_name: str) -> None:
-    """NFNet standardises conv weights with F.batch_norm(training=True), which torch.onnx.export writes as
-    BatchNormalization with training_mode=1: the ONNX front-end rejects it."""
-    if zoo_name == "nfnet":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, raises=GraphoptError,
-            reason="ONNX front-end: BatchNormalization in training mode (training_mode=1) is not supported"))
-
-
 # -------------------------------------------------------- torch round trip
-def test_torch_onnx_export_round_trip(zoo_name, request):
-    _known_gap(request, zoo_name)
+def test_torch_onnx_export_round_trip(zoo_name):
     _, inputs, want, graph = zoo_via_torch_onnx(zoo_name)
     graph.verify()
     symbols = set(graph.symbols())
@@ -82,9 +72,8 @@ def test_torch_onnx_export_round_trip(zoo_name, request):
         torch.testing.assert_close(first(to_module(graph)(*inputs)), want, **TOL)
 
 
-def test_imported_model_exports_again_and_runs_on_onnxruntime(zoo_name, request):
+def test_imported_model_exports_again_and_runs_on_onnxruntime(zoo_name):
     """IR -> ONNX -> ONNX Runtime: same outputs, and output shapes that follow the dynamic axes."""
-    _known_gap(request, zoo_name)
     model, inputs, want, graph = zoo_via_torch_onnx(zoo_name)
     run = gonnx.compile(graph, threads=2)
     torch.testing.assert_close(first(run(*inputs)), want, **TOL)
@@ -93,9 +82,8 @@ def test_imported_model_exports_again_and_runs_on_onnxruntime(zoo_name, request)
     assert got.shape[0] == 3 and got.shape[1:] == want.shape[1:] or got.shape == (3, 11, *want.shape[2:])
 
 
-def test_imported_model_prunes_exports_and_runs(zoo_name, request):
+def test_imported_model_prunes_exports_and_runs(zoo_name):
     """torch.onnx.export -> load -> prune 0.5 -> export -> ONNX Runtime: runs, output shapes unchanged."""
-    _known_gap(request, zoo_name)
     from graphopt.passmanager import PassManager
 
     _, inputs, want, graph = zoo_via_torch_onnx(zoo_name)

@@ -12,11 +12,33 @@ from graphopt.ir.graph import Value
 @register_onnx_op("BatchNormalization")
 def _batch_norm(ctx, node):
     if attr(node, "training_mode", 0):
-        raise GraphoptError(f"{ctx.where()}: BatchNormalization in training mode is not supported")
+        return _batch_statistics_norm(ctx, node)
     x, scale, bias = (value_at(ctx, node, i) for i in range(3))
     mean, var = (ctx.value(node.input[i], kind="buffer") for i in (3, 4))  # running statistics, as in torch
     out = ctx.emit1("batch_norm", [x, scale, bias, mean, var],
                     {"eps": float(attr(node, "epsilon", 1e-5)), "momentum": 1.0 - float(attr(node, "momentum", 0.9))})
+    return [out] + [None] * (len(node.output) - 1)
+
+
+def _batch_statistics_norm(ctx, node):
+    """training_mode=1: normalise by the statistics of this batch (what torch.onnx writes for
+    F.batch_norm(training=True), e.g. NFNet's weight standardisation), not by running statistics.
+
+    Only the normalised output is defined for inference; the updated running statistics are not.
+    """
+    if any(out and ctx.consumers.get(out) for out in node.output[1:]):
+        raise GraphoptError(f"{ctx.where()}: the running-statistics outputs of a training-mode "
+                            "BatchNormalization are read; graphopt imports inference graphs")
+    x, scale, bias = (value_at(ctx, node, i) for i in range(3))
+    axes = [a for a in range(x.rank) if a != 1]
+    eps = float(attr(node, "epsilon", 1e-5))
+    mean = ctx.emit1("mean", [x], {"axes": axes, "keepdim": True})
+    var = ctx.emit1("var", [x], {"axes": axes, "keepdim": True, "correction": 0})
+    scaled = ctx.emit1("mul", [ctx.emit1("sub", [x, mean]),
+                               ctx.emit1("rsqrt", [ctx.emit1("add", [var, ctx.scalar(eps, x.dtype)])])])
+    per_channel = [1, x.shape[1]] + [1] * (x.rank - 2)
+    out = ctx.emit1("add", [ctx.emit1("mul", [scaled, reshape_to(ctx, scale, per_channel)]),
+                            reshape_to(ctx, bias, per_channel)])
     return [out] + [None] * (len(node.output) - 1)
 
 
