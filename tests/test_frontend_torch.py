@@ -172,3 +172,13 @@ def test_trace_restores_training_mode_and_static_option():
     graph = graphopt.trace(model, (torch.randn(2, 3, 8, 8),), dynamic=None)
     assert model.training
     assert graph.inputs[0].type_str() == "f32[2,3,8,8]"
+
+
+def test_an_export_failure_names_the_models_source_line():
+    class NeedsNumpy(torch.nn.Module):
+        def forward(self, x):
+            return torch.from_numpy(x.numpy() * 2)  # no tensor-to-numpy under torch.export
+
+    with pytest.raises(graphopt.GraphoptError, match=r"could not trace NeedsNumpy \(at .*test_frontend_torch.py:\d+: "
+                                            r"return torch.from_numpy\(x.numpy\(\) \* 2\)"):
+        graphopt.trace(NeedsNumpy(), (torch.randn(2, 3),), dynamic=None)

@@ -86,8 +86,10 @@ def export_static(model: torch.nn.Module, args: tuple, kwargs: dict) -> torch.ex
     """torch.export with every size fixed; a failure is a GraphoptError that says what failed first."""
     try:
         return torch.export.export(model, args, kwargs or None, strict=False)
-    except Exception as exc:  # export errors are long; keep them, but say what failed first
-        raise GraphoptError(f"torch.export could not trace {type(model).__name__}: {exc}") from exc
+    except Exception as exc:  # export errors are long; keep them, but say what failed first, and where
+        line = failure_of(exc).line
+        where = f" (at {line})" if line and line not in str(exc) else ""
+        raise GraphoptError(f"torch.export could not trace {type(model).__name__}{where}: {exc}") from exc
 
 
 def export_dynamic(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic: DynamicMap, *,
