@@ -52,13 +52,20 @@ def test_zoo_block_counts(name):
         _check_drop(name, graph, inputs, found)
 
 
+# one model per kind of block for the ONNX Runtime comparison (Llama and ResNet-18: tests/test_drop_layers.py)
+ONNX_CHECKED = {"vit", "bert", "convnext", "mobilenet_v2", "regnet"}
+
+
 def _check_drop(name, graph, inputs, found):
-    """Drop the top-ranked block: params fall by its own, and torch and ONNX Runtime agree at batch 3."""
+    """Drop the top-ranked block: params fall by its own, it runs at batch 3 (and matches ONNX Runtime)."""
     dropped, report = PassManager.parse("drop-layers{count=1}").run(graph, inputs)
     (stats,) = report.stats("drop-layers")
     assert graph.num_params() - dropped.num_params() == found.get(stats.dropped[0]).params
-    wider = models_zoo.get(name, "tiny", batch_size=3)[1]
+    wider = tuple(torch.cat([t, t[:1]]) for t in inputs)
     expected = to_module(dropped)(*wider)
+    assert expected.shape[0] == 3
+    if name not in ONNX_CHECKED:
+        return
     pytest.importorskip("onnxruntime")
     from graphopt.backends import onnx as onnx_backend
 
