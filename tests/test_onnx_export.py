@@ -276,3 +276,51 @@ def test_import_graphopt_does_not_import_onnx():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'onnx_graphsurgeon')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
+
+
+class IntegerBitmask(torch.nn.Module):
+    """CPM-Ant builds its attention mask with `|` on int32 tensors: ONNX has BitwiseOr from opset 18."""
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return x * ((ids | 1) & 3).to(x.dtype)
+
+
+def test_an_op_that_needs_a_newer_opset_raises_it_unless_one_was_asked_for():
+    import graphopt
+    from graphopt.backends.onnx import runtime
+    from graphopt.backends.torch import to_module
+    from graphopt.errors import GraphoptError
+
+    x, ids = torch.randn(2, 5), torch.randint(0, 9, (2, 5), dtype=torch.int32)
+    graph = graphopt.trace(IntegerBitmask(), (x, ids))
+    model = gonnx.to_onnx(graph)
+    assert model.opset_import[0].version == 18  # the default (17) was raised for BitwiseOr
+    torch.testing.assert_close(runtime.compile(graph, threads=1)(x, ids), to_module(graph)(x, ids))
+    with pytest.raises(GraphoptError, match="needs ONNX's BitwiseOr, opset 18 or later"):
+        gonnx.to_onnx(graph, opset=17)  # asked for: an error that says what needs more
+
+
+class EmptyRegisterTokens(torch.nn.Module):
+    """DINOv3-style: a (1, 0, C) parameter of register tokens when the config asks for none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registers = torch.nn.Parameter(torch.zeros(1, 0, 4))
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        return torch.cat([self.cls.expand(batch, -1, -1), self.registers.expand(batch, -1, -1), x], dim=1)
+
+
+def test_an_empty_weight_exports_and_runs_on_onnx_runtime(tmp_path):
+    import graphopt
+    from graphopt.backends.onnx import runtime
+
+    x = torch.randn(2, 3, 4)
+    model = EmptyRegisterTokens()
+    graph = graphopt.trace(model, (x,))
+    assert tuple(graph.weights["registers"].shape) == (1, 0, 4)
+    torch.testing.assert_close(runtime.compile(graph, threads=1)(x), model(x))
+    path = gonnx.export(graph, tmp_path / "m.onnx", external_data=True)
+    assert onnx.load(str(path)).graph.input

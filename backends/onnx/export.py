@@ -33,7 +33,7 @@ from graphopt.ir.graph import Graph
 from graphopt.backends.onnx.builder import OnnxBuilder, replace_name
 from graphopt.backends.onnx.dtypes import fill_tensor_proto, to_onnx_dtype
 from graphopt.backends.onnx import lowerings as _lowerings  # noqa: F401 - attaches the built-in lowerings
-from graphopt.backends.onnx.lowering import lowering_for
+from graphopt.backends.onnx.lowering import OpsetTooLow, lowering_for
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
@@ -100,10 +100,29 @@ class LoweredModel:
         return model
 
 
-def lower(
+def lower(graph: Graph, *, opset: int | None = None, **options: Any) -> LoweredModel:
+    """Lower `graph` to a checked ONNX skeleton plus weight references (see `to_onnx` for the options).
+
+    `opset=None` exports DEFAULT_OPSET, or the newer opset an op of the graph needs (integer bitwise
+    ops, scatter reductions, blocked dequantisation): a user who did not ask for an opset gets a model,
+    not an error; one who did is told which op needs more.
+    """
+    if opset is not None:
+        return _lower(graph, opset, **options)
+    chosen = DEFAULT_OPSET
+    while True:
+        try:
+            return _lower(graph, chosen, **options)
+        except OpsetTooLow as exc:
+            if exc.needs <= chosen:
+                raise
+            chosen = exc.needs
+
+
+def _lower(
     graph: Graph,
+    opset: int,
     *,
-    opset: int = DEFAULT_OPSET,
     dynamic: bool = True,
     bind: Mapping[str, int] | None = None,
     input_names: Sequence[str] | None = None,
@@ -112,7 +131,6 @@ def lower(
     tidy: bool = True,
     check: bool = True,
 ) -> LoweredModel:
-    """Lower `graph` to a checked ONNX skeleton plus weight references (see `to_onnx` for the options)."""
     _check_opset(opset)
     symbols = graph.symbols()
     bind = dict(bind or {})
@@ -237,6 +255,8 @@ def _raw_bytes(tensor: torch.Tensor) -> memoryview:
     t = tensor.detach().cpu().contiguous()
     if t.dtype == torch.bfloat16:
         t = t.view(torch.int16)
+    if t.numel() == 0:  # an empty weight (DINOv3 with no register tokens): memoryview cannot cast zero sizes
+        return memoryview(b"")
     return memoryview(t.numpy()).cast("B")
 
 

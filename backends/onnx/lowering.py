@@ -11,13 +11,24 @@ lowerings, by op family, are in the `lowerings` package.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from graphopt.errors import GraphoptError
 from graphopt.ir import op_table
 from graphopt.ir.graph import Node
 from graphopt.registry import Registry
 from graphopt.backends.onnx.builder import OnnxBuilder
+
+
+class OpsetTooLow(GraphoptError):
+    """A lowering needs a newer ONNX opset than the export was asked for (`needs`).
+
+    An export that did not name an opset retries at `needs`; one that did gets this error.
+    """
+
+    def __init__(self, message: str, needs: int) -> None:
+        super().__init__(message)
+        self.needs = needs
 
 Lowering = Callable[[OnnxBuilder, Node, list], "str | Sequence[str]"]
 

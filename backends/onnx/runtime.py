@@ -17,7 +17,7 @@ import torch
 
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
-from graphopt.backends.onnx.export import DEFAULT_OPSET, LoweredModel, lower
+from graphopt.backends.onnx.export import LoweredModel, lower
 
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -104,7 +104,7 @@ def compile(  # noqa: A001 - the back-end verb, as in torch.compile
     threads: int | None = None,
     optimization_level: str = "all",
     providers: Sequence[str] | None = None,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     **export_options: Any,
 ) -> OrtModule:
     """An ONNX Runtime session for `graph` (or an ONNX model), callable with torch tensors.

@@ -6,9 +6,8 @@ import math
 
 import torch
 
-from graphopt.errors import GraphoptError
 from graphopt.ir.ops import result_dtype
-from graphopt.backends.onnx.lowering import Lowering, lowering
+from graphopt.backends.onnx.lowering import Lowering, OpsetTooLow, lowering
 from graphopt.backends.onnx.lowerings._common import casted, out_of, scalar
 
 
@@ -214,8 +213,8 @@ def _bitwise(b, node, ins):
     if dt == torch.bool:
         return b.op(logical, casted(b, node, ins, dt), dtype=dt)
     if b.opset < 18:
-        raise GraphoptError(f"{node.where()}: {node.op} on {dt} needs ONNX's {integer}, opset 18 or later; "
-                            f"export with opset=18")
+        raise OpsetTooLow(f"{node.where()}: {node.op} on {dt} needs ONNX's {integer}, opset 18 or later; "
+                          f"export with opset=18", needs=18)
     return b.op(integer, casted(b, node, ins, dt), dtype=dt)
 
 

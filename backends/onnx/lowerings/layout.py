@@ -7,7 +7,7 @@ import torch
 from graphopt.errors import GraphoptError
 from graphopt.ir import dims as D
 from graphopt.backends.onnx.builder import INT64_MAX
-from graphopt.backends.onnx.lowering import lowering
+from graphopt.backends.onnx.lowering import OpsetTooLow, lowering
 from graphopt.backends.onnx.lowerings._common import axes_list, casted, out_of, scalar, expand, reduce, reshape
 
 
@@ -81,8 +81,8 @@ def _scatter(b, node, ins):
     if mode != "none":
         needs = 18 if mode in ("amax", "amin") else 16
         if b.opset < needs:
-            raise GraphoptError(f"{node.where()}: scatter with reduce={mode!r} needs ScatterElements' reduction, "
-                                f"opset {needs} or later")
+            raise OpsetTooLow(f"{node.where()}: scatter with reduce={mode!r} needs ScatterElements' reduction, "
+                              f"opset {needs} or later", needs=needs)
         attrs["reduction"] = {"add": "add", "mul": "mul", "amax": "max", "amin": "min"}[mode]
     return b.op("ScatterElements", [ins[0], ins[1], src], attrs, dtype=dt)
 
