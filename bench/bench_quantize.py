@@ -137,7 +137,8 @@ def main() -> None:
 
         print(f"\nONNX Runtime {onnxruntime.__version__}, {args.threads} thread(s), "
               f"median of {args.runs} after {args.warmup} warm-up\n")
-        print("| model | quantized | batch | fp32 ms | quantized ms | speed-up |\n|---|---|---|---|---|---|", flush=True)
+        print("| model | quantized | batch | fp32 ms | quantized ms | speed-up |", flush=True)
+        print("|---|---|---|---|---|---|", flush=True)
         for name in args.models:
             for row in speed_rows(name, args.batches, args.runs, args.warmup, args.threads):
                 print(row, flush=True)

@@ -52,7 +52,8 @@ def traced(name: str):
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.detach().flatten().double(), b.detach().flatten().double(), dim=0))
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
 def first(out):
@@ -140,7 +141,8 @@ def test_options_are_checked_when_built():
             Quantize(**bad)
     with pytest.raises(PipelineError, match="did you mean 'int8'"):
         PassManager.parse("quantize{mode=int3}")
-    assert str(PassManager.parse("quantize{mode=int4-weight,group_size=64}")) == "quantize{mode=int4-weight,group_size=64}"
+    text = "quantize{mode=int4-weight,group_size=64}"
+    assert str(PassManager.parse(text)) == text
 
 
 def test_verify_rejects_a_quantizer_with_a_bug(monkeypatch):
@@ -411,6 +413,7 @@ def test_smoothing_repairs_an_activation_outlier_channel():
     torch.testing.assert_close(reference[0][0], run_graph(graph, batch)[0], rtol=1e-3, atol=1e-3)
     errors = {}
     for alpha in (None, 0.5):
-        new, report = PassManager([Quantize(progress=False, smooth=alpha)]).run(outlier, inputs, calibration_data=[batch])
+        new, _ = PassManager([Quantize(progress=False, smooth=alpha)]).run(outlier, inputs,
+                                                                          calibration_data=[batch])
         errors[alpha] = relative_error(reference, outputs_on(new, [batch]))
     assert errors[0.5] < 0.5 * errors[None], errors  # measured: 0.022 -> 0.009

@@ -73,7 +73,8 @@ class CostReport:
         lines += [f"{name.ljust(width)}  {c.op:<14}{c.params:>12,}{c.macs:>16,}" for name, c in rows]
         lines.append(f"{'total'.ljust(width)}  {'':<14}{self.total_params:>12,}{self.total_macs:>16,}")
         if set(self.weight_bytes) & {"int8", "uint8", "int4"}:  # a quantized graph: its size by type
-            lines.append("weight bytes by type: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.weight_bytes.items())))
+            by_type = ", ".join(f"{k} {v:,}" for k, v in sorted(self.weight_bytes.items()))
+            lines.append(f"weight bytes by type: {by_type}")
         if self.bindings:
             lines.append("evaluated with " + ", ".join(f"{k}={v}" for k, v in sorted(self.bindings.items())))
         return "\n".join(lines)

@@ -87,11 +87,14 @@ def relative_error(reference: list[list[torch.Tensor]], outputs: list[list[torch
     return (num / den) ** 0.5 if den > 0 else num ** 0.5
 
 
-def channel_absmax(values: Sequence[Value]) -> tuple[dict[str, Callable[[torch.Tensor], None]], dict[str, torch.Tensor]]:
+Watch = Callable[[torch.Tensor], None]
+
+
+def channel_absmax(values: Sequence[Value]) -> tuple[dict[str, Watch], dict[str, torch.Tensor]]:
     """Watchers that record each value's max |x| per last-axis channel, and the dict they fill."""
     found: dict[str, torch.Tensor] = {}
 
-    def watcher(name: str) -> Callable[[torch.Tensor], None]:
+    def watcher(name: str) -> Watch:
         def watch(x: torch.Tensor) -> None:
             m = x.detach().abs().reshape(-1, x.shape[-1]).amax(0).float()
             found[name] = m if name not in found else torch.maximum(found[name], m)
