@@ -355,3 +355,15 @@ def test_recovery_is_the_least_squares_fit_computed_by_hand(stack):
     best = float((design @ solution - head_target).pow(2).sum())
     assert float((design @ fitted - head_target).pow(2).sum()) == pytest.approx(best, rel=1e-3)
     assert float((design @ original - head_target).pow(2).sum()) > 2 * best
+
+
+def test_report_table_and_fraction(stack):
+    _, inputs, graph = stack
+    _, stats, report = drop(graph, inputs, "drop-layers{fraction=0.5}")
+    assert len(stats.dropped) == 2 and report.modified
+    header, *rows = stats.table().splitlines()
+    assert header.split() == ["block", "kind", "params", "MACs", "score", "dropped"]
+    assert [row.split()[0] for row in rows] == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]
+    assert sum(row.endswith("yes") for row in rows) == 2
+    _, none, report = drop(graph, inputs, "drop-layers{fraction=0.2}")   # 0.2 of 4 blocks rounds down to 0
+    assert not report.modified and "rounds down to 0" in none.message
