@@ -417,3 +417,12 @@ def test_smoothing_repairs_an_activation_outlier_channel():
                                                                           calibration_data=[batch])
         errors[alpha] = relative_error(reference, outputs_on(new, [batch]))
     assert errors[0.5] < 0.5 * errors[None], errors  # measured: 0.022 -> 0.009
+
+
+def test_quantizing_a_quantized_graph_changes_nothing():
+    graph, inputs, batch = traced("resnet18")
+    _, new, _, _ = quantized("resnet18", mode="int8")
+    again, report = PassManager([Quantize(progress=False)], instruments=[Verify()]).run(new, inputs)
+    stats = report.stats("quantize")[0]
+    assert not report.modified and not stats.quantized
+    assert all("computed" in why for why in stats.left_float.values())
