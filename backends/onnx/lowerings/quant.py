@@ -13,7 +13,7 @@ import torch
 
 from graphopt.errors import GraphoptError
 from graphopt.backends.onnx.builder import OnnxBuilder
-from graphopt.backends.onnx.lowering import lowering
+from graphopt.backends.onnx.lowering import OpsetTooLow, lowering
 from graphopt.backends.onnx.lowerings._common import out_of
 
 MS_DOMAIN = "com.microsoft"
@@ -37,9 +37,9 @@ def _dequantize_linear(b, node, ins):
     attrs = _axis_attrs(node)
     block = int(node.attrs.get("block_size", 0))
     if block:
-        if b.opset < 21:
-            raise GraphoptError(f"{node.where()}: a blocked dequantize_linear needs ONNX opset 21 or newer "
-                                f"(exporting opset {b.opset}); export with opset=21")
+        if b.opset < 21:  # an export that named no opset retries at 21
+            raise OpsetTooLow(f"{node.where()}: a blocked dequantize_linear needs ONNX opset 21 or newer "
+                              f"(exporting opset {b.opset})", 21)
         attrs["block_size"] = block
     return b.op("DequantizeLinear", [i for i in ins[:3] if i is not None], attrs, dtype=out_of(node).dtype)
 
