@@ -6,6 +6,8 @@ The mode decides the rest, from what each back-end turns into a faster kernel:
 - int8 (static): convs and linear/matmul layers;
 - int8-dynamic: linear/matmul only. ONNX Runtime runs a dynamically quantized
   conv as ConvInteger, measured 3x slower than the fp32 conv on this machine;
+  and a 2-d linear with a bias (a classifier) becomes a Gemm on a weight it
+  dequantizes on every call, so those stay float too;
 - int8-weight / int4-weight: linear/matmul only (ONNX Runtime's MatMulNBits).
 """
 
@@ -36,6 +38,11 @@ class Layer:
         return self.node.name
 
 
+def gemm_like(node: Node) -> bool:
+    """A linear ONNX Runtime runs as Gemm: 2-d input and a bias."""
+    return node.op == "linear" and node.inputs[0].rank == 2 and len(node.inputs) > 2 and node.inputs[2] is not None
+
+
 def names_of(node: Node) -> list[str]:
     """What a skip pattern is matched against: the node name and the module it came from."""
     names = [node.name]
@@ -64,6 +71,9 @@ def _layer(node: Node, mode: str) -> tuple[Layer | None, str]:
         return Layer(node, weight_index, 0), ""
     if node.op == "matmul" and weight.rank != 2:
         return None, "a batched weight"
+    if mode == "int8-dynamic" and gemm_like(node):
+        return None, ("ONNX Runtime fuses a 2-d linear and its bias into Gemm before its dynamic int8 fusion, "
+                      "and a Gemm that dequantizes its weight on every call is slower than fp32")
     # linear: weight [N, K], output channels on axis 0; matmul: weight [K, N], on axis 1
     return Layer(node, weight_index, 0 if node.op == "linear" else 1), ""
 
