@@ -123,17 +123,20 @@ def core_aten_ops() -> dict[str, list[str]]:
     import torch
 
     found: dict[str, list[str]] = {}
-    for name in dir(torch.ops.aten):
-        try:
-            packet = getattr(torch.ops.aten, name)
-            overloads = packet.overloads()
-        except (AttributeError, RuntimeError, TypeError):
+    # Every registered operator, not dir(torch.ops.aten): that lists only the packets loaded so far,
+    # so the table would depend on what ran before it.
+    for qualified in torch._C._dispatch_get_all_op_names():
+        namespace, _, rest = qualified.partition("::")
+        if namespace != "aten":
             continue
-        for overload in overloads:
-            op = getattr(packet, overload)
-            if torch.Tag.core in op.tags:
-                found.setdefault(f"aten.{name}", []).append(str(op))
-    return dict(sorted(found.items()))
+        name, _, overload = rest.partition(".")
+        try:
+            op = getattr(getattr(torch.ops.aten, name), overload or "default")
+        except (AttributeError, RuntimeError):
+            continue
+        if torch.Tag.core in op.tags:
+            found.setdefault(f"aten.{name}", []).append(str(op))
+    return {packet: sorted(overloads) for packet, overloads in sorted(found.items())}
 
 
 def _returns_no_tensor(overload: str) -> bool:
