@@ -326,3 +326,18 @@ class RaggedRelu(RaggedExperts):
 def test_other_ops_on_ragged_pieces_are_refused_with_the_line():
     with pytest.raises(GraphoptError, match=r"(?s)rows split by sizes read from tensor values.*test_real_ops_3\.py:\d+"):
         graphopt.trace(RaggedRelu().eval(), (torch.randn(2, 5, 8),))
+
+
+class Statistics(nn.Module):
+    """torch.var_mean / std_mean (timm's older weight standardisation) and std, every spelling of the correction."""
+
+    def forward(self, x):
+        var, mean = torch.var_mean(x, dim=(1, 2), keepdim=True, unbiased=False)
+        std, mean2 = torch.std_mean(x, dim=-1, correction=1)
+        rows = (std + mean2 + x.std(-1)).unsqueeze(-1)  # (batch, 3, 1)
+        return (x - mean) / (var + 1e-5).sqrt() + rows + torch.std(x, dim=0, correction=0)
+
+
+def test_var_mean_std_mean_and_std():
+    graph = check_round_trip(Statistics(), (torch.randn(2, 3, 4),), (torch.randn(5, 3, 4),))
+    assert {"var", "mean", "sqrt"} <= _ops(graph)

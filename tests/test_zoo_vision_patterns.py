@@ -18,7 +18,6 @@ import graphopt
 from graphopt import models_zoo
 from graphopt.analysis import channel_groups
 from graphopt.backends.torch import to_module
-from graphopt.errors import UnsupportedOpError
 
 MODELS = ["swin", "mobilevit", "levit", "gmlp", "mlp_mixer", "nfnet"]
 ATOL = RTOL = 1e-4
@@ -108,10 +107,6 @@ def test_nfnet_var_mean_weight_standardisation_traces():
         torch.testing.assert_close(to_module(graph)(x), model(x), atol=ATOL, rtol=RTOL)
 
 
-test_nfnet_var_mean_weight_standardisation_traces = pytest.mark.xfail(
-    strict=True, raises=UnsupportedOpError,
-    reason="graphopt bug: the torch front-end has no converter for aten.var_mean.dim (nor aten.std_mean.dim)",
-)(test_nfnet_var_mean_weight_standardisation_traces)
 
 
 # ------------------------------------------------------------------ pruning

@@ -74,12 +74,36 @@ def _max_all(ctx, node):
 def _var(ctx, node):
     x = ctx.value(node.args[0])
     axes, keepdim = _axes_keepdim(node, x)  # by schema: var.dim takes unbiased and keepdim positionally
+    return ctx.emit1("var", [x], {"axes": axes, "keepdim": keepdim, "correction": _correction(node)})
+
+
+def _correction(node) -> int:
+    """var/std's Bessel correction, from whichever spelling the overload has (correction or unbiased)."""
     names = [a.name for a in node.target._schema.arguments]
     correction = schema_arg(node, names.index("correction"), "correction", 1) if "correction" in names else 1
     if "unbiased" in names:
         correction = 1 if schema_arg(node, names.index("unbiased"), "unbiased", True) else 0
-    correction = 1 if correction is None else correction
-    return ctx.emit1("var", [x], {"axes": axes, "keepdim": keepdim, "correction": correction})
+    return 1 if correction is None else correction
+
+
+@register_torch_op("aten.std", "aten.std.correction")
+def _std(ctx, node):
+    x = ctx.value(node.args[0])
+    axes, keepdim = _axes_keepdim(node, x)
+    return ctx.emit1("sqrt", [ctx.emit1("var", [x], {"axes": axes, "keepdim": keepdim,
+                                                      "correction": _correction(node)})])
+
+
+@register_torch_op("aten.var_mean", "aten.std_mean")
+def _var_mean(ctx, node):
+    """(variance or standard deviation, mean) in one call, as timm's older weight standardisation computes
+    them: two reductions in the graph."""
+    x = ctx.value(node.args[0])
+    axes, keepdim = _axes_keepdim(node, x)
+    spread = ctx.emit1("var", [x], {"axes": axes, "keepdim": keepdim, "correction": _correction(node)})
+    if "std_mean" in str(node.target):
+        spread = ctx.emit1("sqrt", [spread])
+    return [spread, ctx.emit1("mean", [x], {"axes": axes, "keepdim": keepdim})]
 
 
 @register_torch_op("aten.linalg_vector_norm")
