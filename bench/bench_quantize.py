@@ -8,6 +8,9 @@ seed 0), then `graphopt.optimize(..., quantize="int8", backend="onnx")` calibrat
 training images (batches of 128), measured on the 450 test images through ONNX Runtime's integer
 kernels; and pruned to 50 % of its MACs (l2 + reconstruction) then int8, against the same pruned model in fp32.
 
+`--part ort-quantizer`: the same speed comparison with a third column, ONNX Runtime's own `quantize_static`
+on the exported fp32 model (convnets).
+
 Speed: each model at zoo size `base`, traced and canonicalised, run by ONNX Runtime (optimization level
 all, `--threads` intra-op threads) in fp32 and quantized (convnets: int8 static, calibrated on two
 random batches of 4; BERT: int8 static, int8-dynamic and int4-weight), timed in alternation, median
@@ -118,9 +121,48 @@ def speed_rows(name: str, batches: list[int], runs: int, warmup: int, threads: i
     return rows
 
 
+def against_ort_quantizer(name: str, batches: list[int], runs: int, warmup: int, threads: int,
+                          size: str = "base") -> list[str]:
+    """Markdown rows: fp32, graphopt int8 and ONNX Runtime's own `quantize_static` (QDQ, per channel, U8S8,
+    min-max on the same calibration batch) on the same fp32 model, in alternation."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    model, example = models_zoo.get(name, size, batch_size=2)
+    graph = graphopt.trace(model, example, dynamic=models_zoo.spec(name).dynamic_axes)
+    graph, _ = PassManager.parse("canonicalize").run(graph, example)
+    calibration = models_zoo.get(name, size, batch_size=4, seed=1)[1]
+    ours, _ = PassManager([Quantize(progress=False)]).run(graph, example, calibration_data=[calibration])
+    names = [v.name for v in graph.inputs]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = [dict(zip(names, (x.numpy() for x in calibration)))]
+
+        def get_next(self):
+            return self.items.pop() if self.items else None
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path, ort_path = Path(tmp) / "fp32.onnx", Path(tmp) / "ort_int8.onnx"
+        onnx_backend.export(graph, fp32_path, external_data=False)
+        quantize_static(str(fp32_path), str(ort_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        theirs = ort.InferenceSession(str(ort_path), onnx_backend.session_options(threads),
+                                      providers=["CPUExecutionProvider"])
+        fp32, mine = onnx_backend.compile(graph, threads=threads), onnx_backend.compile(ours, threads=threads)
+        for batch in batches:
+            inputs = models_zoo.get(name, size, batch_size=batch, seed=3)[1]
+            feed = dict(zip(names, (x.numpy() for x in inputs)))
+            f_ms, g_ms, o_ms = interleaved_medians(
+                [lambda: fp32(*inputs), lambda: mine(*inputs), lambda: theirs.run(None, feed)], runs, warmup)
+            rows.append(f"| {name} | {batch} | {f_ms:.1f} | {g_ms:.1f} | {o_ms:.1f} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["accuracy", "speed", "all"], default="all")
+    parser.add_argument("--part", choices=["accuracy", "speed", "all", "ort-quantizer"], default="all")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2", "bert"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
@@ -132,6 +174,11 @@ def main() -> None:
         print("| digits CNN | test accuracy % |\n|---|---|", flush=True)
         for row, acc in accuracy_rows(args.epochs):
             print(f"| {row} | {acc:.2f} |", flush=True)
+    if args.part == "ort-quantizer":
+        print("| model | batch | fp32 ms | graphopt int8 ms | ORT quantize_static int8 ms |\n|---|---|---|---|---|")
+        for name in args.models:
+            for row in against_ort_quantizer(name, args.batches, args.runs, args.warmup, args.threads):
+                print(row, flush=True)
     if args.part in ("speed", "all"):
         import onnxruntime
 

@@ -38,3 +38,9 @@ def test_speed_rows_time_fp32_against_quantized(bench):
     rows = bench.speed_rows("mobilenet_v2", [1], runs=1, warmup=0, threads=1, size="tiny")
     assert rows[0].startswith("| mobilenet_v2 | int8 | 1 |") and rows[0].endswith("x |")
     assert "fp32" in rows[-1] and "int8" in rows[-1]
+
+
+def test_against_ort_quantizer_times_three_models(bench):
+    rows = bench.against_ort_quantizer("mobilenet_v2", [1], runs=1, warmup=0, threads=1, size="tiny")
+    cells = rows[0].strip("|").split("|")
+    assert cells[0].strip() == "mobilenet_v2" and all(float(c) > 0 for c in cells[2:])
