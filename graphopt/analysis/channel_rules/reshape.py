@@ -26,6 +26,8 @@ def _reshape(b: Builder, node: Node) -> None:
                 continue
             if any(not isinstance(v.shape[a], int) for blk in touched for v, k in ((src, side), (dst, 1 - side))
                    for a in blk[k]):
+                if _coarser_view_passes(b, s, blocks, side):
+                    continue  # a (positions, channels) view: its channels cross in the channel-only space
                 # Channels merged with a dynamic axis ((batch, C) -> (batch*C)) cannot be followed; dropping
                 # the link instead would leave the far side's reshape target unrewritten by a removal.
                 # Only this space and the far side's spaces on those axes stop: the value's other spaces
@@ -38,6 +40,23 @@ def _reshape(b: Builder, node: Node) -> None:
                         b.barriers.setdefault(id(t), reason)
                 continue
             _couple_through_blocks(b, s, dst, touched, side)
+
+
+def _coarser_view_passes(b: Builder, s: Space, blocks, side: int) -> bool:
+    """True when another space of the value lies within `s`'s axes and crosses the reshape on static blocks.
+
+    A space over positions and channels together (Swin's (H, W, C) view of a window partition) is a finer
+    view of the channel space beside it: removal only ever drops whole channels, so the channel-only
+    space carries everything the finer one would, and the finer one may stop at a block with the batch.
+    """
+    src = s.value
+    for other in b.spaces_of(src):
+        if other is s or not set(other.axes) < set(s.axes):
+            continue
+        crossing = [blk for blk in blocks if set(blk[side]) & set(other.axes)]
+        if all(isinstance(v, int) for blk in crossing for v in (src.shape[a] for a in blk[side])):
+            return True
+    return False
 
 
 def _reshape_blocks(src: list, dst: list) -> list[tuple[list[int], list[int]]] | None:
