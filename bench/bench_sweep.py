@@ -532,6 +532,8 @@ def summary(records: Sequence[Record]) -> str:
              "| stage | ok | of | % |", "|---|---|---|---|"]
     for key, title in COLUMNS:
         done = [r for r in built if r.cells.get(key) not in ("skip",)]
+        if key.startswith("tp"):  # measured without Torch-Pruning (--no-tp): not a failure of either tool
+            done = [r for r in done if r.cells.get("tp_prune") != "—"]
         ok = sum(1 for r in done if r.cells.get(key, "").startswith("ok"))
         pct = f"{100 * ok / len(done):.0f} %" if done else "—"
         lines.append(f"| {title} | {ok} | {len(done)} | {pct} |")
@@ -571,7 +573,8 @@ means Torch-Pruning's model ran but pruned the output width, so it cannot be com
 "ok (batch static)" in "trace": torch.export could not keep the batch axis dynamic and graphopt fell back to
 static shapes (the reason column quotes its warning); round trip and prune are then checked at batch 2 only.
 "batch 1" traces a batch-1 example and asks that the batch axis stay symbolic and the graph match at batch 2.
-"ORT" runs the pruned (heads) graph, or the traced one where pruning failed, on ONNX Runtime.
+"ORT" runs the pruned (heads) graph, or the traced one where pruning failed, on ONNX Runtime. Rows measured
+without Torch-Pruning (`--no-tp`) have "—" in its columns and are left out of its rows in the summary.
 
 ## Summary
 
