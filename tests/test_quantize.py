@@ -21,11 +21,20 @@ from graphopt.passes.quantize.smooth import smooth
 from graphopt.passes.quantize.targets import find_layers
 
 CONVNETS = ["resnet18", "resnet50", "resnext", "mobilenet_v2", "mobilenet_v3", "efficientnet", "regnet",
-            "densenet", "vgg_bn", "convnext", "unet"]
+            "densenet", "vgg_bn", "convnext", "unet", "nfnet", "mobilevit"]
 TRANSFORMERS = ["bert", "vit", "llama"]
-# Random-weight tiny convnets amplify any perturbation (one int8 layer alone moves efficientnet's output 14 %);
-# with default options these reach 0.97-0.99, not 0.99 (measured on torch / ONNX Runtime: efficientnet
-# 0.981 / 0.974, densenet 0.980 / 0.974, regnet 0.987 / 0.98); keep_float / max_error trade speed for it.
+# Random-weight tiny convnets amplify any perturbation, and these three fall short of 0.99 by more
+# than any choice of per-tensor activation range can recover (measured with the interpreter, calibrated on the
+# evaluation batch itself, i.e. the best case for every range choice; ONNX Runtime is up to 0.007 lower):
+#   observer minmax / percentile / mse: efficientnet 0.981 / 0.967 / 0.978, densenet 0.980 / 0.967 / 0.980,
+#   regnet 0.987 / 0.978 / 0.988; keeping efficientnet's squeeze-excitation convs, or its classifier, float: 0.981.
+# Even per-channel activation scales (which QLinearConv cannot take: its x / y scales are scalars) fitted to the
+# evaluation batch reach only densenet 0.982 (efficientnet 0.994, regnet 0.996). Quantizing densenet's first conv
+# alone (0.9 % relative error after it) already gives 0.982, 19 % relative error on the logits. Weights are not the
+# cause (int8 per-channel weights alone: efficientnet 0.9987). keep_float / max_error trade speed for accuracy.
+# Note: like every test here, this calibrates on its evaluation batch; calibrated on a different random batch
+# of 16 the numbers fall (efficientnet 0.93, densenet 0.97, mobilenet_v3 0.95, resnet18 0.98, minmax): range
+# estimates from 16 random samples clip what a new batch reaches, and these amplifying networks feel it.
 FRAGILE = {"efficientnet": 0.97, "densenet": 0.97, "regnet": 0.98}
 
 
@@ -80,10 +89,11 @@ def check_backends(graph, new, batch, bound: float) -> None:
 
 
 @pytest.mark.parametrize("name", CONVNETS)
-def test_int8_static_on_convnets(name):
+def test_int8_static_on_convnets(name, tmp_path):
     graph, new, batch, report = quantized(name, mode="int8")
     assert report.quantized and new.find_nodes("quantize_linear")
     assert all(v.dtype == torch.int8 for v in new.weights.values() if v.name.endswith(".int8"))
+    assert "QLinearConv" in optimized_ops(new, tmp_path), "the quantized convs run as integer kernels"
     check_backends(graph, new, batch, FRAGILE.get(name, 0.99))
 
 
