@@ -15,7 +15,7 @@ from graphopt.backends.torch import to_module
 from graphopt.errors import GraphoptError
 from graphopt.ir.interpreter import run_graph
 from graphopt.passes.drop_layers import DropLayers, DropRecipe, apply_drop_recipe
-from graphopt.passes.drop_layers.scores import output_change
+from graphopt.ir.interpreter import relative_error
 from graphopt.passmanager import InvalidOptionError, PassManager, Verify
 
 
@@ -121,7 +121,7 @@ def test_loss_metric_is_the_measured_change_of_dropping_the_block_alone(stack):
         reference = model(*inputs)
         for row in stats.rows:
             index = int(row.name.split(".")[1])
-            expected = output_change([[reference]], [[model(*inputs, skip=(index,))]])
+            expected = relative_error([[reference]], [[model(*inputs, skip=(index,))]])
             assert row.score == pytest.approx(expected, rel=1e-4)
     assert stats.dropped == [min(stats.rows, key=lambda r: r.score).name]
 
@@ -215,8 +215,8 @@ def test_recover_beats_the_ranking_alone(request, fixture):
     recovered, stats, _ = drop(graph, inputs, text[:-1] + ",recover=true}", calibration_data=calibration)
     assert stats.recovery.fits and any(f.error_after < f.error_before for f in stats.recovery.fits)
     reference = [run_graph(graph, batch) for batch in calibration]
-    error_plain = output_change(reference, [run_graph(plain, b) for b in calibration])
-    error_recovered = output_change(reference, [run_graph(recovered, b) for b in calibration])
+    error_plain = relative_error(reference, [run_graph(plain, b) for b in calibration])
+    error_recovered = relative_error(reference, [run_graph(recovered, b) for b in calibration])
     assert error_recovered < error_plain
 
 

@@ -16,7 +16,8 @@ from graphopt.ir.interpreter import run_graph
 from graphopt.passmanager import InvalidOptionError, PassManager, PassFailedError, PipelineError, Verify
 from graphopt.passes import Quantize
 from graphopt.passes.quantize import OBSERVERS, qparams
-from graphopt.passes.quantize.calibrate import outputs_on, relative_error
+from graphopt.ir.interpreter import relative_error
+from graphopt.passes.quantize.calibrate import outputs_on
 from graphopt.passes.quantize.smooth import smooth
 from graphopt.passes.quantize.targets import find_layers
 

@@ -150,6 +150,21 @@ def run_graph_float64(graph: Graph, inputs: Sequence[Any]) -> list[torch.Tensor]
     return [out.double() if out.is_floating_point() else out for out in outputs]
 
 
+def relative_error(reference: Sequence[Sequence[torch.Tensor]], outputs: Sequence[Sequence[torch.Tensor]]) -> float:
+    """||outputs - reference|| / ||reference|| over every floating output of every batch (in float64).
+
+    How far a transformed graph's outputs moved: quantization's sensitivity and error bound and layer
+    dropping's "loss" score both read it.
+    """
+    num = den = 0.0
+    for ref_batch, out_batch in zip(reference, outputs):
+        for ref, out in zip(ref_batch, out_batch):
+            if ref.is_floating_point():
+                num += float((out.double() - ref.double()).pow(2).sum())
+                den += float(ref.double().pow(2).sum())
+    return (num / den) ** 0.5 if den > 0 else num ** 0.5
+
+
 def trainable_weights(graph: Graph) -> dict[str, torch.Tensor]:
     """The graph's floating-point params as fresh leaf tensors that require grad, for `run_graph(weights=...)`.
 

@@ -21,7 +21,7 @@ import torch
 
 from graphopt.analysis.residual_blocks import ResidualBlock
 from graphopt.ir.graph import Graph
-from graphopt.ir.interpreter import GraphInterpreter, run_graph
+from graphopt.ir.interpreter import GraphInterpreter, relative_error, run_graph
 
 from .removal import drop_block
 
@@ -78,19 +78,8 @@ def loss_scores(graph: Graph, blocks: Sequence[ResidualBlock], batches: Sequence
         if loss is not None:
             scores[block.name] = _loss(outputs, targets, loss) - base
         else:
-            scores[block.name] = output_change(reference, outputs)
+            scores[block.name] = relative_error(reference, outputs)
     return scores
-
-
-def output_change(reference: Sequence[Sequence[torch.Tensor]], outputs: Sequence[Sequence[torch.Tensor]]) -> float:
-    """||outputs - reference|| / ||reference|| over every floating output of every batch."""
-    num = den = 0.0
-    for ref_batch, out_batch in zip(reference, outputs):
-        for ref, out in zip(ref_batch, out_batch):
-            if ref.is_floating_point():
-                num += float((out.double() - ref.double()).pow(2).sum())
-                den += float(ref.double().pow(2).sum())
-    return math.sqrt(num / max(den, 1e-30))
 
 
 def _loss(outputs: Sequence[Sequence[torch.Tensor]], targets: Sequence[Any] | None,

@@ -76,17 +76,6 @@ def outputs_on(graph: Graph, batches: Iterable[tuple]) -> list[list[torch.Tensor
     return result
 
 
-def relative_error(reference: list[list[torch.Tensor]], outputs: list[list[torch.Tensor]]) -> float:
-    """||out - ref|| / ||ref|| over every floating output of every batch."""
-    num = den = 0.0
-    for ref_batch, out_batch in zip(reference, outputs):
-        for ref, out in zip(ref_batch, out_batch):
-            if ref.is_floating_point():
-                num += float((out.double() - ref.double()).pow(2).sum())
-                den += float(ref.double().pow(2).sum())
-    return (num / den) ** 0.5 if den > 0 else num ** 0.5
-
-
 Watch = Callable[[torch.Tensor], None]
 
 

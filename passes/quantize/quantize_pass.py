@@ -18,9 +18,10 @@ import torch
 
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
+from graphopt.ir.interpreter import relative_error
 from graphopt.passmanager import Pass, PassResult, Tolerance, option, register_pass
 
-from .calibrate import observe, outputs_on, relative_error
+from .calibrate import observe, outputs_on
 from .observers import OBSERVERS, qparams
 from .rewrite import Rewriter, activation_site, output_quantized
 from .sensitivity import choose_float_layers, sensitivity
