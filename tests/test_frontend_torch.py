@@ -182,3 +182,21 @@ def test_an_export_failure_names_the_models_source_line():
     with pytest.raises(graphopt.GraphoptError, match=r"could not trace NeedsNumpy \(at .*test_frontend_torch.py:\d+: "
                                             r"return torch.from_numpy\(x.numpy\(\) \* 2\)"):
         graphopt.trace(NeedsNumpy(), (torch.randn(2, 3),), dynamic=None)
+
+
+def test_a_size_computed_from_tensor_values_stops_the_trace_at_its_node():
+    """An unbacked size (u0) could not be bound at run time: the trace names the node that makes it."""
+
+    class ValueSized(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.randn(16, 4))
+
+        def forward(self, x, length):
+            n = length.item()  # a length read from the data
+            torch._check_is_size(n)
+            torch._check(n <= 16)
+            return self.table[:n].sum(0) + x
+
+    with pytest.raises(graphopt.GraphoptError, match=r"makes a tensor of size \[u\d+, 4\].*computed from tensor values"):
+        graphopt.trace(ValueSized(), (torch.randn(2, 4), torch.tensor(5)))

@@ -449,7 +449,27 @@ def import_program(ep: torch.export.ExportedProgram, *, name: str = "graph", dyn
     ctx.current = None
     graph.meta["out_spec"] = ep.call_spec.out_spec
     graph.meta["input_names"] = [v.name for v in graph.inputs]
+    _check_sizes_come_from_inputs(graph)
     return graph
+
+
+def _check_sizes_come_from_inputs(graph: Graph) -> None:
+    """Every size in the graph is a number or an expression of the inputs' dynamic axes.
+
+    torch.export names a size computed from tensor values (`x[: int(t.item())]`, Reformer's axial
+    position columns) with an unbacked symbol (u0): a graph holding one could not run, export or
+    compile, so the trace stops here, at the first node that makes one, instead of later, anywhere.
+    """
+    bound = set(graph.symbols())
+    for node in graph.nodes:
+        for out in node.outputs:
+            loose = sorted({str(s) for d in out.shape if not isinstance(d, int) for s in d.free_symbols} - bound)
+            if loose:
+                raise GraphoptError(
+                    f"{node.where()} makes a tensor of size {list(out.shape)}, where {', '.join(loose)} is computed "
+                    "from tensor values, not from the inputs' shapes: graphopt's graphs size every tensor from "
+                    "their inputs' shapes. Compute that size from shapes or constants (for example from "
+                    "x.shape[1] instead of a tensor's value), or pass it in as a constant.")
 
 
 def _symbol_names(placeholders, dynamic: Mapping[int, Mapping[int, str]]) -> dict:
