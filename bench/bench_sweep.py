@@ -72,6 +72,9 @@ SMALL_VISION: dict[str, Any] = dict(
     intermediate_size=64, embed_dim=16, depths=[1, 1], num_heads=[2, 4], hidden_sizes=[16, 32], window_size=4,
     embedding_size=16, out_features=None, out_indices=None,
 )
+_MLA: dict[str, Any] = dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
+                           num_key_value_heads=4, n_routed_experts=4, n_group=2, topk_group=1, index_topk=8,
+                           index_head_dim=16, index_n_heads=2)
 # Families whose defaults the keys above do not shrink, or shrink into an invalid config.
 OVERRIDES: dict[str, dict[str, Any]] = {
     "swin": dict(embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4),
@@ -88,6 +91,56 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "t5": dict(relative_attention_num_buckets=8),
     "reformer": dict(attn_layers=["local", "local"], axial_pos_shape=[4, 4], axial_pos_embds_dim=[16, 16],
                      local_attn_chunk_length=8),
+    # rotary_dim (default 64) must fit head_dim 8
+    "codegen": dict(rotary_dim=4),
+    "gptj": dict(rotary_dim=4),
+    # entity / pronunciation / shape embeddings keep their full vocabularies otherwise
+    "luke": dict(entity_vocab_size=64, entity_emb_size=16),
+    "roc_bert": dict(pronunciation_vocab_size=64, shape_vocab_size=64, pronunciation_embed_dim=16, shape_embed_dim=16),
+    "bit": dict(hidden_sizes=[16, 32], depths=[1, 1], embedding_size=16, num_groups=8),
+    # per-stage lists: two stages, head counts that divide the stage widths
+    "poolformer": dict(depths=[1, 1], hidden_sizes=[16, 32], patch_sizes=[4, 3], strides=[4, 2], padding=[2, 1],
+                       num_encoder_blocks=2),
+    "glpn": dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[7, 3],
+                 strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[4, 4], decoder_hidden_size=16),
+    "segformer": dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+                      patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[4, 4],
+                      decoder_hidden_size=16),
+    "pvt": dict(num_encoder_blocks=2, depths=[1, 1], sequence_reduction_ratios=[2, 1], hidden_sizes=[16, 32],
+                patch_sizes=[4, 2], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[4, 4]),
+    "pvt_v2": dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[7, 3],
+                   strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[4, 4]),
+    # image_size must be a pair
+    "yolos": dict(image_size=[32, 32], num_detection_tokens=4),
+    "mgp-str": dict(image_size=[32, 32], max_token_length=8),
+    # multi-head latent attention (MLA): small LoRA ranks and rope / nope / value head dims, as many key-value
+    # heads as heads, expert groups that divide the experts; sparse-attention indexers with small dims
+    **{name: dict(_MLA) for name in ("deepseek_v2", "deepseek_v3", "glm4_moe_lite", "minicpm3", "mistral_large4_text",
+                                     "sarvam_mla", "youtu", "axk1", "axk2")},
+    "deepseek_v32": dict(_MLA, mlp_layer_types=["dense", "sparse"], layer_types=["indexed_attention"] * 2),
+    "glm_moe_dsa": dict(_MLA, mlp_layer_types=["dense", "sparse"], layer_types=["indexed_attention"] * 2,
+                        indexer_types=["full", "full"]),
+    "hy_v4": dict(_MLA, mlp_layer_types=["dense", "sparse"], layer_types=["indexed_attention"] * 2,
+                  indexer_types=["full", "shared"]),
+    "hy_v4_vl_text": dict(_MLA, mlp_layer_types=["dense", "sparse"], layer_types=["indexed_attention"] * 2,
+                          indexer_types=["full", "shared"],
+                          rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[0, 1, 1])),
+    "longcat_flash": dict(_MLA, head_dim=4, ffn_hidden_size=64, zero_expert_num=2, expert_ffn_hidden_size=32),
+    "gemma4_text": dict(vocab_size_per_layer_input=256, hidden_size_per_layer_input=8,
+                        layer_types=["sliding_attention", "full_attention"], sliding_window=8),
+    "granite_docling_vision": dict(out_hidden_size=32, deepstack_visual_indexes=[]),
+    "radio": dict(max_img_size=64, patch_dim=32),
+    # Mamba-2 mixers: heads * head dim = expand * hidden_size
+    "bamba": dict(mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, mamba_n_groups=1),
+    "granitemoehybrid": dict(mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, mamba_n_groups=1),
+    "mamba2": dict(num_heads=8, head_dim=8, expand=2, state_size=8, n_groups=1),
+    "esmc": dict(num_key_value_heads=4),  # no grouped-query attention
+    "zaya": dict(num_experts_per_tok=1),
+    "gpt_neo": dict(attention_types=[[["global", "local"], 1]], window_size=8),  # one entry per layer
+    "hiera": dict(image_size=[32, 32], embed_dim=16, depths=[1, 1], num_heads=[1, 2], patch_stride=[2, 2],
+                  query_stride=[2, 2], masked_unit_size=[4, 4], num_query_pool=1, patch_size=[3, 3],
+                  patch_padding=[1, 1]),
+    "cosmos3_edge_text": dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 1, 1])),
 }
 MAX_PARAMS = 5_000_000  # a config still this big after shrinking needs an OVERRIDES entry, not minutes of CPU
 PRIORITY = ("bert", "roberta", "albert", "electra", "gpt2", "llama", "mistral", "qwen2", "gemma", "gemma3_text",
