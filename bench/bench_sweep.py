@@ -87,7 +87,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "levit": dict(image_size=64, patch_size=16, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4],
                   depths=[1, 1, 1], key_dim=[8, 8, 8]),
     "mobilevit": dict(image_size=64, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64]),
-    "mobilevitv2": dict(image_size=64, width_multiplier=0.5),
+    "mobilevitv2": dict(image_size=128, width_multiplier=0.5),  # 64 pools to 2x2 before its last 4x4 patch
     "t5": dict(relative_attention_num_buckets=8),
     "reformer": dict(attn_layers=["local", "local"], axial_pos_shape=[4, 4], axial_pos_embds_dim=[16, 16],
                      local_attn_chunk_length=8),
@@ -141,6 +141,27 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                   query_stride=[2, 2], masked_unit_size=[4, 4], num_query_pool=1, patch_size=[3, 3],
                   patch_padding=[1, 1]),
     "cosmos3_edge_text": dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 1, 1])),
+    # multimodal-rope text towers: mrope sections that sum to half the rotary dims (head_dim 8)
+    **{name: dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 1, 1]))
+       for name in ("glm4v_text", "glm_image_text", "glm_ocr_text", "qwen2_vl_text", "qwen2_5_vl_text")},
+    "glm4v_moe_text": dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5,
+                                                mrope_section=[0, 1, 1])),
+    "neomme": dict(head_dim=16, embedding_rank=16, embedding_dim=16, sliding_window=8),  # rotary dims a multiple of 4
+    "funnel": dict(block_sizes=[1, 1], block_repeats=[1, 1], d_head=8, d_inner=64, num_decoder_layers=1,
+                   architectures=["FunnelModel"]),  # two base classes: AutoModel picks by architectures
+    "dots1": dict(layer_types=["full_attention"] * 2, max_window_layers=2, n_routed_experts=4, n_shared_experts=1,
+                  first_k_dense_replace=1),
+    "lfm2_moe": dict(layer_types=["conv", "full_attention"], num_dense_layers=1),
+    "hgnet_v2": dict(embedding_size=16, depths=[1, 1], hidden_sizes=[32, 64], stem_channels=[3, 16, 16],
+                     stage_in_channels=[16, 32], stage_mid_channels=[16, 16], stage_out_channels=[32, 64],
+                     stage_num_blocks=[1, 1], stage_downsample=[False, True], stage_downsample_strides=[2, 2],
+                     stage_light_block=[False, True], stage_kernel_size=[3, 5], stage_numb_of_layers=[2, 2]),
+    "efficientnet": dict(width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320),
+    "swin2sr": dict(embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4, upscale=1, patch_size=1),
+    "dbrx": dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=128,
+                 attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
+                 ffn_config=dict(ffn_hidden_size=64, moe_num_experts=4, moe_top_k=1)),
+    "xmod": dict(languages=["en_XX"], default_language="en_XX"),
 }
 MAX_PARAMS = 5_000_000  # a config still this big after shrinking needs an OVERRIDES entry, not minutes of CPU
 PRIORITY = ("bert", "roberta", "albert", "electra", "gpt2", "llama", "mistral", "qwen2", "gemma", "gemma3_text",
