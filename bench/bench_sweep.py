@@ -162,6 +162,15 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                  attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
                  ffn_config=dict(ffn_hidden_size=64, moe_num_experts=4, moe_top_k=1)),
     "xmod": dict(languages=["en_XX"], default_language="en_XX"),
+    "glm5_next_text": dict(_MLA, qk_rope_head_dim=0, qk_nope_head_dim=8, index_kpool=4, linear_head_dim=8,
+                           linear_num_heads=4, mlp_layer_types=["dense", "sparse"],
+                           layer_types=["linear_attention", "indexed_attention"], indexer_types=["full", "full"]),
+    "gemma3n_text": dict(layer_types=["sliding_attention", "full_attention"], intermediate_size=[64, 64],
+                         activation_sparsity_pattern=[0.0, 0.0], vocab_size_per_layer_input=256,
+                         hidden_size_per_layer_input=8, laurel_rank=8, num_kv_shared_layers=0, sliding_window=8),
+    "zamba2": dict(layers_block_type=["mamba", "hybrid"], hybrid_layer_ids=[1], mamba_headdim=8, mamba_d_state=8,
+                   chunk_size=16, attention_hidden_size=64, attention_head_dim=16, kv_channels=8, adapter_rank=8,
+                   n_mamba_heads=8, mamba_ngroups=1),
 }
 MAX_PARAMS = 5_000_000  # a config still this big after shrinking needs an OVERRIDES entry, not minutes of CPU
 PRIORITY = ("bert", "roberta", "albert", "electra", "gpt2", "llama", "mistral", "qwen2", "gemma", "gemma3_text",
