@@ -171,6 +171,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "zamba2": dict(layers_block_type=["mamba", "hybrid"], hybrid_layer_ids=[1], mamba_headdim=8, mamba_d_state=8,
                    chunk_size=16, attention_hidden_size=64, attention_head_dim=16, kv_channels=8, adapter_rank=8,
                    n_mamba_heads=8, mamba_ngroups=1),
+    "vits": dict(flow_size=16, spectrogram_bins=17, upsample_initial_channel=16, duration_predictor_filter_channels=16,
+                 upsample_rates=[2, 2], upsample_kernel_sizes=[4, 4], resblock_kernel_sizes=[3],
+                 resblock_dilation_sizes=[[1, 3]], prior_encoder_num_wavenet_layers=1,
+                 posterior_encoder_num_wavenet_layers=1, prior_encoder_num_flows=1),
 }
 MAX_PARAMS = 5_000_000  # a config still this big after shrinking needs an OVERRIDES entry, not minutes of CPU
 PRIORITY = ("bert", "roberta", "albert", "electra", "gpt2", "llama", "mistral", "qwen2", "gemma", "gemma3_text",
