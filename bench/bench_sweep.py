@@ -295,6 +295,8 @@ class HFWrapper(torch.nn.Module):
         hidden = getattr(out, "last_hidden_state", None)
         if hidden is None:
             hidden = out.to_tuple()[0] if hasattr(out, "to_tuple") else out[0]
+        while isinstance(hidden, (tuple, list)):  # per-stage feature maps (HGNet-V2), per-head logits (MGP-STR)
+            hidden = hidden[-1]
         return hidden
 
 
