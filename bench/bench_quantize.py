@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -41,13 +39,20 @@ from graphopt.passes import Quantize
 HERE = Path(__file__).resolve().parent
 
 
-def _prune_bench():
-    """bench/bench_prune_accuracy.py as a module: its digits data, CNN, training loop and accuracy."""
-    spec = importlib.util.spec_from_file_location("bench_prune_accuracy", HERE / "bench_prune_accuracy.py")
+def _bench_module(name: str):
+    """bench/<name>.py as a module (bench/ is not a package), loaded once."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _prune_bench():
+    """bench/bench_prune_accuracy.py: its digits data, CNN, training loop and accuracy."""
+    return _bench_module("bench_prune_accuracy")
 
 
 # ------------------------------------------------------------------ accuracy
@@ -73,17 +78,8 @@ def accuracy_rows(epochs: int = 12, calibration: int = 512, seed: int = 0) -> li
 
 # ------------------------------------------------------------------ speed and size
 def interleaved_medians(fns: list[Callable[[], object]], runs: int, warmup: int) -> list[float]:
-    """Median milliseconds per function, timing them in alternation."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(runs):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) * 1e3 for t in times]
+    """Median milliseconds per function, timed in alternation: bench/bench_onnx.py's timer."""
+    return _bench_module("bench_onnx").interleaved_medians(fns, runs, warmup)
 
 
 def variants(name: str) -> list[tuple[str, dict]]:
