@@ -374,6 +374,9 @@ class Child:
         self.save()
         try:
             cell, value = fn(*args)
+        except _Failed as failed:
+            cell, value = failed.cell, None
+            self.record.reasons[stage] = str(failed)
         except _Static as static:
             cell, value = "ok (batch static)", static.graph
             self.record.reasons[stage] = str(static)
@@ -449,12 +452,27 @@ def _prune(model: torch.nn.Module, x1: tuple, x2: tuple, heads: bool) -> tuple[s
 
 
 def _ort(graph: Any, x2: tuple, what: str) -> tuple[str, Any]:
-    from graphopt.backends.onnx import runtime
+    from graphopt.backends.onnx import first_difference, runtime
     from graphopt.backends.torch import to_module
 
     with torch.no_grad():
         diff = _close(runtime.compile(graph, threads=1)(*x2), to_module(graph)(*x2))
-    return (f"FAIL ({what}: {diff})" if diff else f"ok ({what})"), None
+    if not diff:
+        return f"ok ({what})", None
+    found = first_difference(graph, x2, rtol=TOLERANCE, atol=TOLERANCE)  # which node, and why
+    if found is None:
+        raise _Failed(f"FAIL ({what}: {diff})", f"{what}: {diff}; no single node differs beyond the tolerance")
+    if found.tie_order:
+        raise _Failed(f"FAIL ({what}: top-k tie order)", f"{what}: {diff}; {found}")
+    raise _Failed(f"FAIL ({what}: {diff})", f"{what}: {diff}; first differs at {found}")
+
+
+class _Failed(Exception):
+    """A stage that failed with a short cell and a longer reason (Child.stage records both)."""
+
+    def __init__(self, cell: str, reason: str) -> None:
+        super().__init__(reason)
+        self.cell = cell
 
 
 class _Alarm:

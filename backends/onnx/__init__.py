@@ -18,11 +18,12 @@ from typing import Any
 from graphopt.backends.onnx.export import DEFAULT_OPSET, LoweredModel, export, lower, save_atomic, to_onnx
 from graphopt.backends.onnx import lowerings as _lowerings  # noqa: F401 - attaches the built-in lowerings
 from graphopt.backends.onnx.lowering import LOWERINGS, register_lowering
+from graphopt.backends.onnx.compare import Difference, first_difference
 
 __all__ = [
     "DEFAULT_OPSET", "export", "to_onnx", "lower", "LoweredModel", "save_atomic",
     "compile", "OrtModule", "session_options",
-    "register_lowering", "LOWERINGS",
+    "register_lowering", "LOWERINGS", "first_difference", "Difference",
 ]
 
 _RUNTIME = ("compile", "OrtModule", "session_options", "OPTIMIZATION_LEVELS")

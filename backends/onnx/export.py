@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -49,6 +49,7 @@ class LoweredModel:
 
     skeleton: onnx.ModelProto  # weights appear as graph inputs (type and shape only)
     weights: dict[str, torch.Tensor]  # the graph's own tensors, not copies
+    value_names: dict[str, str] = field(default_factory=dict)  # IR value name -> ONNX tensor name
 
     @property
     def weight_bytes(self) -> int:
@@ -170,7 +171,8 @@ def _lower(
         skeleton.graph.input.extend(keep)
     if check:
         check_model(skeleton)
-    return LoweredModel(skeleton, weights)
+    value_names = {v.name: b._names[id(v)] for v in graph.all_values() if id(v) in b._names}
+    return LoweredModel(skeleton, weights, value_names)
 
 
 def to_onnx(graph: Graph, **options: Any) -> onnx.ModelProto:

@@ -104,7 +104,7 @@ def _reads_complex(ctx: "ImportContext", fx: torch.fx.Node) -> bool:
 
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>[^\n]+)\n(?P<code>[^\n]*)')
-_INTERNAL_PATHS = ("/torch/", "/graphopt/frontends/")
+_INTERNAL_PATHS = ("/torch/", "/graphopt/frontends/", "<eval_with_key>")  # the last: fx's generated code
 
 
 def source_location(node: torch.fx.Node) -> SourceLocation:

@@ -58,11 +58,14 @@ class GraphInterpreter:
 
     `weights` replaces weight tensors by name (float64 copies, tensors that
     require grad); with `grad=True` the kernels run under autograd, so
-    gradients of a loss on the outputs reach those tensors.
+    gradients of a loss on the outputs reach those tensors. `keep_values=True`
+    keeps every intermediate value for `value()` after the run (for debugging
+    tools that compare them; it costs the memory of all of them at once).
     """
 
     def __init__(self, graph: Graph, batches: Sequence[Sequence[torch.Tensor]], *,
-                 weights: Mapping[str, torch.Tensor] | None = None, grad: bool = False) -> None:
+                 weights: Mapping[str, torch.Tensor] | None = None, grad: bool = False,
+                 keep_values: bool = False) -> None:
         if not batches:
             raise GraphoptError("GraphInterpreter needs at least one batch of inputs")
         self.graph = graph
@@ -78,7 +81,7 @@ class GraphInterpreter:
         symbols = graph.symbols()
         self._bindings = [{s: int(b[i].shape[a]) for s, (i, a) in symbols.items()} for b in self.batches]
         self._env: dict[int, list[Any]] = {id(v): [b[i] for b in self.batches] for i, v in enumerate(graph.inputs)}
-        self._last_use = _last_uses(graph)
+        self._last_use = {} if keep_values else _last_uses(graph)
 
     def nodes(self) -> Iterator[Node]:
         """Yield each node before running it; run it when the caller asks for the next one."""
