@@ -126,6 +126,10 @@ OP_CASES = [
     OpCase("logsumexp", Fn(lambda m, x: torch.logsumexp(x, dim=-1) + torch.logsumexp(x.masked_fill(x > 0, -torch.inf),
                                                                                      dim=(1, 2), keepdim=True).sum()),
            (X,), {"amax", "exp", "log"}),
+    # glm5-style sparse-attention indexers clean a softmax over fully masked rows with nan_to_num
+    OpCase("nan-to-num", Fn(lambda m, x: torch.nan_to_num(torch.softmax(x.masked_fill(x > 0.5, -torch.inf), -1))
+                            + torch.nan_to_num(torch.log(x), nan=-1.0, posinf=9.0, neginf=-9.0)
+                            + torch.nan_to_num(x / (x - x)).clamp(-1, 1)), (X,), {"where", "ne", "eq"}),
     OpCase("alias-spellings", Fn(lambda m, x: torch.multiply(x, 2).divide(3).subtract(x).true_divide(2)
                                  * torch.greater(x, 0) * torch.less_equal(x, 0.5) * torch.not_equal(x, 0.1)), (X,),
            {"mul", "div", "sub", "gt", "le", "ne"}),

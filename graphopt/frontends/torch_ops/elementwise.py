@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from graphopt.errors import GraphoptError
@@ -208,6 +210,22 @@ def _where(ctx, node):
     if len(node.args) == 1:
         raise GraphoptError(f"node '{node.name}': torch.where(cond) with one argument is data-dependent")
     return ctx.emit1("where", [ctx.value(node.args[0]), ctx.value(node.args[1]), ctx.value(node.args[2])])
+
+
+@register_torch_op("aten.nan_to_num", "aten.nan_to_num_")
+def _nan_to_num(ctx, node):
+    """NaN -> `nan` (0), +inf -> `posinf`, -inf -> `neginf` (default: the dtype's largest and lowest), as selects."""
+    x = ctx.value(node.args[0])
+    if not x.dtype.is_floating_point:  # integers hold no NaN or infinity: torch returns a copy
+        return ctx.emit1("identity", [x])
+    info = torch.finfo(x.dtype)
+    replace = [(ctx.emit1("ne", [x, x]), schema_arg(node, 1, "nan"), 0.0),
+               (ctx.emit1("eq", [x, ctx.scalar(math.inf, dtype=x.dtype)]), schema_arg(node, 2, "posinf"), info.max),
+               (ctx.emit1("eq", [x, ctx.scalar(-math.inf, dtype=x.dtype)]), schema_arg(node, 3, "neginf"), info.min)]
+    out = x
+    for where, given, default in replace:
+        out = ctx.emit1("where", [where, ctx.scalar(float(default if given is None else given), dtype=x.dtype), out])
+    return out
 
 
 @register_torch_op("aten.masked_fill", "aten.masked_fill_")
