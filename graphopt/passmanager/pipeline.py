@@ -14,6 +14,7 @@ logged, stored in a reproducer and replayed.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence, Union
 
@@ -175,20 +176,28 @@ class _Parser:
             return steps
 
 
-_parsing: list[str] = []
+class _Expanding(threading.local):
+    """The named pipelines being expanded by this thread, outermost first (to catch one containing itself)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+
+_expanding = _Expanding()
 
 
 def parse_steps(text: str, *, _within: str | None = None) -> list[Step]:
     """Parse pipeline text into pass instances and named-pipeline steps."""
     if _within is not None:
-        if _within in _parsing:
-            raise PipelineError(f"pipeline '{_within}' contains itself: {' -> '.join(_parsing + [_within])}")
-        _parsing.append(_within)
+        if _within in _expanding.names:
+            chain = " -> ".join(_expanding.names + [_within])
+            raise PipelineError(f"pipeline '{_within}' contains itself: {chain}")
+        _expanding.names.append(_within)
     try:
         return _Parser(text).pipeline()
     finally:
         if _within is not None:
-            _parsing.pop()
+            _expanding.names.pop()
 
 
 def format_steps(steps: Sequence[Step]) -> str:

@@ -17,6 +17,7 @@ import importlib.metadata
 import inspect
 import pkgutil
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
@@ -30,6 +31,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 PASSES: dict[str, type[Pass]] = {}
 PIPELINES: dict[str, PipelineDef] = {}
+# one lock for both tables and the loading below; reentrant, since a pass module's import registers passes
+_load_lock = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,13 @@ def register_pass(name: str | type | None = None, *, replace: bool = False) -> C
         _check_name(key, "pass")
         if "run" not in {k for c in cls.__mro__ if c is not Pass for k in c.__dict__}:
             raise PassDefinitionError(f"pass class {cls.__qualname__} registered as '{key}' does not define run()")
-        existing = PASSES.get(key) or PIPELINES.get(key)
-        if existing is not None and not replace and not (isinstance(existing, type) and _same_class(existing, cls)):
-            raise PassDefinitionError(f"pass name '{key}' is already registered by {existing!r}; pass replace=True")
-        cls.name = key
-        PIPELINES.pop(key, None)
-        PASSES[key] = cls  # type: ignore[assignment]
+        with _load_lock:
+            existing = PASSES.get(key) or PIPELINES.get(key)
+            if existing is not None and not replace and not (isinstance(existing, type) and _same_class(existing, cls)):
+                raise PassDefinitionError(f"pass name '{key}' is already registered by {existing!r}; pass replace=True")
+            cls.name = key
+            PIPELINES.pop(key, None)
+            PASSES[key] = cls  # type: ignore[assignment]
         return cls
 
     return wrap
@@ -96,22 +100,25 @@ def register_pipeline(
 ) -> PipelineDef:
     """Give a pipeline a name usable inside other pipelines (like MLIR's pass pipelines)."""
     _check_name(name, "pipeline")
-    existing = PASSES.get(name) or PIPELINES.get(name)
-    if existing is not None and not replace and existing != PipelineDef(name, text, fixed_point, max_iterations, doc):
-        raise PassDefinitionError(f"pipeline name '{name}' is already registered by {existing!r}; pass replace=True")
     definition = PipelineDef(name, text, fixed_point, max_iterations, doc)
-    PASSES.pop(name, None)
-    PIPELINES[name] = definition
+    with _load_lock:
+        existing = PASSES.get(name) or PIPELINES.get(name)
+        if existing is not None and not replace and existing != definition:
+            raise PassDefinitionError(f"pipeline name '{name}' is already registered by {existing!r}; pass replace=True")
+        PASSES.pop(name, None)
+        PIPELINES[name] = definition
     return definition
 
 
 def unregister(name: str) -> None:
     """Remove a pass or pipeline (tests use this to clean up after themselves)."""
-    PASSES.pop(name, None)
-    PIPELINES.pop(name, None)
+    with _load_lock:
+        PASSES.pop(name, None)
+        PIPELINES.pop(name, None)
 
 
 _builtin_loaded = False
+_importing = False  # this thread (the one holding _load_lock) is importing the pass modules
 _loaded_groups: set[str] = set()
 
 
@@ -121,27 +128,39 @@ def ensure_loaded() -> None:
     Every module and package directly under `graphopt.passes` is imported, so a
     new pass module registers its passes without an edit anywhere else; one
     that fails to import warns (naming itself) instead of hiding the others.
+    Other threads wait until the imports have finished: the loaded flag is set
+    only then, so no thread sees a half-filled registry.
     """
-    global _builtin_loaded
-    if not _builtin_loaded:
-        _builtin_loaded = True
-        package = importlib.import_module("graphopt.passes")
-        for info in pkgutil.iter_modules(package.__path__):
-            if info.name.startswith("_"):
-                continue
+    global _builtin_loaded, _importing
+    with _load_lock:
+        if not _builtin_loaded and not _importing:  # not done yet, and not a lookup from inside the imports below
+            _importing = True
             try:
-                importlib.import_module(f"graphopt.passes.{info.name}")
-            except Exception as exc:
-                warnings.warn(f"graphopt: could not import pass module graphopt.passes.{info.name}: "
-                              f"{type(exc).__name__}: {exc}", stacklevel=2)
-    load_entry_points("graphopt.passes")
+                package = importlib.import_module("graphopt.passes")
+                for info in pkgutil.iter_modules(package.__path__):
+                    if info.name.startswith("_"):
+                        continue
+                    try:
+                        importlib.import_module(f"graphopt.passes.{info.name}")
+                    except Exception as exc:
+                        warnings.warn(f"graphopt: could not import pass module graphopt.passes.{info.name}: "
+                                      f"{type(exc).__name__}: {exc}", stacklevel=2)
+            finally:
+                _importing = False
+            _builtin_loaded = True
+        load_entry_points("graphopt.passes")
 
 
 def load_entry_points(group: str = "graphopt.passes", *, force: bool = False) -> list[str]:
     """Load every entry point of `group`; return their names. A broken plug-in warns, it does not break graphopt."""
-    if group in _loaded_groups and not force:
-        return []
-    _loaded_groups.add(group)
+    with _load_lock:
+        if group in _loaded_groups and not force:
+            return []
+        _loaded_groups.add(group)
+        return _load_group(group)
+
+
+def _load_group(group: str) -> list[str]:
     loaded = []
     for ep in importlib.metadata.entry_points(group=group):
         dist = getattr(getattr(ep, "dist", None), "name", None) or "an unknown distribution"

@@ -84,12 +84,44 @@ class CriterionContext:
 CRITERIA: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
+def register_criterion(name: str, *, replace: bool = False) -> Callable[[Criterion], Criterion]:
+    """Decorator: make `fn(group)` or `fn(group, context)` -> one score per channel usable as `criterion=name`.
+
+    A name already taken by another function (a built-in such as "l2" included) is an error unless
+    `replace=True`: the registry is process-wide, so a silent replacement would change every later prune.
+    """
+    if not isinstance(name, str) or not name:
+        raise GraphoptError(f"a criterion name must be a non-empty string, got {name!r}")
+
     def wrap(fn: Criterion) -> Criterion:
+        if not callable(fn):
+            raise GraphoptError(f"criterion '{name}' must be a function fn(group[, context]), got {fn!r}")
+        existing = CRITERIA.get(name)
+        if existing is not None and existing is not fn and not replace:
+            raise GraphoptError(f"pruning criterion '{name}' is already registered ({existing.__module__}."
+                                f"{existing.__qualname__}); choose another name or pass replace=True")
         CRITERIA[name] = fn
         return fn
 
     return wrap
+
+
+def checked_scores(name: str, group: ChannelGroup, scores: object) -> np.ndarray:
+    """A criterion's result as float64 scores, one per channel of `group`, or a GraphoptError saying what is wrong."""
+    where = f"criterion '{name}' on channel group {group.id} ({group.num_channels} channels)"
+    if scores is None:
+        raise GraphoptError(f"{where} returned None; it must return one score per channel")
+    try:
+        array = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise GraphoptError(f"{where} returned {type(scores).__name__}, not numbers: {exc}") from None
+    if array.shape != (group.num_channels,):
+        raise GraphoptError(f"{where} returned scores of shape {array.shape}; it must return {group.num_channels}")
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        raise GraphoptError(f"{where} returned {bad.size} non-finite scores (channel {int(bad[0])}: "
+                            f"{array[bad[0]]}); scores must be finite numbers")
+    return array
 
 
 def get_criterion(name: str) -> Criterion:

@@ -38,7 +38,7 @@ from graphopt.passmanager import AnalysisManager, Pass, PassResult, RunContext, 
 
 from graphopt import __version__
 
-from .criteria import CriterionContext, get_criterion
+from .criteria import CriterionContext, checked_scores, get_criterion
 from .recipe import PruneRecipe, PruneStep, anchor_of, structure_hash
 from .reconstruct import ReconstructionReport, reconstruct
 from .safety import Plan, SafetyNet, SafetyReport, removal_failure, removed_where_possible
@@ -152,7 +152,8 @@ class Prune(Pass):
         criterion = get_criterion(self.criterion)
         context = CriterionContext(graph, analyses.context)
         takes_context = len(inspect.signature(criterion).parameters) > 1
-        scores = {g.id: _unit_scores(g, criterion(g, context) if takes_context else criterion(g)) for g in groups}
+        scores = {g.id: _unit_scores(g, checked_scores(self.criterion, g, criterion(g, context) if takes_context
+                                                       else criterion(g))) for g in groups}
 
         ratio, target = self.ratio, ""
         if self.target_macs is not None or self.target_params is not None:
