@@ -187,8 +187,10 @@ class Node:
     def where(self) -> str:
         """A short description for error messages: name, op and source."""
         text = f"node %{self.name} ({self.op})"
-        if self.source is not None and (self.source.file or self.source.module):
+        if self.source is not None and self.source.file:
             text += f" from {self.source}"
+        elif self.source is not None and self.source.module:
+            text += f" {self.source}"  # "in module '...'"
         return text
 
     def __repr__(self) -> str:
