@@ -33,3 +33,8 @@ class VerificationError(GraphoptError):
 
 class ShapeError(GraphoptError):
     """An op's shape rule rejected its inputs."""
+
+
+class BindError(GraphoptError):
+    """Sizes given for a graph's symbolic axes (`bind=`) are not usable: an unknown symbol, or not a size >= 1."""
+

@@ -81,3 +81,28 @@ def test_a_criterion_returning_no_usable_scores_is_named(result, said):
             graphopt.optimize(model, (torch.randn(2, 4),), prune={"ratio": 0.5, "criterion": "broken-for-test"})
     finally:
         CRITERIA.pop("broken-for-test")
+
+
+def _dynamic_linear():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    return graphopt.trace(model, (torch.randn(2, 4),))
+
+
+@pytest.mark.parametrize("bind,said", [({"batch": -1}, "integer >= 1"), ({"batch": 0}, "integer >= 1"),
+                                       ({"batch": 2.5}, "integer >= 1"), ({"batch": True}, "integer >= 1"),
+                                       ({"seq": 3}, "not symbols"), ([1], "must map")])
+def test_bad_bind_sizes_are_rejected_by_every_back_end(tmp_path, bind, said):
+    """Before: TVM died with a segmentation fault on batch=-1 and compiled batch=0; ONNX export blamed -2 on
+    "a graphopt exporter bug"."""
+    from graphopt.backends import onnx as gonnx
+    from graphopt.errors import BindError
+
+    graph = _dynamic_linear()
+    with pytest.raises(BindError, match=said):
+        gonnx.export(graph, tmp_path / "m.onnx", bind=bind)
+    assert not (tmp_path / "m.onnx").exists()
+    tvm = pytest.importorskip("graphopt.backends.tvm")
+    with pytest.raises(BindError, match=said):
+        tvm.compile(graph, bind=bind)

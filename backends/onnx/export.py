@@ -134,11 +134,7 @@ def _lower(
 ) -> LoweredModel:
     _check_opset(opset)
     symbols = graph.symbols()
-    bind = dict(bind or {})
-    unknown = sorted(set(bind) - set(symbols))
-    if unknown:
-        raise GraphoptError(f"bind names {unknown}, which are not symbols of graph '{graph.name}' "
-                            f"(its symbols: {sorted(symbols) or 'none'})")
+    bind = graph.checked_bind(bind)
     if not dynamic:
         missing = sorted(set(symbols) - set(bind))
         if missing:

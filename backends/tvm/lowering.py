@@ -51,12 +51,8 @@ def static_bind(graph: Graph, bind: Mapping[str, int] | None = None,
     """Sizes for every symbol of `graph`: `bind`, else read off `example_inputs`, else the sizes of the
     example it was traced on (`graph.meta["example_sizes"]`), else batch=1."""
     symbols = graph.symbols()
-    sizes = {k: int(v) for k, v in (bind or {}).items()}
+    sizes = graph.checked_bind(bind)
     traced = graph.meta.get("example_sizes") or {}
-    unknown = sorted(set(sizes) - set(symbols))
-    if unknown:
-        raise GraphoptError(f"bind names {unknown}, which are not symbols of graph '{graph.name}' "
-                            f"(its symbols: {sorted(symbols) or 'none'})")
     for name, (index, axis) in symbols.items():
         if name in sizes:
             continue

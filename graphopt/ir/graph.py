@@ -19,11 +19,12 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 
-from graphopt.errors import GraphoptError
+from graphopt.errors import BindError, GraphoptError
 from graphopt.ir import dims as D
 
 VALUE_KINDS = ("input", "param", "buffer", "const", "node")
@@ -412,6 +413,28 @@ class Graph:
                 if not isinstance(d, int) and d.is_Symbol and str(d) not in bound:
                     bound[str(d)] = (i, axis)
         return bound
+
+    def checked_bind(self, bind: Mapping[str, Any] | None) -> dict[str, int]:
+        """`bind` (symbol -> size) as ints, each naming a symbol of this graph and at least 1, else `BindError`.
+
+        Back-ends compile or export for these sizes: a size of 0 or less, or a name that is not a symbol,
+        is a mistake to report before any work (TVM crashed on a negative batch).
+        """
+        if bind is None:
+            return {}
+        if not isinstance(bind, Mapping):
+            raise BindError(f"bind must map symbol names to sizes, e.g. {{'batch': 1}}, got {type(bind).__name__}")
+        symbols = self.symbols()
+        unknown = sorted(str(k) for k in bind if k not in symbols)
+        if unknown:
+            raise BindError(f"bind names {unknown}, which are not symbols of graph '{self.name}' "
+                            f"(its symbols: {sorted(symbols) or 'none'})")
+        sizes = {}
+        for name, size in bind.items():
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+                raise BindError(f"bind[{name!r}] = {size!r}: a size must be an integer >= 1")
+            sizes[name] = int(size)
+        return sizes
 
     # -------------------------------------------------------------- copying
     def clone(self) -> Graph:
