@@ -106,3 +106,17 @@ def test_bad_bind_sizes_are_rejected_by_every_back_end(tmp_path, bind, said):
     tvm = pytest.importorskip("graphopt.backends.tvm")
     with pytest.raises(BindError, match=said):
         tvm.compile(graph, bind=bind)
+
+
+def test_an_unknown_onnx_runtime_provider_is_rejected():
+    """Before: providers=["NoSuchProvider"] ran silently on the CPU."""
+    from graphopt.backends.onnx import compile as ort_compile
+
+    graph = _dynamic_linear()
+    with pytest.raises(GraphoptError, match="'NoSuchProvider' is not available.*available: .*CPUExecutionProvider"):
+        ort_compile(graph, providers=["NoSuchProvider"])
+    with pytest.raises(GraphoptError, match="did you mean 'CPUExecutionProvider'"):
+        ort_compile(graph, providers=["CpuExecutionProvider"])
+    with pytest.raises(GraphoptError, match="a list of provider names"):
+        ort_compile(graph, providers="CPUExecutionProvider")
+    assert ort_compile(graph, providers=[("CPUExecutionProvider", {})]).session.get_providers() == ["CPUExecutionProvider"]

@@ -17,6 +17,7 @@ import torch
 
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
+from graphopt.registry import close_names
 from graphopt.backends.onnx.export import LoweredModel, lower
 
 OPTIMIZATION_LEVELS = {
@@ -119,7 +120,7 @@ def compile(  # noqa: A001 - the back-end verb, as in torch.compile
     weights (ONNX Runtime's own).
     """
     opts = session_options(threads, optimization_level)
-    providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
+    providers = _checked_providers(providers)
     if isinstance(graph, onnx.ModelProto):
         return OrtModule(_session(graph.SerializeToString(), opts, providers, graph.graph.name), model=graph)
     lowered = lower(graph, opset=opset, **export_options)
@@ -132,6 +133,22 @@ def compile(  # noqa: A001 - the back-end verb, as in torch.compile
         opts.add_external_initializers(names, values)
     session = _session(model.SerializeToString(), opts, providers, graph.name)
     return OrtModule(session, lowered=lowered)
+
+
+def _checked_providers(providers: Sequence[Any] | None) -> list[Any]:
+    """The execution providers to ask for; one this ONNX Runtime build lacks is an error, not a silent fallback."""
+    if providers is None:
+        return ["CPUExecutionProvider"]
+    if isinstance(providers, str):
+        raise GraphoptError(f"providers must be a list of provider names, e.g. [{providers!r}]")
+    available = ort.get_available_providers()
+    for provider in providers:
+        name = provider[0] if isinstance(provider, tuple) else provider
+        if name not in available:
+            raise GraphoptError(f"ONNX Runtime provider {name!r} is not available in this build"
+                                f"{close_names(name, available)}; "
+                                f"available: {', '.join(available)}")
+    return list(providers)
 
 
 def _ort_value(tensor: torch.Tensor) -> ort.OrtValue:
