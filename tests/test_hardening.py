@@ -120,3 +120,149 @@ def test_an_unknown_onnx_runtime_provider_is_rejected():
     with pytest.raises(GraphoptError, match="a list of provider names"):
         ort_compile(graph, providers="CPUExecutionProvider")
     assert ort_compile(graph, providers=[("CPUExecutionProvider", {})]).session.get_providers() == ["CPUExecutionProvider"]
+
+
+def _conv_model():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(8 * 6 * 6, 2)).eval()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_calling_an_optimized_model_checks_its_inputs_and_takes_numpy(backend):
+    """Before: numpy gave "TypeError: 'int' object is not callable", float64 torch's dtype error, a wrong size a
+    reshape error deep inside."""
+    import torch
+
+    from graphopt.errors import InputError
+
+    x = torch.randn(2, 3, 8, 8)
+    opt = graphopt.optimize(_conv_model(), (x,), backend=backend)
+    torch.testing.assert_close(opt(x.numpy()), opt(x))
+    with pytest.raises(InputError, match=r"input 0 \(%input: f32\[batch,3,8,8\]\) has dtype torch.float64.*x.to"):
+        opt(x.double())
+    with pytest.raises(InputError, match="size 9 on axis 2; the model needs 8 there"):
+        opt(torch.randn(2, 3, 9, 9))
+    with pytest.raises(InputError, match="takes 1 input"):
+        opt(x, x)
+    with pytest.raises(InputError, match="must be a torch tensor, got list"):
+        opt([1.0])
+
+
+def test_a_dict_output_stays_a_dict_on_onnx_runtime():
+    """Before: backend="onnx" returned a flat tuple for a dict (and a nested list) output."""
+    import torch
+
+    class Heads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.body(x)
+            return {"logits": y, "extra": [y * 2, y.sum(-1)]}
+
+    model, x = Heads().eval(), torch.randn(2, 4)
+    want = model(x)
+    for backend in ("torch", "onnx"):
+        got = graphopt.optimize(model, (x,), backend=backend)(x)
+        assert isinstance(got, dict) and set(got) == {"logits", "extra"} and isinstance(got["extra"], list)
+        torch.testing.assert_close(got["logits"], want["logits"])
+        torch.testing.assert_close(got["extra"][1], want["extra"][1])
+
+
+@pytest.mark.parametrize("example", [None, (), 3, "x"])
+def test_optimize_without_usable_example_inputs_says_so(example):
+    """Before: optimize(example_inputs=None) raised TypeError: 'NoneType' object is not iterable."""
+    from graphopt.errors import InputError
+
+    with pytest.raises(InputError, match="example_inputs must be a tensor or a non-empty tuple"):
+        graphopt.optimize(_conv_model(), example)
+
+
+@pytest.mark.parametrize("options", [{"prune": 0.5}, {"quantize": "int8"}])
+def test_calibration_data_of_the_wrong_size_is_rejected_before_any_pass(options):
+    """Before: pruning accepted 16x16 calibration images for a model traced at 8x8 (a static size) silently;
+    quantization failed inside the pass with a reshape error."""
+    import torch
+
+    from graphopt.errors import InputError
+
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(InputError, match="calibration batch 1: input 0 .* has size 16 on axis 2"):
+        graphopt.optimize(_conv_model(), (x,), calibration_data=[(x,), (torch.randn(2, 3, 16, 16),)], **options)
+
+
+def test_the_onnx_loader_names_a_directory_as_one(tmp_path):
+    """Before: a directory was reported as "does not exist"."""
+    from graphopt.frontends.onnx import load
+
+    (tmp_path / "model.onnx").write_bytes(b"")
+    with pytest.raises(GraphoptError, match="is a directory, not an ONNX file.*it holds model.onnx"):
+        load(tmp_path)
+
+
+def test_inspect_picture_into_a_missing_folder_is_one_line_before_tracing(tmp_path):
+    """Before: a full traceback after the trace and analysis."""
+    done = subprocess.run([sys.executable, "-m", "graphopt.cli", "inspect", "resnet18", "--picture",
+                           str(tmp_path / "missing" / "g.svg")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: cannot write {tmp_path / 'missing' / 'g.svg'}: "
+                                                f"the folder {tmp_path / 'missing'} does not exist"]
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def _tiny_onnx(nodes, output_rank: int):
+    import onnx
+    from onnx import TensorProto, helper
+
+    out = helper.make_tensor_value_info("y", TensorProto.INT64, [None] * output_rank)
+    return helper.make_model(helper.make_graph(nodes, "bomb", [], [out]), opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _int_const(name, values, dims=()):
+    from onnx import TensorProto, helper
+
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, list(dims),
+                                                                              values))
+
+
+def test_a_tiny_onnx_file_cannot_make_the_importer_allocate_gigabytes():
+    """Before: a 167-byte Range(0, 2e8) was folded into a 1.6 GB array (numpy MemoryError on smaller machines);
+    broadcasting folders (Add of a [4096, 1] and a [1, 4096] range) had no output bound either."""
+    import tracemalloc
+
+    from onnx import helper
+
+    from graphopt.frontends.onnx import load
+
+    scalars = [_int_const("s", [0]), _int_const("l", [200_000_000]), _int_const("d", [1])]
+    range_bomb = _tiny_onnx(scalars + [helper.make_node("Range", ["s", "l", "d"], ["y"])], 1)
+    small = [_int_const("s", [0]), _int_const("l", [4096]), _int_const("d", [1]), _int_const("a0", [0], [1]),
+             _int_const("a1", [1], [1]), helper.make_node("Range", ["s", "l", "d"], ["r"]),
+             helper.make_node("Unsqueeze", ["r", "a1"], ["col"]), helper.make_node("Unsqueeze", ["r", "a0"], ["row"])]
+    add_bomb = _tiny_onnx(small + [helper.make_node("Add", ["col", "row"], ["y"])], 2)
+    for model, op, shape in ((range_bomb, "arange", "i64[200000000]"), (add_bomb, "add", "i64[4096,4096]")):
+        assert len(model.SerializeToString()) < 400
+        tracemalloc.start()
+        try:
+            graph = load(model)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 20e6, f"the importer allocated {peak / 1e6:.0f} MB"
+        # not folded: the op stays in the graph, where its size only matters if the model is run
+        assert [n.op for n in graph.nodes] == [op] and graph.outputs[0].type_str() == shape
+
+
+def test_a_range_that_never_ends_is_named():
+    from onnx import helper
+
+    from graphopt.frontends.onnx import load
+
+    model = _tiny_onnx([_int_const("s", [0]), _int_const("l", [5]), _int_const("d", [0]),
+                        helper.make_node("Range", ["s", "l", "d"], ["y"])], 1)
+    with pytest.raises(GraphoptError, match="Range with delta 0"):
+        load(model)

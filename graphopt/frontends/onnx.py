@@ -391,6 +391,10 @@ def _read(source) -> tuple["onnx.ModelProto", str, str]:
         except Exception as exc:
             raise GraphoptError(f"the given bytes are not an ONNX model (could not parse the protobuf: {exc})") from exc
     path = Path(source)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.onnx"))[:3]
+        hint = f"; it holds {', '.join(found)}" if found else ""
+        raise GraphoptError(f"{path} is a directory, not an ONNX file: give the path of the .onnx file{hint}")
     if not path.is_file():
         raise GraphoptError(f"ONNX file {path} does not exist")
     try:

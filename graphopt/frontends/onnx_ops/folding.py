@@ -18,7 +18,8 @@ import torch
 
 from graphopt.dtypes import to_torch_dtype
 from graphopt.errors import GraphoptError
-from graphopt.frontends.onnx import Known, NotFoldable, OnnxImportContext, numpy_dtype, folder, known, tensor_scalar
+from graphopt.frontends.onnx import (FOLD_LIMIT, Known, NotFoldable, OnnxImportContext, numpy_dtype, folder, known,
+                                     tensor_scalar)
 from graphopt.ir import dims as D
 
 
@@ -28,6 +29,24 @@ def _arr(k: Known) -> np.ndarray:
 
 def _dims_of(ctx: OnnxImportContext, name: str) -> list:
     return [D.canon(d) for d in ctx.shape_of(name)]
+
+
+def _bounded(shape: Any) -> tuple[int, ...]:
+    """`shape` if a folded value of that shape is small (at most FOLD_LIMIT elements), else NotFoldable.
+
+    Every folder whose output can outgrow its inputs (broadcasting, Range, Gather, Concat) checks its
+    output shape first, so a tiny file cannot make the importer allocate gigabytes; the node is then
+    converted as a graph op instead, whose size only matters when the model runs.
+    """
+    shape = tuple(int(d) for d in shape)
+    if math.prod(shape) > FOLD_LIMIT:
+        raise NotFoldable
+    return shape
+
+
+def _broadcast(*arrays: np.ndarray) -> tuple[int, ...]:
+    """The bounded broadcast shape of `arrays` (see `_bounded`)."""
+    return _bounded(np.broadcast_shapes(*(a.shape for a in arrays)))
 
 
 def _elementwise(fn, *arrays: np.ndarray) -> np.ndarray:
@@ -99,6 +118,9 @@ def _f_cast(ctx, node, ins):
 @folder("Gather")
 def _f_gather(ctx, node, ins):
     axis = OnnxImportContext.attr(node, "axis", 0)
+    data, indices = _arr(ins[0]), _arr(ins[1])
+    axis_ = axis % max(data.ndim, 1)
+    _bounded(data.shape[:axis_] + indices.shape + data.shape[axis_ + 1:])
     return [known(np.take(_arr(ins[0]), _arr(ins[1]).astype(np.int64), axis=axis), ins[0].dtype)]
 
 
@@ -125,6 +147,7 @@ def _f_squeeze(ctx, node, ins):
 @folder("Concat")
 def _f_concat(ctx, node, ins):
     arrays = [_arr(k) for k in ins]
+    _bounded([sum(a.size for a in arrays)])
     if any(a.dtype == object for a in arrays):
         arrays = [a.astype(object) for a in arrays]
     return [known(np.concatenate(arrays, axis=OnnxImportContext.attr(node, "axis")), ins[0].dtype)]
@@ -172,6 +195,7 @@ def _f_transpose(ctx, node, ins):
 def _arith(fn_num, fn_sym):
     def fold(ctx, node, ins):
         a, b = _arr(ins[0]), _arr(ins[1])
+        _broadcast(a, b)
         dtype = ins[0].dtype
         if a.dtype != object and b.dtype != object:
             return [known(fn_num(a, b, dtype), dtype)]
@@ -212,6 +236,7 @@ folder("Mod")(_arith(lambda a, b, t: np.mod(a, b) if not t.is_floating_point els
 @folder("Max", "Min")
 def _f_maxmin(ctx, node, ins):
     arrays = [_arr(k) for k in ins]
+    _broadcast(*arrays)
     if all(a.dtype != object for a in arrays):
         fn = np.maximum if node.op_type == "Max" else np.minimum
         out = arrays[0]
@@ -250,6 +275,7 @@ def _compare_fold(np_fn, relation=None):
 
     def fold(ctx, node, ins):
         a, b = _arr(ins[0]), _arr(ins[1])
+        _broadcast(a, b)
         if a.dtype != object and b.dtype != object:
             return [known(np_fn(a, b), torch.bool)]
         if relation is None:
@@ -284,6 +310,7 @@ def _f_where(ctx, node, ins):
     if cond.dtype == object:
         raise NotFoldable
     a, b = _arr(ins[1]), _arr(ins[2])
+    _broadcast(cond, a, b)
     out = np.where(cond.astype(bool), a.astype(object) if b.dtype == object else a,
                    b.astype(object) if a.dtype == object else b)
     return [known(out, ins[1].dtype)]
@@ -293,17 +320,16 @@ def _f_where(ctx, node, ins):
 def _f_expand(ctx, node, ins):
     a = _arr(ins[0])
     shape = _ints_of(ins[1])
-    target = np.broadcast_shapes(a.shape, tuple(shape))
-    if math.prod(target) > 4096:
-        raise NotFoldable
+    target = _bounded(np.broadcast_shapes(a.shape, tuple(shape)))
     return [known(np.broadcast_to(a, target).copy(), ins[0].dtype)]
 
 
 @folder("ConstantOfShape")
 def _f_constant_of_shape(ctx, node, ins):
     shape = [_to_python(v) for v in _arr(ins[0]).ravel()]
-    if any(_is_sym(v) for v in shape) or math.prod(shape) > 4096:
+    if any(_is_sym(v) for v in shape):
         raise NotFoldable  # becomes a `full` node
+    _bounded(shape)
     value = OnnxImportContext.attr(node, "value")
     dtype, fill = (torch.float32, 0.0) if value is None else tensor_scalar(value)
     return [known(np.full(shape, fill, dtype=numpy_dtype(dtype)), dtype)]
@@ -314,9 +340,11 @@ def _f_range(ctx, node, ins):
     values = [_to_python(_arr(k).ravel()[0]) for k in ins]
     if any(_is_sym(v) for v in values):
         raise NotFoldable  # becomes an `arange` node
-    out = np.arange(*values)
-    if out.size > 4096:
-        raise NotFoldable
+    start, limit, delta = values
+    if delta == 0:
+        raise GraphoptError(f"{ctx.where()}: Range with delta 0 never reaches its limit")
+    _bounded([max(math.ceil((limit - start) / delta), 0)])  # its length, before numpy allocates it
+    out = np.arange(start, limit, delta)
     return [known(out.astype(numpy_dtype(ins[0].dtype)), ins[0].dtype)]
 
 
