@@ -1,8 +1,9 @@
-"""Accuracy and latency of layer dropping on real data: residual CNNs and small transformers on digits.
+"""Accuracy and latency of layer dropping on real data: residual CNNs and small transformers on digits, a character LM.
 
 Usage: python bench/bench_drop_layers.py [--seeds 0 1 2] [--drops 1 2 3 4 5] [--epochs 15] [--calibration 512]
                                          [--draws 5] [--repeat 50] [--threads 1]
-                                         [--models cnn cnn3 transformer transformer12]
+                                         [--models cnn cnn3 transformer transformer12 charlm]
+                                         [--steps 2000] [--batch 16] [--text-calibration 256]
 
 Data: scikit-learn's digits, split and standardised as in bench/bench_prune_accuracy.py (its
 `load_digits` and `train` are reused: 1,347 training / 450 test images, Adam, cosine decay, batch 64).
@@ -19,9 +20,30 @@ Models:
   linear. The 6 whole layers are the blocks (`granularity="layer"`);
 - `transformer12`: the same transformer with 12 layers.
 
+Text (`charlm`): a character-level causal language model trained on next-character prediction.
+Corpus (`stdlib_documents`, `load_text`): the docstrings of the Python standard library running the
+bench (`sysconfig.get_paths()["stdlib"]`, here CPython 3.11.7): every `*.py` file under it, sorted by
+path, except those under `test/`, `tests/`, `idle_test/`, `lib2to3/` and `site-packages/`; a file's
+document is the `ast.get_docstring` of its module, classes and functions in `ast.walk` order, joined by
+blank lines (files without docstrings skipped: 576 documents, 1.76 M characters). Every 10th document
+in path order is held out (57 modules, 0.23 M characters), the other 519 (1.53 M characters) are the
+training text; each side is concatenated and cut into non-overlapping sequences of 64 + 1 characters
+(23,961 training sequences); the test set is 256 sequences evenly spaced over the held-out text
+(16,384 predicted characters). Vocabulary: the training text's 106 characters plus one id for any
+other. Model: token embedding + learned positions, 8 pre-norm causal layers (d_model 128, 4-head
+attention, GELU MLP x4), final LayerNorm, linear head to [batch, 64, vocab] logits (1.62 M
+parameters); trained with AdamW (weight decay 0.01, peak learning rate 2e-3, 100 warm-up steps then
+cosine decay, gradient clipping at 1) for `--steps` steps of `--batch` random training sequences
+(2,000 x 16 x 64 = 2.0 M characters, about 1.3 passes over the training text). Metric: held-out
+next-character accuracy (argmax) and cross-entropy (nats per character; perplexity = exp). The
+calibration data is the first `--text-calibration` training sequences (in batches of 64), and the
+labelled loss ranking uses the next-character cross-entropy over all positions. Nothing was tuned on
+the held-out text.
+
 For each number of dropped blocks k, graphopt ranks the blocks of the trained model (`drop-layers` on
-the traced graph) on calibration data, the first `--calibration` training images, and the dropped
-model's accuracy is measured on the held-out test images, without fine-tuning. Rankings: cosine
+the traced graph) on calibration data, the first `--calibration` training images (the LM: sequences,
+its 8 whole layers being the blocks), and the dropped model's accuracy is measured on the held-out
+test images (held-out text), without fine-tuning. Rankings: cosine
 (the default: 1 - cos(block input, output), ShortGPT's Block Influence), angular, loss (the measured
 relative change of the logits when the block alone is dropped), labelled loss (the cross-entropy
 increase on the labelled calibration images), iterative cosine and iterative loss (re-scored after
@@ -36,6 +58,7 @@ rounds after warm-up, the models timed in turns in each round, in one run.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
@@ -85,25 +108,26 @@ class DigitsCNN3(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, causal: bool = False) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out(attended.transpose(1, 2).reshape(b, t, d))
 
 
 class Layer(nn.Module):
     """A pre-norm transformer layer: x + attn(norm(x)), then + mlp(norm(.))."""
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, mlp: int = 2, causal: bool = False) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.attn = Attention(dim, heads, causal)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp * dim), nn.GELU(), nn.Linear(mlp * dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -126,6 +150,127 @@ class DigitsTransformer(nn.Module):
         return self.head(self.norm(self.layers(tokens)).mean(dim=1))
 
 
+class CharLM(nn.Module):
+    """A pre-norm causal decoder over characters: [batch, seq] ids -> [batch, seq, vocab] next-character logits."""
+
+    def __init__(self, vocab: int, dim: int = 128, depth: int = 8, heads: int = 4, mlp: int = 4,
+                 length: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.position = nn.Parameter(torch.randn(1, length, dim) * 0.02)
+        self.layers = nn.Sequential(*(Layer(dim, heads, mlp, causal=True) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.layers(self.embed(x) + self.position[:, :x.shape[1]])))
+
+
+@dataclass
+class Text:
+    """Character sequences: x [N, length] ids, y the same shifted by one (next characters); train and held-out."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    vocab: list[str]
+    description: str
+
+
+def stdlib_documents() -> list[tuple[str, str]]:
+    """(module path, its docstrings joined) for every .py file of the standard library, sorted by path.
+
+    The docstrings of the module, its classes and functions (`ast.get_docstring`, so cleaned of
+    indentation), in `ast.walk` order, joined by blank lines. Test packages, lib2to3 and
+    site-packages are left out; files that do not parse or have no docstring are skipped.
+    """
+    import ast
+    import pathlib
+    import sysconfig
+
+    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idle_test", "site-packages", "lib2to3"}
+    documents = []
+    for path in sorted(root.rglob("*.py")):
+        if skip & set(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+        text = "\n\n".join(d for node in ast.walk(tree) if isinstance(node, kinds) and (d := ast.get_docstring(node)))
+        if text:
+            documents.append((str(path.relative_to(root)), text))
+    return documents
+
+
+def load_text(length: int = 64, test_sequences: int = 256, held_out_every: int = 10) -> Text:
+    """The standard library's docstrings as non-overlapping character sequences, split by module.
+
+    Every `held_out_every`-th module (in path order) is held out; the others are concatenated, each
+    ended by a blank line, and cut into sequences of `length` + 1 characters (input and next-character
+    target). The vocabulary is the training text's characters, plus one id for any other character.
+    `test_sequences` sequences evenly spaced over the held-out text are the test set.
+    """
+    documents = stdlib_documents()
+    train_docs = [text for i, (_, text) in enumerate(documents) if i % held_out_every != held_out_every - 1]
+    test_docs = [text for i, (_, text) in enumerate(documents) if i % held_out_every == held_out_every - 1]
+    train_text, test_text = ("".join(t + "\n\n" for t in docs) for docs in (train_docs, test_docs))
+    vocab = ["<unk>", *sorted(set(train_text))]
+    index = {c: i for i, c in enumerate(vocab)}
+
+    def sequences(text: str) -> torch.Tensor:
+        ids = torch.tensor([index.get(c, 0) for c in text])
+        n = (len(ids) - 1) // length
+        return ids[:n * length + 1].unfold(0, length + 1, length)
+
+    train_seqs, test_seqs = sequences(train_text), sequences(test_text)
+    test_seqs = test_seqs[torch.linspace(0, len(test_seqs) - 1, test_sequences).round().long()]
+    description = (f"{len(documents)} standard-library modules' docstrings ({len(train_text) + len(test_text):,} "
+                   f"characters): {len(train_docs)} modules, {len(train_text):,} characters, {len(train_seqs):,} "
+                   f"sequences for training; {len(test_docs)} held-out modules, {len(test_text):,} characters, "
+                   f"{test_sequences} sequences of {length} for the test; vocabulary {len(vocab)}")
+    return Text(train_seqs[:, :-1], train_seqs[:, 1:], test_seqs[:, :-1], test_seqs[:, 1:], vocab, description)
+
+
+def next_char_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of [batch, seq, vocab] logits against [batch, seq] next characters."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def train_lm(module: nn.Module, data: Text, steps: int, lr: float, seed: int, batch_size: int = 32,
+             warmup: int = 100) -> nn.Module:
+    """AdamW on random training sequences (seeded), linear warm-up then cosine decay; returns `module`."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    module.train()
+    for _ in range(steps):
+        batch = torch.randint(len(data.x_train), (batch_size,), generator=generator)
+        optimizer.zero_grad()
+        next_char_loss(module(data.x_train[batch]), data.y_train[batch]).backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    return module.eval()
+
+
+def text_measure(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> tuple[float, float]:
+    """Next-character accuracy (%) and mean cross-entropy (nats per character) of `model` on (x, y)."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    correct, loss = 0.0, 0.0
+    with torch.no_grad():
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            logits = model(xb)
+            correct += float((logits.argmax(dim=-1) == yb).sum())
+            loss += float(F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum"))
+    return correct / y.numel() * 100, loss / y.numel()
+
+
 RANKINGS = (  # method -> drop-layers options (besides count); "labelled" ones get the cross-entropy loss
     ("cosine (default)", {}),
     ("angular", {"metric": "angular"}),
@@ -145,6 +290,8 @@ class Row:
     spread: str = ""  # the random draws
     dropped: list[str] = field(default_factory=list)
     is_last: bool = False  # the ranking chose exactly the last k blocks
+    loss: float | None = None  # language model: held-out cross-entropy (nats per character) as dropped
+    loss_recovered: float | None = None  # ... and with recover=True
 
 
 @dataclass
@@ -157,46 +304,73 @@ class ModelResult:
     latency: dict[int, float]  # k -> median seconds (0: dense)
     params: dict[int, int]
     train_seconds: float
+    dense_loss: float | None = None
+
+
+def mean(values):
+    values = list(values)
+    return sum(values) / len(values)
 
 
 class Dropper:
-    """Drops blocks of one traced graph and measures test accuracy, each (blocks, recover) pair once."""
+    """Drops blocks of one traced graph and measures it on the test set, each (blocks, recover) pair once.
 
-    def __init__(self, graph, example, calibration, labelled, data: Digits) -> None:
-        self.graph, self.example, self.data = graph, example, data
+    `measure(module)` returns (test accuracy %, test loss or None); `loss` is the labelled rankings' loss.
+    """
+
+    def __init__(self, graph, example, calibration, labelled, measure, loss=F.cross_entropy) -> None:
+        self.graph, self.example, self.measure, self.loss = graph, example, measure, loss
         self.calibration, self.labelled = calibration, labelled
-        self.cache: dict[tuple[frozenset[str], bool], float] = {}
+        self.cache: dict[tuple[frozenset[str], bool], tuple[float, float | None]] = {}
 
     def run(self, **options):
         if options.pop("labelled", False):
             return PassManager([DropLayers(**options)]).run(self.graph, self.example, calibration_data=self.labelled,
-                                                            loss=F.cross_entropy)
+                                                            loss=self.loss)
         return PassManager([DropLayers(**options)]).run(self.graph, self.example, calibration_data=self.calibration)
 
     def rank(self, k: int, **options) -> list[str]:
-        """The blocks the ranking `options` drops for count=k (accuracy of that set cached as a side effect)."""
+        """The blocks the ranking `options` drops for count=k (that set measured as a side effect)."""
         dropped, report = self.run(count=k, **options)
         names = report.stats("drop-layers")[0].dropped
-        self.cache.setdefault((frozenset(names), False), accuracy(to_module(dropped), self.data.x_test,
-                                                                  self.data.y_test))
+        key = (frozenset(names), False)
+        if key not in self.cache:
+            self.cache[key] = self.measure(to_module(dropped))
         return names
 
-    def accuracy(self, names: list[str], recover: bool) -> float:
+    def result(self, names: list[str], recover: bool) -> tuple[float, float | None]:
         key = (frozenset(names), recover)
         if key not in self.cache:
             dropped, _ = self.run(blocks=list(names), recover=recover)
-            self.cache[key] = accuracy(to_module(dropped), self.data.x_test, self.data.y_test)
+            self.cache[key] = self.measure(to_module(dropped))
         return self.cache[key]
 
+    def row(self, method: str, k: int, sets: list[list[str]], last: list[str], spread: bool = False) -> Row:
+        """A row for `method`: the mean over `sets` (one set for a ranking) as dropped and with recover=True."""
+        plain = [self.result(s, False) for s in sets]
+        recovered = [self.result(s, True) for s in sets]
+        has_loss = plain[0][1] is not None
+        return Row(method, k, mean(a for a, _ in plain), mean(a for a, _ in recovered),
+                   " / ".join(f"{a:.1f}" for a, _ in plain) if spread else "",
+                   [] if spread else list(sets[0]), not spread and set(sets[0]) == set(last),
+                   mean(v for _, v in plain) if has_loss else None,
+                   mean(v for _, v in recovered) if has_loss else None)
 
-def evaluate(name: str, model: nn.Module, data: Digits, *, drops: list[int], calibration: int, draws: int,
+
+def evaluate(name: str, model: nn.Module, data: Digits | Text, *, drops: list[int], calibration: int, draws: int,
              seed: int, repeat: int, train_seconds: float) -> ModelResult:
     example = (data.x_train[:2],)
     graph = graphopt.trace(model, example)
     graph, _ = PassManager.parse("simplify").run(graph, example)
-    calib = [(x,) for x in data.x_train[:calibration].split(128)]
-    labelled = list(zip(calib, data.y_train[:calibration].split(128)))
-    dropper = Dropper(graph, example, calib, labelled, data)
+    text = isinstance(data, Text)
+    batch = 64 if text else 128
+    calib = [(x,) for x in data.x_train[:calibration].split(batch)]
+    labelled = list(zip(calib, data.y_train[:calibration].split(batch)))
+    if text:
+        dropper = Dropper(graph, example, calib, labelled, lambda m: text_measure(m, data.x_test, data.y_test),
+                          next_char_loss)
+    else:
+        dropper = Dropper(graph, example, calib, labelled, lambda m: (accuracy(m, data.x_test, data.y_test), None))
     blocks = [b.name for b in find_blocks(graph).select("layer") if b.droppable]
     scores = {}
     for metric, options in (("cosine", {}), ("loss", {"metric": "loss"}), ("labelled loss", {"metric": "loss",
@@ -208,19 +382,13 @@ def evaluate(name: str, model: nn.Module, data: Digits, *, drops: list[int], cal
     for k in drops:
         last = blocks[-k:]
         for method, options in RANKINGS:
-            names = dropper.rank(k, **options)
-            rows.append(Row(method, k, dropper.accuracy(names, False), dropper.accuracy(names, True), dropped=names,
-                            is_last=set(names) == set(last)))
-        rows.append(Row("last k", k, dropper.accuracy(last, False), dropper.accuracy(last, True), dropped=last,
-                        is_last=True))
-        sets = [rng.sample(blocks, k) for _ in range(draws)]
-        plain = [dropper.accuracy(s, False) for s in sets]
-        recovered = [dropper.accuracy(s, True) for s in sets]
-        rows.append(Row(f"random (mean of {draws})", k, sum(plain) / draws, sum(recovered) / draws,
-                        " / ".join(f"{a:.1f}" for a in plain)))
+            rows.append(dropper.row(method, k, [dropper.rank(k, **options)], last))
+        rows.append(dropper.row("last k", k, [last], last))
+        rows.append(dropper.row(f"random (mean of {draws})", k, [rng.sample(blocks, k) for _ in range(draws)], last,
+                                spread=True))
     latency, params = measure_latency(model, data, drops, calib, repeat) if repeat else ({}, {})
-    return ModelResult(name, accuracy(model, data.x_test, data.y_test), blocks, scores, rows, latency, params,
-                       train_seconds)
+    dense_acc, dense_loss = dropper.measure(model)
+    return ModelResult(name, dense_acc, blocks, scores, rows, latency, params, train_seconds, dense_loss)
 
 
 def measure_latency(model: nn.Module, data: Digits, drops: list[int], calib, repeat: int):
@@ -247,14 +415,19 @@ def measure_latency(model: nn.Module, data: Digits, drops: list[int], calib, rep
 
 
 def print_result(result: ModelResult) -> None:
-    print(f"\n### {result.name}: dense test accuracy {result.dense_acc:.1f} % "
+    dense_loss = "" if result.dense_loss is None else (f", cross-entropy {result.dense_loss:.3f} nats/char "
+                                                       f"(perplexity {math.exp(result.dense_loss):.2f})")
+    print(f"\n### {result.name}: dense test accuracy {result.dense_acc:.1f} %{dense_loss} "
           f"(trained in {result.train_seconds:.1f} s), {len(result.blocks)} blocks\n", flush=True)
     for metric, scores in result.scores.items():
         print(f"{metric} scores:", ", ".join(f"{b} {scores[b]:.3f}" for b in result.blocks if b in scores))
-    print("\n| blocks dropped | method | test acc. (%) | + recover | dropped |\n|---|---|---|---|---|")
+    lm = result.dense_loss is not None
+    print("\n| blocks dropped | method | test acc. (%) | + recover |" + (" test CE | + recover |" if lm else "")
+          + " dropped |\n|---|---|---|---|" + ("---|---|" if lm else "") + "---|")
     for row in result.rows:
         detail = row.spread if row.spread else ", ".join(row.dropped) + (" (= last k)" if row.is_last else "")
-        print(f"| {row.k} | {row.method} | {row.accuracy:.1f} | {row.recovered:.1f} | {detail} |")
+        losses = f" {row.loss:.3f} | {row.loss_recovered:.3f} |" if lm else ""
+        print(f"| {row.k} | {row.method} | {row.accuracy:.1f} | {row.recovered:.1f} |{losses} {detail} |")
     if result.latency:
         print("\n| blocks dropped | params | latency, batch 256 (median) | speed-up |\n|---|---|---|---|")
         for k, seconds in result.latency.items():
@@ -268,19 +441,30 @@ MODELS = {  # key -> (name, factory, learning rate)
     "transformer": ("transformer", DigitsTransformer, 1e-3),
     "transformer12": ("transformer, 12 layers", lambda: DigitsTransformer(depth=12), 1e-3),
 }
+TEXT_MODELS = {  # key -> (name, factory of the vocabulary size, peak learning rate)
+    "charlm": ("character LM, 8 layers", CharLM, 2e-3),
+}
 
 
-def run(seed: int, args: argparse.Namespace) -> list[ModelResult]:
-    data = load_digits(seed)
+def run(seed: int, args: argparse.Namespace, text: Text | None) -> list[ModelResult]:
+    data = load_digits(seed) if set(args.models) & set(MODELS) else None
     results = []
-    for name, factory, lr in ((MODELS[key][0], *MODELS[key][1:]) for key in args.models):
+    for key in args.models:
         torch.manual_seed(seed)
-        model = factory()
         start = time.perf_counter()
-        train(model, data, args.epochs, lr, seed)
-        results.append(evaluate(name, model, data, drops=args.drops, calibration=args.calibration, draws=args.draws,
-                                seed=seed, repeat=args.repeat, train_seconds=time.perf_counter() - start))
-        print_result(results[-1])
+        if key in TEXT_MODELS:
+            name, factory, lr = TEXT_MODELS[key]
+            model = train_lm(factory(len(text.vocab)), text, args.steps, lr, seed, args.batch)
+            result = evaluate(name, model, text, drops=args.drops, calibration=args.text_calibration,
+                              draws=args.draws, seed=seed, repeat=args.repeat,
+                              train_seconds=time.perf_counter() - start)
+        else:
+            name, factory, lr = MODELS[key]
+            model = train(factory(), data, args.epochs, lr, seed)
+            result = evaluate(name, model, data, drops=args.drops, calibration=args.calibration, draws=args.draws,
+                              seed=seed, repeat=args.repeat, train_seconds=time.perf_counter() - start)
+        results.append(result)
+        print_result(result)
     return results
 
 
@@ -290,22 +474,32 @@ def across_seeds(all_results: list[list[ModelResult]]) -> None:
     print(f"\n### mean over {n} seeds: test acc. (%) as dropped / with recover=True; "
           f"'= last' counts the seeds where the ranking chose exactly the last k blocks\n")
     for i, first in enumerate(all_results[0]):
-        dense = sum(r[i].dense_acc for r in all_results) / n
+        dense = mean(r[i].dense_acc for r in all_results)
         drops = sorted({row.k for row in first.rows})
-        print(f"{first.name} (dense {dense:.1f})\n")
-        print("| method | " + " | ".join(f"k={k}" for k in drops) + " |\n|---|" + "---|" * len(drops))
         methods = list(dict.fromkeys(row.method for row in first.rows))
-        for method in methods:
-            cells = []
-            for k in drops:
-                j = next(j for j, row in enumerate(first.rows) if row.method == method and row.k == k)
-                plain = sum(r[i].rows[j].accuracy for r in all_results) / n
-                recovered = sum(r[i].rows[j].recovered for r in all_results) / n
-                same = sum(r[i].rows[j].is_last for r in all_results)
-                tag = f" (= last {same}/{n})" if method not in ("last k",) and not method.startswith("random") else ""
-                cells.append(f"{plain:.1f} / {recovered:.1f}{tag}")
-            print(f"| {method} | " + " | ".join(cells) + " |")
-        print(flush=True)
+        tables = [("accuracy", "recovered", "test acc. (%)", 1)]
+        if first.dense_loss is not None:
+            dense_loss = mean(r[i].dense_loss for r in all_results)
+            print(f"{first.name} (dense {dense:.1f} %, cross-entropy {dense_loss:.3f} nats/char)\n")
+            tables.append(("loss", "loss_recovered", "test cross-entropy (nats/char)", 3))
+        else:
+            print(f"{first.name} (dense {dense:.1f})\n")
+        for plain_field, recovered_field, title, digits in tables:
+            if len(tables) > 1:
+                print(f"{title}, as dropped / with recover=True:\n")
+            print("| method | " + " | ".join(f"k={k}" for k in drops) + " |\n|---|" + "---|" * len(drops))
+            for method in methods:
+                cells = []
+                for k in drops:
+                    j = next(j for j, row in enumerate(first.rows) if row.method == method and row.k == k)
+                    plain = mean(getattr(r[i].rows[j], plain_field) for r in all_results)
+                    recovered = mean(getattr(r[i].rows[j], recovered_field) for r in all_results)
+                    same = sum(r[i].rows[j].is_last for r in all_results)
+                    ranked = method != "last k" and not method.startswith("random")
+                    tag = f" (= last {same}/{n})" if ranked else ""
+                    cells.append(f"{plain:.{digits}f} / {recovered:.{digits}f}{tag}")
+                print(f"| {method} | " + " | ".join(cells) + " |")
+            print(flush=True)
 
 
 def main() -> None:
@@ -314,15 +508,24 @@ def main() -> None:
     parser.add_argument("--drops", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="numbers of blocks to drop")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--calibration", type=int, default=512, help="training images for scores and recovery")
+    parser.add_argument("--steps", type=int, default=2000, help="language model: training steps")
+    parser.add_argument("--batch", type=int, default=16, help="language model: training sequences per step")
+    parser.add_argument("--text-calibration", type=int, default=256,
+                        help="language model: training sequences for scores and recovery")
     parser.add_argument("--draws", type=int, default=5, help="random draws per k")
     parser.add_argument("--repeat", type=int, default=50, help="timed calls per latency (0: no latency)")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["cnn", "transformer"])
+    parser.add_argument("--models", nargs="+", choices=[*MODELS, *TEXT_MODELS], default=["cnn", "transformer"])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.epochs} epochs, calibration "
           f"{args.calibration} training images, load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    results = [run(seed, args) for seed in args.seeds]
+    text = None
+    if set(args.models) & set(TEXT_MODELS):
+        text = load_text()
+        print(f"text: {text.description}; {args.steps} steps of {args.batch} sequences, calibration "
+              f"{args.text_calibration} training sequences")
+    results = [run(seed, args, text) for seed in args.seeds]
     if len(results) > 1:
         across_seeds(results)
 
