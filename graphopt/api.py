@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
+import numpy as np
 import torch
 
-from graphopt.errors import GraphoptError
+from graphopt.errors import GraphoptError, InputError
 from graphopt.ir.graph import Graph
+from graphopt.ir.interpreter import structured_outputs
 
 
 @dataclass
@@ -61,8 +63,17 @@ class OptimizedModel:
         self._runner = runner
 
     def __call__(self, *inputs: Any) -> Any:
+        """Run on torch tensors or numpy arrays (as traced: count, dtype, static sizes are checked first).
+
+        The outputs have the original model's structure (a dict stays a dict) on every back-end.
+        """
+        tensors = tuple(torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in inputs)
+        self.graph.check_inputs(tensors, what="calling the optimized model")
         with torch.no_grad():
-            return self._runner(*inputs)
+            outputs = self._runner(*tensors)
+        if self.report.backend == "torch":  # the torch module already rebuilds the structure
+            return outputs
+        return structured_outputs(self.graph, list(outputs) if isinstance(outputs, tuple) else [outputs])
 
     @property
     def recipe(self):
@@ -194,10 +205,10 @@ def optimize(
     from graphopt.frontends.torch import trace
 
     _check_arguments(prune, recipe, finetune, backend)
+    inputs = _example_tuple(example_inputs)
     prune_passes = _prune_steps(prune, steps) if prune is not None else []
     drop_pass = _drop_pass(drop_layers, recipe) if drop_layers is not None else None
     quantize_pass = _quantize_pass(quantize) if quantize is not None else None
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     graph = trace(model, inputs, dynamic=dynamic)
     run = _Pipeline(inputs, None if calibration_data is None else list(calibration_data), loss, verify)
     structural = prune is not None or recipe is not None or drop_pass is not None
@@ -217,6 +228,18 @@ def optimize(
         optimized = trainable = run.stage(quantize_pass, optimized)
     report = _report(run, graph, optimized, inputs, backend)
     return OptimizedModel(optimized, report, _runner(optimized, backend), trainable)
+
+
+def _example_tuple(example_inputs: Any) -> tuple:
+    """The example inputs as a tuple (one tensor is a 1-tuple); anything else is a mistake named now."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, np.ndarray):
+        return (torch.from_numpy(example_inputs),)
+    if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
+        raise InputError(f"example_inputs must be a tensor or a non-empty tuple of the model's inputs, "
+                         f"e.g. (torch.randn(1, 3, 224, 224),); got {example_inputs!r:.80}")
+    return tuple(torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in example_inputs)
 
 
 @dataclass

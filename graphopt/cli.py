@@ -123,6 +123,10 @@ def _leaves(out) -> list[torch.Tensor]:
 
 def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     """Print the IR of a zoo model, or its channel groups (`--groups`), optionally as a picture."""
+    if args.picture:  # a path that cannot be written is a mistake to report before tracing
+        from graphopt.analysis.channel_view import check_picture_path
+
+        check_picture_path(args.picture)
     model, inputs = _load_zoo(args.model, args.size, args.batch)
     graph = graphopt.trace(model, inputs, dynamic=models_zoo.spec(args.model).dynamic_axes)
     if args.blocks:
@@ -215,9 +219,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     try:
         return args.func(args, console)
-    except GraphoptError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+    except GraphoptError as exc:  # the user's mistake: the reason on stderr, unwrapped, for scripts too
+        _error(exc)
         return 2
+    except OSError as exc:  # a file that cannot be read or written: the user's environment
+        _error(exc)
+        return 1
+
+
+def _error(exc: BaseException) -> None:
+    from rich.markup import escape
+
+    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/red] {escape(str(exc))}")
 
 
 if __name__ == "__main__":

@@ -38,3 +38,7 @@ class ShapeError(GraphoptError):
 class BindError(GraphoptError):
     """Sizes given for a graph's symbolic axes (`bind=`) are not usable: an unknown symbol, or not a size >= 1."""
 
+
+class InputError(GraphoptError):
+    """Inputs given to a graph (to call a model, or as calibration data) do not match its inputs."""
+

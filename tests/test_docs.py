@@ -36,4 +36,4 @@ def test_cli_reports_bad_model_name(capsys):
     from graphopt.cli import main
 
     assert main(["demo", "--model", "no-such-model"]) == 2
-    assert "no-such-model" in capsys.readouterr().out
+    assert "no-such-model" in capsys.readouterr().err

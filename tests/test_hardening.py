@@ -266,3 +266,88 @@ def test_a_range_that_never_ends_is_named():
                         helper.make_node("Range", ["s", "l", "d"], ["y"])], 1)
     with pytest.raises(GraphoptError, match="Range with delta 0"):
         load(model)
+
+
+def _recipe_case():
+    """(canonicalised graph of a 3-layer MLP, the JSON recipe of pruning it by half: two groups)."""
+    import torch
+
+    from graphopt.passmanager import PassManager
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 2)).eval()
+    x = torch.randn(4, 6)
+    pruned = graphopt.optimize(model, (x,), prune=0.5)
+    graph, _ = PassManager.parse("simplify").run(graphopt.trace(model, (x,)), (x,))
+    return graph, pruned.recipe.to_json()
+
+
+def _edited(text: str, edit) -> str:
+    import json
+
+    data = json.loads(text)
+    edit(data)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("edit,said", [
+    (lambda d: d["steps"][0].pop("structure"), r"steps\[0\].structure must be the structure hash"),
+    (lambda d: d["steps"][0]["groups"][0].update(removed=["0", "1"]), r"steps\[0\].groups\[0\].removed must be"),
+    (lambda d: d["steps"][0]["groups"][0].update(removed=[1, 1]), "lists channel 1 more than once"),
+    (lambda d: d["steps"][0]["groups"][0].update(removed=[-1]), "integers >= 0"),
+    (lambda d: d.update(steps={}), "'steps' must be a non-empty list"),
+    (lambda d: d["steps"][0]["groups"][0].pop("anchor"), r"groups\[0\].anchor must be"),
+    (lambda d: d.update(format=7), "unsupported recipe format 7"),
+])
+def test_an_edited_recipe_is_refused_naming_the_field(edit, said):
+    """Before: KeyError: 'structure', ValueError on string ids, {"steps": {}} applied as a silent no-op,
+    duplicate channel ids accepted."""
+    from graphopt.passes.prune import PruneRecipe, RecipeError
+
+    _, text = _recipe_case()
+    with pytest.raises(RecipeError, match=said):
+        PruneRecipe.from_json(_edited(text, edit))
+
+
+def test_a_recipe_that_fails_half_way_leaves_the_graph_as_it_was():
+    """Before: the first group was removed, then the second failed: a half-pruned graph."""
+    from graphopt.passes.prune import PruneRecipe, RecipeError, apply_recipe
+
+    graph, text = _recipe_case()
+    before, params = graph.format(), graph.num_params()
+    bad_second = _edited(text, lambda d: d["steps"][0]["groups"][-1].update(removed=[0, 1, 99]))
+    assert len(PruneRecipe.from_json(text).steps[0].groups) >= 2
+    with pytest.raises(RecipeError, match="removes channel 99 of the group"):
+        apply_recipe(graph, PruneRecipe.from_json(bad_second))
+    assert graph.format() == before
+    graph.verify()
+    apply_recipe(graph, PruneRecipe.from_json(text))  # the good recipe still applies, and prunes
+    assert graph.num_params() < params
+
+
+def test_recipe_files_that_cannot_be_read_or_written_are_named(tmp_path):
+    """Before: FileNotFoundError naming a temporary file (save), or a bare one (load)."""
+    from graphopt.passes.prune import PruneRecipe, RecipeError
+
+    _, text = _recipe_case()
+    recipe = PruneRecipe.from_json(text)
+    with pytest.raises(RecipeError, match="the folder .*missing does not exist"):
+        recipe.save(tmp_path / "missing" / "r.json")
+    with pytest.raises(RecipeError, match="does not exist"):
+        PruneRecipe.load(tmp_path / "nothing.json")
+    with pytest.raises(RecipeError, match="is a folder"):
+        PruneRecipe.load(tmp_path)
+    assert PruneRecipe.load(recipe.save(tmp_path / "r.json")).to_json() == recipe.to_json()
+
+
+def test_a_converter_refusal_names_the_model_line():
+    """Before: "node 'index': indexing with a boolean mask ..." without saying where in the model."""
+    import torch
+
+    class Masked(torch.nn.Module):
+        def forward(self, x):
+            return x[x > 0]  # the line the error must name
+
+    with pytest.raises(GraphoptError, match=r"boolean mask.*test_hardening.py:\d+: `return x\[x > 0\]"):
+        graphopt.trace(Masked(), (torch.randn(3, 4),))

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from graphopt.errors import GraphoptError
 from graphopt.analysis.channels import ChannelGroup
 from graphopt.ir.graph import Graph
 
@@ -68,12 +69,27 @@ def to_dot(graph: Graph, groups: list[ChannelGroup]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PICTURE_FORMATS = (".dot", ".svg", ".png")
+
+
+def check_picture_path(path: str | os.PathLike) -> Path:
+    """`path` if a picture can be written there (a known suffix, an existing folder), else a GraphoptError."""
+    path = Path(path)
+    if path.suffix not in PICTURE_FORMATS:
+        raise GraphoptError(f"cannot write a picture as {path.name!r}: use one of {', '.join(PICTURE_FORMATS)}")
+    if not path.parent.is_dir():
+        raise GraphoptError(f"cannot write {path}: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise GraphoptError(f"cannot write {path}: it is a folder")
+    return path
+
+
 def write_picture(graph: Graph, groups: list[ChannelGroup], path: str | os.PathLike) -> Path:
     """Write the coloured graph: `.dot` as Graphviz source, `.svg`/`.png` rendered with the `dot` program.
 
     The file appears atomically (written under a temporary name, then renamed).
     """
-    path = Path(path)
+    path = check_picture_path(path)
     source = to_dot(graph, groups)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -83,7 +99,7 @@ def write_picture(graph: Graph, groups: list[ChannelGroup], path: str | os.PathL
         else:
             dot = shutil.which("dot")
             if dot is None:
-                raise RuntimeError("rendering needs Graphviz's `dot` program (apt-get install graphviz); "
+                raise GraphoptError("rendering needs Graphviz's `dot` program (apt-get install graphviz); "
                                    "or ask for a .dot file")
             subprocess.run([dot, f"-T{path.suffix.lstrip('.')}", "-o", tmp], input=source.encode(), check=True)
         os.replace(tmp, path)

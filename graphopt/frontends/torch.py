@@ -522,7 +522,13 @@ def _import_call(ctx: ImportContext, fx: torch.fx.Node) -> None:
     if converter is None:
         raise UnsupportedOpError(name, fx.name, source=str(source_location(fx)) or None,
                                  hint=REGISTER_HINT.format(op=name))
-    result = converter(ctx, fx)
+    try:
+        result = converter(ctx, fx)
+    except GraphoptError as exc:  # a converter's refusal: say where in the model, if it did not
+        source = source_location(fx)
+        if source.file and source.file not in str(exc):
+            exc.args = (f"{exc} (at {source})", *exc.args[1:])
+        raise
     if result is None:
         raise GraphoptError(f"converter for '{name}' returned nothing for node '{fx.name}'")
     ctx._values[fx] = result

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from graphopt.errors import BindError, GraphoptError
+from graphopt.errors import BindError, GraphoptError, InputError
 from graphopt.ir import dims as D
 
 VALUE_KINDS = ("input", "param", "buffer", "const", "node")
@@ -414,6 +414,39 @@ class Graph:
                     bound[str(d)] = (i, axis)
         return bound
 
+    def check_inputs(self, inputs: Sequence[Any], *, what: str = "the inputs") -> dict[str, int]:
+        """Check `inputs` against the graph's inputs (count, tensor, dtype, rank, sizes); the symbols' sizes.
+
+        A symbolic axis takes any size >= 1, the same for every axis that shares its symbol; a
+        static axis must match. `what` names the inputs in the message ("calibration batch 3").
+        Raises `InputError` saying what was expected and what to do, before any kernel sees them.
+        """
+        if len(inputs) != len(self.inputs):
+            names = ", ".join(f"%{v.name}: {v.type_str()}" for v in self.inputs)
+            raise InputError(f"{what}: the model takes {len(self.inputs)} input(s) ({names}), got {len(inputs)}")
+        sizes: dict[str, tuple[int, str]] = {}
+        for index, (given, value) in enumerate(zip(inputs, self.inputs)):
+            label = f"{what}: input {index} (%{value.name}: {value.type_str()})"
+            if not isinstance(given, torch.Tensor):
+                hint = " (convert it with torch.from_numpy)" if isinstance(given, np.ndarray) else ""
+                raise InputError(f"{label} must be a torch tensor, got {type(given).__name__}{hint}")
+            if given.dtype != value.dtype:
+                raise InputError(f"{label} has dtype {given.dtype}; the model was traced with {value.dtype}: "
+                                 f"cast it, e.g. x.to({value.dtype})")
+            if given.dim() != len(value.shape):
+                raise InputError(f"{label} has {given.dim()} dims {tuple(given.shape)}; expected {len(value.shape)}")
+            for axis, (have, want) in enumerate(zip(given.shape, value.shape)):
+                if isinstance(want, int):
+                    if have != want:
+                        raise InputError(f"{label} has size {have} on axis {axis}; the model needs {want} there "
+                                         f"(that axis was traced static)")
+                elif getattr(want, "is_Symbol", False):
+                    seen = sizes.setdefault(str(want), (int(have), f"input {index} axis {axis}"))
+                    if seen[0] != have:
+                        raise InputError(f"{label} has size {have} on axis {axis}, but {seen[1]} gave "
+                                         f"{want} = {seen[0]}; they must agree")
+        return {name: size for name, (size, _) in sizes.items()}
+
     def checked_bind(self, bind: Mapping[str, Any] | None) -> dict[str, int]:
         """`bind` (symbol -> size) as ints, each naming a symbol of this graph and at least 1, else `BindError`.
 
@@ -466,6 +499,20 @@ class Graph:
             new.nodes.append(c)
         new.outputs = [mapping[id(v)] for v in self.outputs]
         return new
+
+    def take_over(self, other: Graph) -> None:
+        """Become `other` (its inputs, nodes, weights, outputs and meta); `other` is left empty.
+
+        For edits that must be all or nothing: work on `clone()`, then take the result over only
+        once every step succeeded, so a failure leaves this graph exactly as it was.
+        """
+        self.name, self.inputs, self.outputs, self.weights = other.name, other.inputs, other.outputs, other.weights
+        self.nodes, self.meta, self._names, self._counter = other.nodes, other.meta, other._names, other._counter
+        for value in self.all_values():
+            value.graph = self
+        for node in self.nodes:
+            node.graph = self
+        other.__init__(other.name)
 
     # ------------------------------------------------------ checks and text
     def verify(self) -> None:

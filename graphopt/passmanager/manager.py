@@ -120,6 +120,7 @@ class PassManager:
         self.validate()  # options assigned after construction are checked before any work
         ctx = RunContext(example_inputs, calibration_data, loss, bindings or {}, pipeline=str(self),
                          input_graph=graph, step_count=len(self.steps))
+        _check_run_inputs(graph, ctx)
         analyses = analyses if analyses is not None else AnalysisManager()
         analyses.bind_context(ctx)
         if self.verify_each:
@@ -228,3 +229,13 @@ def _invalidate(pass_: Pass, result: PassResult, graph: Graph, analyses: Analysi
     else:
         preserved = pass_.preserved_when_modified() if result.modified else PreservedAnalyses.all()
     analyses.invalidate(graph, preserved)
+
+
+def _check_run_inputs(graph: Graph, ctx: RunContext) -> None:
+    """Example inputs and every calibration batch must fit the graph: a mistake is named before any pass runs."""
+    if ctx.example_inputs is not None:
+        graph.check_inputs(ctx.example_inputs, what="example_inputs")
+    if ctx.calibration_data is not None:
+        for index, batch in enumerate(ctx.calibration_batches()):
+            graph.check_inputs(batch, what=f"calibration batch {index}")
+

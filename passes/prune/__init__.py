@@ -2,7 +2,7 @@
 
 from .criteria import CRITERIA, get_criterion, register_criterion
 from .prune_pass import GroupDecision, Prune, PruneReport
-from .recipe import PruneRecipe, PruneStep, apply_recipe, structure_hash
+from .recipe import PruneRecipe, PruneStep, RecipeError, apply_recipe, structure_hash
 from .reconstruct import ReconstructionReport, reconstruct
 
-__all__ = ["Prune", "PruneReport", "GroupDecision", "PruneRecipe", "PruneStep", "ReconstructionReport", "reconstruct", "apply_recipe", "structure_hash", "CRITERIA", "get_criterion", "register_criterion"]
+__all__ = ["Prune", "PruneReport", "GroupDecision", "PruneRecipe", "PruneStep", "ReconstructionReport", "reconstruct", "apply_recipe", "structure_hash", "RecipeError", "CRITERIA", "get_criterion", "register_criterion"]
