@@ -210,6 +210,9 @@ def optimize(
     drop_pass = _drop_pass(drop_layers, recipe) if drop_layers is not None else None
     quantize_pass = _quantize_pass(quantize) if quantize is not None else None
     graph = trace(model, inputs, dynamic=dynamic)
+    # non-tensor arguments (flags, sizes) are constants of the trace: the graph's inputs are the tensors
+    tensors = tuple(x for x in inputs if isinstance(x, torch.Tensor))
+    inputs = tensors if len(tensors) == len(graph.inputs) else inputs
     run = _Pipeline(inputs, None if calibration_data is None else list(calibration_data), loss, verify)
     structural = prune is not None or recipe is not None or drop_pass is not None
     # Pruning (and fine-tuning between steps) works on the graph with its BatchNorms, which

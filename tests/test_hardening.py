@@ -351,3 +351,22 @@ def test_a_converter_refusal_names_the_model_line():
 
     with pytest.raises(GraphoptError, match=r"boolean mask.*test_hardening.py:\d+: `return x\[x > 0\]"):
         graphopt.trace(Masked(), (torch.randn(3, 4),))
+
+
+def test_non_tensor_example_arguments_are_constants_of_the_trace():
+    """optimize(model, (x, 3, True)): the flags are fixed by the trace; the optimized model takes x alone."""
+    import torch
+
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x, k=2, flag=True):
+            return self.fc(x) * k if flag else x
+
+    model, x = Scaled().eval(), torch.randn(2, 4)
+    opt = graphopt.optimize(model, (x, 3, True))
+    torch.testing.assert_close(opt(x), model(x, 3, True))
+    with pytest.raises(GraphoptError, match="such as 3 were fixed when the model was traced: leave them out"):
+        opt(x, 3, True)

@@ -423,7 +423,11 @@ class Graph:
         """
         if len(inputs) != len(self.inputs):
             names = ", ".join(f"%{v.name}: {v.type_str()}" for v in self.inputs)
-            raise InputError(f"{what}: the model takes {len(self.inputs)} input(s) ({names}), got {len(inputs)}")
+            constants = [x for x in inputs if not isinstance(x, (torch.Tensor, np.ndarray))]
+            hint = (f" (non-tensor arguments such as {constants[0]!r:.40} were fixed when the model was traced: "
+                    f"leave them out)" if constants else "")
+            raise InputError(f"{what}: the model takes {len(self.inputs)} input(s) ({names}), "
+                             f"got {len(inputs)}{hint}")
         sizes: dict[str, tuple[int, str]] = {}
         for index, (given, value) in enumerate(zip(inputs, self.inputs)):
             label = f"{what}: input {index} (%{value.name}: {value.type_str()})"
