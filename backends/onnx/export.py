@@ -16,7 +16,9 @@ model), or handed to ONNX Runtime without serialising them (`compile`).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -188,37 +190,71 @@ def to_onnx(graph: Graph, **options: Any) -> onnx.ModelProto:
 def export(graph: Graph, path: str | os.PathLike, *, external_data: bool | None = None, **options: Any) -> Path:
     """Write `graph` as an ONNX model to `path` and return the path.
 
-    The file appears only once complete: it is written under a temporary name
-    in the same directory and moved into place, so a failed export never leaves
-    a truncated model (or clobbers the previous one). Weights go to a
-    `<name>.data` file beside the model when they exceed protobuf's 2 GB limit
-    (`external_data=None`), or always/never with True/False. The other
+    Weights go to a data file beside the model when they exceed protobuf's 2 GB
+    limit (`external_data=None`), or always/never with True/False. The other
     keywords are those of `lower` (opset, dynamic, bind, input_names, ...).
+
+    Files appear only once complete, and a failed export leaves the previous
+    model at `path` working: everything is written under temporary names in a
+    directory beside `path`, fsynced, then renamed into place. With external
+    data, the model and its data are two files that no rename can replace
+    together, so the data file of each export gets a name that the model now at
+    `path` does not use: `<name>.data`, or `<name>.<8 hex digits>.data` when the
+    current model uses `<name>.data`. The data is renamed into place first (no
+    model refers to it yet), then the model (which swaps, in one rename, the old
+    model and its data for the new model and its data), and only then is the
+    previous data file deleted. At every instant the model file at `path`
+    refers to data that matches it. Read the data file's name from the model
+    (`onnx.load` follows it) rather than assuming `<name>.data`. A process killed
+    between the two renames can leave an unreferenced data file behind, never a
+    mismatched pair.
     """
     path = Path(path)
     lowered = lower(graph, **options)
     if external_data is None:
         external_data = lowered.weight_bytes >= EXTERNAL_DATA_THRESHOLD
     with _staging(path) as staging:
-        if external_data:
-            data_name = f"{path.name}.data"
-            model = lowered.with_external_data(data_name, staging)
-            onnx.save_model(model, staging / path.name)
-            onnx.checker.check_model(str(staging / path.name))
-            # data first: the model at `path` must never point at data that is not there yet
-            os.replace(staging / data_name, path.parent / data_name)
-        else:
+        previous = _data_files(path)
+        if not external_data:
             onnx.save_model(lowered.inline(), staging / path.name)
-        os.replace(staging / path.name, path)
+            _fsync(staging / path.name)
+            os.replace(staging / path.name, path)
+            _fsync(path.parent)
+            _remove_data_files(path, previous)
+            return path
+        data_name = _fresh_data_name(path, previous)
+        model = lowered.with_external_data(data_name, staging)
+        onnx.save_model(model, staging / path.name)
+        onnx.checker.check_model(str(staging / path.name))
+        _fsync(staging / data_name)
+        _fsync(staging / path.name)
+        # data first, under a name no model refers to yet; then the model, which switches to it
+        os.replace(staging / data_name, path.parent / data_name)
+        try:
+            os.replace(staging / path.name, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path.parent / data_name)
+            raise
+        _fsync(path.parent)
+        _remove_data_files(path, previous - {data_name})
     return path
 
 
 def save_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Save a ModelProto to `path` through a temporary file beside it, then os.replace."""
+    """Save a ModelProto to `path` through a temporary file beside it (fsynced), then os.replace.
+
+    Data files that the replaced model used (`<name>.data`, `<name>.<hex>.data`, as
+    `export` names them) are deleted afterwards unless `model` refers to them too.
+    """
     path = Path(path)
     with _staging(path) as staging:
+        previous = _data_files(path)
         onnx.save_model(model, staging / path.name)
+        _fsync(staging / path.name)
         os.replace(staging / path.name, path)
+        _fsync(path.parent)
+        _remove_data_files(path, previous - _external_locations(model))
     return path
 
 
@@ -247,6 +283,82 @@ class _staging:
 
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file to disk (errors raise), or a directory's entries after a rename (best effort)."""
+    if not path.is_dir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # pragma: no cover - platforms that cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems that do not sync directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _external_locations(model: onnx.ModelProto) -> set[str]:
+    """The `location`s of every tensor stored outside `model`, in its graph and subgraphs."""
+    found: set[str] = set()
+
+    def tensor(t) -> None:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            found.update(e.value for e in t.external_data if e.key == "location")
+
+    def graph(g) -> None:
+        for t in g.initializer:
+            tensor(t)
+        for node in g.node:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    tensor(a.t)
+                for t in a.tensors:
+                    tensor(t)
+                if a.HasField("g"):
+                    graph(a.g)
+                for sub in a.graphs:
+                    graph(sub)
+
+    graph(model.graph)
+    return found
+
+
+def _data_files(path: Path) -> set[str]:
+    """Data files (`export`'s names only) that the model now at `path` refers to; empty if none or unreadable."""
+    if not path.is_file():
+        return set()
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # a damaged previous file: nothing of it is worth keeping consistent
+        return set()
+    return {name for name in _external_locations(model) if _is_data_name(path, name)}
+
+
+def _is_data_name(path: Path, name: str) -> bool:
+    return name == f"{path.name}.data" or re.fullmatch(re.escape(path.name) + r"\.[0-9a-f]{8}\.data", name) is not None
+
+
+def _fresh_data_name(path: Path, used: set[str]) -> str:
+    name = f"{path.name}.data"
+    while name in used or (name != f"{path.name}.data" and (path.parent / name).exists()):
+        name = f"{path.name}.{os.urandom(4).hex()}.data"
+    return name
+
+
+def _remove_data_files(path: Path, names: set[str]) -> None:
+    """Best effort: the model no longer refers to them, so a file left behind is only clutter."""
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.unlink(path.parent / name)
 
 
 def _raw_bytes(tensor: torch.Tensor) -> memoryview:

@@ -11,6 +11,11 @@ neither does importing this package: its names are imported on first use (PEP 56
 `graphopt.load` reaches `artifact`, which imports tvm and numpy only, without the compiler side
 (and torch). Importing this package sets TVM_NUM_THREADS to the number of cores, unless
 TVM_NUM_THREADS or OMP_NUM_THREADS is set (see artifact.default_runtime_threads).
+
+`artifact` cannot import graphopt (it runs on its own in a deployment), so it raises its own
+`artifact.ArtifactError` (a ValueError); importing this package makes it raise `ArtifactError`
+below instead, a subclass of both that is also a `graphopt.errors.GraphoptError`, so
+`graphopt.load` and `gtvm.load` report a damaged artifact as a GraphoptError.
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from graphopt.backends.tvm import artifact as _artifact
 from graphopt.backends.tvm.artifact import LoadedModel, default_runtime_threads, load
+from graphopt.errors import GraphoptError
+
+
+class ArtifactError(_artifact.ArtifactError, GraphoptError):
+    """A saved TVM artifact is unusable (bad manifest, library outside the artifact, damaged file)."""
+
+
+_artifact._ERROR = ArtifactError
 
 _LAZY = {
     "TensorSpec": "lowering", "static_bind": "lowering", "to_relax": "lowering",
@@ -39,6 +53,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ArtifactError",
     "Budget",
     "LoadedModel",
     "LocalCluster",

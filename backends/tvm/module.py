@@ -139,7 +139,10 @@ class TvmModule:
         }
 
     def save(self, directory) -> str:
-        """Write a deployable artifact (library + manifest.json); load it with graphopt.load(directory)."""
+        """Write a deployable artifact (library + manifest.json); load it with graphopt.load(directory).
+
+        All or nothing: a failed save leaves the previous artifact at `directory` (or none); see artifact.save.
+        """
         return _artifact.save(directory, self.executable, self.manifest())
 
     def __repr__(self) -> str:
