@@ -471,6 +471,11 @@ def _import_node(ctx: OnnxImportContext, node: "onnx.NodeProto") -> None:
             results = FOLDERS.lookup(node.op_type)(ctx, node, [ctx.known(i) for i in node.input])
         except NotFoldable:
             results = None
+        except GraphoptError:
+            raise
+        except Exception as exc:  # numpy's refusal of inconsistent inputs: the model's mistake, named
+            raise GraphoptError(f"{ctx.where()}: its known inputs do not fit the op ({type(exc).__name__}: {exc}); "
+                                f"the model is malformed") from exc
         if results is not None:
             for out, k in zip(node.output, results):
                 if out:
