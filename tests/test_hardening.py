@@ -215,7 +215,6 @@ def test_inspect_picture_into_a_missing_folder_is_one_line_before_tracing(tmp_pa
 
 
 def _tiny_onnx(nodes, output_rank: int):
-    import onnx
     from onnx import TensorProto, helper
 
     out = helper.make_tensor_value_info("y", TensorProto.INT64, [None] * output_rank)
@@ -370,3 +369,30 @@ def test_non_tensor_example_arguments_are_constants_of_the_trace():
     torch.testing.assert_close(opt(x), model(x, 3, True))
     with pytest.raises(GraphoptError, match="such as 3 were fixed when the model was traced: leave them out"):
         opt(x, 3, True)
+
+
+def test_a_pass_that_fails_half_way_leaves_the_callers_graph_as_it_was():
+    """A pass edits the graph, then raises: the caller's graph prints exactly as before (the manager works on
+    a clone), and the error names the pass."""
+    import torch
+
+    from graphopt.passmanager import Pass, PassFailedError, PassManager
+
+    class HalfWay(Pass):
+        """Erases the last node, then fails."""
+
+        name = "half-way-for-test"
+
+        def run(self, graph, analyses):
+            graph.outputs[0] = graph.nodes[-1].inputs[0]
+            graph.erase_node(graph.nodes[-1])
+            raise RuntimeError("failed after editing")
+
+    graph = _dynamic_linear()
+    x = torch.randn(2, 4)
+    graph = PassManager.parse("canonicalize").run(graph, (x,))[0]
+    before = graph.format()
+    with pytest.raises(PassFailedError, match="half-way-for-test.*failed after editing"):
+        PassManager([HalfWay()]).run(graph, (x,))
+    assert graph.format() == before
+    graph.verify()
