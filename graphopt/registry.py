@@ -10,6 +10,7 @@ clash: it replaces the old entry quietly.
 from __future__ import annotations
 
 import difflib
+import threading
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from graphopt.errors import GraphoptError
@@ -45,13 +46,15 @@ class Registry(Generic[T]):
         self.what = what
         self.hint = hint  # how to register one, appended to a lookup miss
         self._items: dict[Any, T] = {}
+        self._lock = threading.Lock()  # check-and-set of `register` is one step under threads
 
     def register(self, key: Any, value: T, *, replace: bool = False) -> T:
-        existing = self._items.get(key)
-        if key in self._items and not replace and not _same_definition(existing, value):
-            raise GraphoptError(f"a {self.what} for '{key}' is already registered ({existing!r}); "
-                                f"pass replace=True to override it")
-        self._items[key] = value
+        with self._lock:
+            existing = self._items.get(key)
+            if key in self._items and not replace and not _same_definition(existing, value):
+                raise GraphoptError(f"a {self.what} for '{key}' is already registered ({existing!r}); "
+                                    f"pass replace=True to override it")
+            self._items[key] = value
         return value
 
     def decorator(self, *keys: Any, replace: bool = False) -> Callable[[T], T]:

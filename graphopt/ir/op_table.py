@@ -34,8 +34,8 @@ _COLUMN_DOCS: dict[str, str] = {}
 def column(key: str, doc: str = "") -> Registry[Any]:
     """The column `key` (declared on first use, with a one-line `doc` for the coverage table)."""
     table = _COLUMNS.get(key)
-    if table is None:
-        table = _COLUMNS[key] = Registry(key.replace("_", " "))
+    if table is None:  # setdefault: two threads declaring the column get the same table
+        table = _COLUMNS.setdefault(key, Registry(key.replace("_", " ")))
     if doc:
         _COLUMN_DOCS[key] = doc
     return table
