@@ -15,7 +15,9 @@ the ONNX target in a subprocess, so a crash cannot take the test run down); this
   applied to its graph (the graph must be unchanged when applying fails);
 - pipeline: random strings over the pipeline grammar's alphabet and pass names, parsed; a string that
   parses must print back to text that parses to the same pipeline;
-- prune: random ratio / criterion / scope / heads / round_to on a tiny zoo model; the pruned graph must verify.
+- prune: random ratio / criterion / scope / heads / round_to on a tiny zoo model; the pruned graph must verify;
+- manifest: a tiny compiled TVM artifact whose manifest.json has a field deleted, retyped or set to an
+  extreme, loaded with `graphopt.load` and, when it loads, called once.
 """
 
 from __future__ import annotations
@@ -257,7 +259,65 @@ def fuzz_prune(models: list[str], cases: int, seed: int) -> Outcomes:
     return outcomes
 
 
-TARGETS = ("onnx", "recipe", "pipeline", "prune")
+# ------------------------------------------------------------------------------------------- manifest
+def tiny_tvm_artifact(root: Any) -> Any:
+    """Compile a one-linear graph with TVM (untuned: seconds) and save it under `root`; its directory."""
+    import warnings
+    from pathlib import Path
+
+    import torch
+
+    from graphopt.backends import tvm as gtvm
+    from graphopt.ir import Graph
+
+    torch.manual_seed(0)
+    graph = Graph("tiny")
+    x = graph.add_input("x", [2, 8], torch.float32)
+    y = graph.create_node("linear", [x, graph.add_weight("fc.weight", torch.randn(4, 8)),
+                                     graph.add_weight("fc.bias", torch.randn(4))]).output
+    graph.outputs = [graph.create_node("relu", [y]).output]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = gtvm.compile(graph, work_dir=Path(root) / "db", progress=False)
+    return Path(module.save(Path(root) / "artifact"))
+
+
+def fuzz_manifests(cases: int, seed: int) -> Outcomes:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    import graphopt
+
+    outcomes, rng = Outcomes("manifest"), random.Random(seed)
+    start = time.perf_counter()
+    root = Path(tempfile.mkdtemp(prefix="graphopt-fuzz-"))
+    try:
+        original = tiny_tvm_artifact(root)
+        text = (original / "manifest.json").read_text()
+        x = np.ones((2, 8), dtype=np.float32)
+
+        def load_and_call(directory: Path) -> None:
+            model = graphopt.load(directory)
+            model(x)
+
+        for case in range(cases):
+            directory = root / f"case{case}"
+            shutil.copytree(original, directory)
+            data = json.loads(text)
+            what = "; ".join(_mutate_json(data, rng) for _ in range(rng.randint(1, 2)))
+            (directory / "manifest.json").write_text(json.dumps(data))
+            outcomes.record(case, lambda: load_and_call(directory), what)
+            shutil.rmtree(directory)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    outcomes.seconds = time.perf_counter() - start
+    return outcomes
+
+
+TARGETS = ("onnx", "recipe", "pipeline", "prune", "manifest")
 
 
 def run(target: str, cases: int, seed: int, models: list[str]) -> Outcomes:
@@ -267,12 +327,14 @@ def run(target: str, cases: int, seed: int, models: list[str]) -> Outcomes:
         return fuzz_recipes(cases, seed)
     if target == "pipeline":
         return fuzz_pipelines(cases, seed)
+    if target == "manifest":
+        return fuzz_manifests(cases, seed)
     return fuzz_prune(models, cases, seed)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))  # manifest needs TVM
     parser.add_argument("--cases", type=int, default=2000, help="cases per target")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["vit", "llama", "bert", "resnet18", "mobilenet_v3"])

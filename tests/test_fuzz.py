@@ -125,3 +125,15 @@ def test_random_valid_ir_edits_keep_the_graph_verified_and_its_function(traced_m
                 work.erase_if_dead(node)
         work.verify()
     torch.testing.assert_close(run_graph(work, (x,))[0], run_graph(graph, (x,))[0], rtol=0, atol=0)
+
+
+def test_mutated_tvm_manifests_are_loaded_or_refused_in_a_subprocess():
+    """300 manifests of a tiny compiled TVM artifact with fields deleted or retyped; loading runs native code,
+    so a crash would show as a signal here."""
+    pytest.importorskip("tvm")
+    done = subprocess.run([sys.executable, str(BENCH), "--targets", "manifest", "--cases", "300", "--seed", "3",
+                           "--json"], capture_output=True, text=True, timeout=240)
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["cases"] == 300 and result["bad"] == 0, result["findings"]
+    assert result["counts"].get("ok", 0) > 0 and result["counts"].get("GraphoptError", 0) > 0

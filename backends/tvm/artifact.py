@@ -58,6 +58,7 @@ def _fail(message: str):
 
 
 THREAD_VARIABLES = ("TVM_NUM_THREADS", "OMP_NUM_THREADS")
+DTYPES = {"float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool"}
 
 
 def physical_cores() -> int:
@@ -306,7 +307,12 @@ class LoadedModel:
         with quiet_native_log():
             lib = tvm.runtime.load_module(library)
             self.vm = relax.VirtualMachine(lib, self.device)
-        self._main = self.vm[self.manifest.get("entry", "main")]
+        entry = self.manifest.get("entry", "main")
+        try:
+            self._main = self.vm[entry]
+        except AttributeError:
+            _fail(f"{os.path.join(self.directory, MANIFEST)}: field 'entry' names {entry!r}, which the library "
+                  f"does not define (graphopt saves 'main')")
 
     def __call__(self, *arrays):
         """Run one inference; inputs positionally in manifest order, outputs as numpy arrays (tuple if several)."""
@@ -314,7 +320,7 @@ class LoadedModel:
 
         if len(arrays) != len(self.inputs):
             names = ", ".join(i["name"] for i in self.inputs)
-            raise ValueError(f"the model takes {len(self.inputs)} inputs ({names}), got {len(arrays)}")
+            _fail(f"the model takes {len(self.inputs)} inputs ({names}), got {len(arrays)}")
         args = [tvm.runtime.tensor(self._check(spec, a), self.device) for spec, a in zip(self.inputs, arrays)]
         result = self._main(*args)
         outs = tuple(r.numpy() for r in _flatten(result))
@@ -324,7 +330,7 @@ class LoadedModel:
         """Run with inputs by name; returns outputs by name."""
         missing = [i["name"] for i in self.inputs if i["name"] not in feeds]
         if missing:
-            raise ValueError(f"missing inputs {missing}")
+            _fail(f"missing inputs {missing}")
         outs = self(*(feeds[i["name"]] for i in self.inputs))
         outs = outs if isinstance(outs, tuple) else (outs,)
         return {o["name"]: v for o, v in zip(self.outputs, outs)}
@@ -343,8 +349,8 @@ class LoadedModel:
             array = array.detach().cpu().numpy()
         array = np.ascontiguousarray(array)
         if list(array.shape) != list(spec["shape"]) or array.dtype.name != spec["dtype"]:
-            raise ValueError(f"input '{spec['name']}' must be {spec['dtype']}{spec['shape']} (compiled static "
-                             f"shape), got {array.dtype.name}{list(array.shape)}")
+            _fail(f"input '{spec['name']}' must be {spec['dtype']}{spec['shape']} (compiled static "
+                  f"shape), got {array.dtype.name}{list(array.shape)}")
         return array
 
     def __repr__(self) -> str:
@@ -399,6 +405,8 @@ def read_manifest(directory) -> dict:
                     _fail(f"{where}.{sub} must be {what}, got {spec.get(sub)!r:.80}")
             if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in spec["shape"]):
                 _fail(f"{where}.shape must be a list of integers >= 0, got {spec['shape']!r:.80}")
+            if spec["dtype"] not in DTYPES:
+                _fail(f"{where}.dtype must be one of {', '.join(sorted(DTYPES))}, got {spec['dtype']!r:.40}")
     if version >= 2:
         files = field("files", dict, "an object mapping file names to {bytes, sha256}")
         for name, entry in files.items():
