@@ -226,6 +226,7 @@ def _move_into_place(staging: str, directory: str) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+# The ONNX exporter has the same two helpers; this module runs without graphopt, so it keeps its own.
 def _fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
