@@ -33,9 +33,15 @@ def _same_definition(a: Any, b: Any) -> bool:
         getattr(b, "__module__", None), getattr(b, "__qualname__", None))
 
 
+def close_matches(word: Any, candidates: Any, n: int = 3) -> list[str]:
+    """Names in `candidates` that look like a misspelling of `word` (difflib ratio >= 0.6): the one
+    spelling-suggestion rule of every graphopt message."""
+    return difflib.get_close_matches(str(word), sorted({str(c) for c in candidates}), n=n, cutoff=0.6)
+
+
 def close_names(name: str, known: Any) -> str:
     """' (did you mean ...?)' for the closest of `known`, or ''."""
-    matches = difflib.get_close_matches(str(name), [str(k) for k in known], n=3, cutoff=0.6)
+    matches = close_matches(name, known)
     return f" (did you mean {', '.join(repr(m) for m in matches)}?)" if matches else ""
 
 

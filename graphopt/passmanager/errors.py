@@ -8,15 +8,10 @@ pass failed, what ran before it and where the reproducer is.
 
 from __future__ import annotations
 
-import difflib
 from typing import Iterable, Sequence
 
 from graphopt.errors import GraphoptError
-
-
-def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
-    """Names in `candidates` that look like a misspelling of `word` (difflib ratio >= 0.6)."""
-    return difflib.get_close_matches(word, sorted(set(candidates)), n=n, cutoff=0.6)
+from graphopt.registry import close_matches
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
