@@ -27,7 +27,7 @@ from graphopt.errors import GraphoptError, UnsupportedOpError
 from graphopt.ir import dims as D
 from graphopt.frontends.torch_inplace import rewrite_local_inplace
 from graphopt.frontends.torch_dynamic import (  # noqa: F401 - StaticAxisWarning is public here
-    Failure, StaticAxisWarning, batch_axes, differs_at_example, export_dynamic, export_static,
+    Failure, StaticAxisWarning, batch_axes, differs_at_example, export_dynamic, export_static, failure_of,
 )
 from graphopt.ir.graph import Graph, Node, SourceLocation, Value
 from graphopt.registry import Registry
@@ -312,8 +312,9 @@ def _data_dependent_branch(model: torch.nn.Module, exc: GraphoptError) -> Grapho
     if guard is None:
         return None
     at = _RAISED_AT.search(text)
+    line = failure_of(exc.__cause__).line if exc.__cause__ is not None else None  # the model's frame, if any
     where = (f"{at.group('file')}:{at.group('line')} in {at.group('func').strip()}: `{at.group('code').strip()}`"
-             if at else "a line of the model")
+             if at else line or "a line of the model")
     return GraphoptError(
         f"torch.export could not trace {type(model).__name__}: {where} branches on the values of a tensor "
         f"(data-dependent guard {guard.group('expr').strip()}). This is a limit of torch.export, not of "
