@@ -253,14 +253,9 @@ def test_channel_groups_is_a_cached_pass_analysis():
 
 
 def test_docs_analysis_examples_run():
-    import re
-    from pathlib import Path
+    from docblocks import run_blocks
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "analysis.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) >= 2
-    for i, code in enumerate(blocks):
-        exec(compile(code, f"docs/analysis.md[block {i}]", "exec"), {"__name__": "docs_example"})
+    run_blocks("docs/analysis.md", minimum=2)
 
 
 def test_picture_and_table(tmp_path):

@@ -7,8 +7,6 @@ kernel, converter, channel rule and ONNX lowering.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +24,6 @@ pytest.importorskip("onnxruntime")
 from graphopt.backends import onnx as gonnx  # noqa: E402
 from graphopt.custom_ops import CustomNode  # noqa: E402
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "custom_ops.md"
 COLUMNS = ("torch_kernel", "channel_rule", "mac_rule", "onnx_lowering")
 
 
@@ -182,11 +179,9 @@ def test_custom_domain_node():
 
 
 def test_docs_custom_ops_md_runs(capsys):
-    blocks = re.findall(r"^```python\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
-    assert len(blocks) >= 5
-    namespace: dict = {"__name__": "docs_custom_ops_md"}
-    for i, code in enumerate(blocks):
-        exec(compile(code, f"docs/custom_ops.md[block {i}]", "exec"), namespace)  # noqa: S102 - our own docs
+    from docblocks import run_blocks
+
+    run_blocks("docs/custom_ops.md", minimum=5)
     printed = capsys.readouterr().out
     assert "mylib.scaled_swish.default" in printed and "torch.Size([8, 3, 3, 3])" in printed
     assert "[('ScaledSwish', 'com.example')]" in printed and "already registered" in printed

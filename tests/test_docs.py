@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from docblocks import python_blocks
 
 
-def python_blocks(path: Path) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
-
-
-@pytest.mark.parametrize("index", range(len(python_blocks(REPO / "README.md"))))
+@pytest.mark.parametrize("index", range(len(python_blocks("README.md"))))
 def test_readme_python_blocks_run(index: int):
-    code = python_blocks(REPO / "README.md")[index]
-    exec(compile(code, f"README.md[block {index}]", "exec"), {"__name__": "readme_example"})
+    code = python_blocks("README.md")[index]  # each block on its own: the README's examples stand alone
+    exec(compile(code, f"README.md[block {index}]", "exec"), {"__name__": "readme_example"})  # noqa: S102
 
 
 def test_readme_has_examples():
-    assert python_blocks(REPO / "README.md")
+    assert python_blocks("README.md")
 
 
 def test_cli_demo_runs(capsys):

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
-DOC = Path(__file__).resolve().parent.parent / "docs" / "pruning.md"
+from docblocks import run_blocks
 
 
 def test_docs_pruning_md_code_runs(capsys):
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) >= 5
-    namespace: dict = {"__name__": "docs_pruning_md"}
-    for i, code in enumerate(blocks):
-        exec(compile(code, f"docs/pruning.md[block {i}]", "exec"), namespace)
+    run_blocks("docs/pruning.md", minimum=5)
     assert "reconstruct:" in capsys.readouterr().out

@@ -308,15 +308,9 @@ def test_consecutive_blocks_dropped_out_of_order(stack):
 
 
 def test_docs_drop_layers_md_code_runs(capsys):
-    import re
-    from pathlib import Path
+    from docblocks import run_blocks
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "drop_layers.md").read_text()
-    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
-    assert len(blocks) >= 4
-    namespace: dict = {"__name__": "docs_drop_layers_md"}
-    for index, code in enumerate(blocks):
-        exec(compile(code, f"docs/drop_layers.md[block {index}]", "exec"), namespace)
+    run_blocks("docs/drop_layers.md", minimum=4)
 
 
 def test_recovery_is_the_least_squares_fit_computed_by_hand(stack):
