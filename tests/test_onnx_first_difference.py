@@ -59,7 +59,7 @@ def test_a_wrong_lowering_is_named_at_its_node():
     finally:
         register_lowering("relu", right, replace=True)
     assert found is not None and found.node.op == "relu" and not found.tie_order
-    assert "max abs diff" in found.detail and "relu" in str(found)
+    assert "max error" in found.detail and "relu" in str(found)
     assert first_difference(graph, (x,)) is None  # the right lowering is back
 
 

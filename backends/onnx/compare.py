@@ -25,7 +25,7 @@ import onnx
 import torch
 
 from graphopt.ir.graph import Graph, Node
-from graphopt.ir.interpreter import GraphInterpreter
+from graphopt.ir.interpreter import GraphInterpreter, mismatch
 from graphopt.backends.onnx.export import lower
 
 __all__ = ["Difference", "first_difference"]
@@ -49,7 +49,8 @@ def first_difference(graph: Graph, inputs: Sequence[Any], *, rtol: float = 1e-4,
     """The first node (in graph order) whose output differs between ONNX Runtime and torch, or None.
 
     A float output differs when some element is off by more than
-    `atol + rtol * max|torch value|`; integer and boolean outputs must be equal.
+    `atol * max(1, max|torch value|) + rtol * |torch value|` (`mismatch`); integer and boolean outputs
+    must be equal.
     Outputs the lowering does not keep under their IR name (fused or folded
     away) are not compared; the walk goes on to the next node.
     `lower_options` are those of `lower` (opset, fused_attention, ...).
@@ -91,20 +92,8 @@ def first_difference(graph: Graph, inputs: Sequence[Any], *, rtol: float = 1e-4,
 
 
 def _differs(ours: torch.Tensor, theirs: torch.Tensor, rtol: float, atol: float) -> str:
-    if tuple(ours.shape) != tuple(theirs.shape):
-        return f"shape {tuple(theirs.shape)} on ONNX Runtime, {tuple(ours.shape)} on torch"
-    if ours.dtype == torch.bool or not ours.is_floating_point():
-        wrong = int((ours != theirs.to(ours.dtype)).sum())
-        return f"{wrong} of {ours.numel()} elements differ" if wrong else ""
-    theirs = theirs.to(ours.dtype)
-    both_inf = torch.isinf(ours) & (ours == theirs)
-    gap = torch.where(both_inf, torch.zeros_like(ours), (ours - theirs).abs())
-    gap = torch.where(torch.isnan(ours) & torch.isnan(theirs), torch.zeros_like(gap), gap)
-    scale = float(torch.where(torch.isfinite(ours), ours.abs(), torch.zeros_like(ours)).max()) if ours.numel() else 0.0
-    worst = float(gap.max()) if gap.numel() else 0.0
-    if worst > atol + rtol * scale or worst != worst:
-        return f"max abs diff {worst:.3g} (max |value| {scale:.3g})"
-    return ""
+    found = mismatch(theirs, ours, rtol=rtol, atol=atol, min_scale=1.0)
+    return f"ONNX Runtime: {found}" if found else ""
 
 
 def _tie_rows(scores: torch.Tensor, node: Node, ours: torch.Tensor, theirs: torch.Tensor) -> str:

@@ -34,7 +34,7 @@ from torch.utils import _pytree as pytree
 
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
-from graphopt.ir.interpreter import run_graph
+from graphopt.ir.interpreter import mismatch, run_graph
 
 DynamicMap = Mapping[int, Mapping[int, str]]
 
@@ -314,10 +314,7 @@ def _same(a: Any, b: Any) -> bool:
         return False
     if a.device.type == "meta" or a.numel() == 0:
         return True
-    if not (a.is_floating_point() or a.is_complex()):
-        return torch.equal(a, b)
-    scale = max(1.0, float(b.detach().abs().nan_to_num(0.0, 0.0, 0.0).max()))
-    return torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale, equal_nan=True)
+    return mismatch(a.detach(), b.detach(), rtol=1e-4, atol=1e-5, min_scale=1.0) is None
 
 
 def input_names(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[str]:

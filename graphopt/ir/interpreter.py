@@ -34,7 +34,7 @@ from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.ops import CREATION, TORCH_KERNEL, TRAINING_AWARE, has_trait
 
 __all__ = ["GraphInterpreter", "run_graph", "run_graph_float64", "trainable_weights", "structured_outputs",
-           "torch_kernel", "output_spec"]
+           "torch_kernel", "output_spec", "mismatch", "relative_error"]
 
 
 def torch_kernel(node: Node) -> Callable[..., Any]:
@@ -151,6 +151,36 @@ def run_graph_float64(graph: Graph, inputs: Sequence[Any]) -> list[torch.Tensor]
     inputs = [x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]
     outputs = run_graph(graph, inputs, weights=weights)
     return [out.double() if out.is_floating_point() else out for out in outputs]
+
+
+def mismatch(actual: Any, expected: Any, *, rtol: float, atol: float, min_scale: float = 0.0) -> str | None:
+    """How `actual` misses `expected`, or None when it is within tolerance: the one output comparison.
+
+    Floats: each element within `atol * scale + rtol * |expected|`, where scale is the largest finite
+    |expected| (at least `min_scale`), so the absolute term follows the output's magnitude; NaN and inf
+    must sit at the same places. Integers and booleans must be equal; other values compare with `==`.
+    The safety net of pruning, the batch-1 trace check and ONNX Runtime's first_difference all use it.
+    """
+    if not isinstance(actual, torch.Tensor) or not isinstance(expected, torch.Tensor):
+        return None if type(actual) is type(expected) and bool(actual == expected) else f"{actual!r} instead of {expected!r}"
+    if tuple(actual.shape) != tuple(expected.shape):
+        return f"shape {tuple(actual.shape)} instead of {tuple(expected.shape)}"
+    if not (expected.is_floating_point() or expected.is_complex()):
+        wrong = int((actual != expected.to(actual.dtype) if actual.dtype != expected.dtype else actual != expected).sum())
+        return f"{wrong} of {actual.numel()} elements differ" if wrong else None
+    actual = actual.to(expected.dtype)
+    # whole-tensor ops only: a language model's logits are millions of elements
+    magnitude = torch.where(torch.isfinite(expected), expected.abs(), torch.zeros((), dtype=expected.abs().dtype))
+    scale = max(min_scale, float(magnitude.max()) if expected.numel() else 0.0)
+    if torch.allclose(actual, expected, rtol=rtol, atol=atol * scale, equal_nan=True):
+        return None
+    finite = torch.isfinite(actual)
+    if not torch.equal(finite, torch.isfinite(expected)) or not expected.is_complex() and not (
+            torch.equal(torch.isnan(actual), torch.isnan(expected))
+            and torch.equal((actual > 0)[~finite], (expected > 0)[~finite])):
+        return "NaN or inf at other places"
+    error = float(torch.where(finite, (actual - expected).abs(), torch.zeros_like(magnitude)).max())
+    return f"max error {error:.3g} at output scale {scale:.3g}"
 
 
 def relative_error(reference: Sequence[Sequence[torch.Tensor]], outputs: Sequence[Sequence[torch.Tensor]]) -> float:
