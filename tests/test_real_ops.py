@@ -130,6 +130,15 @@ OP_CASES = [
     OpCase("nan-to-num", Fn(lambda m, x: torch.nan_to_num(torch.softmax(x.masked_fill(x > 0.5, -torch.inf), -1))
                             + torch.nan_to_num(torch.log(x), nan=-1.0, posinf=9.0, neginf=-9.0)
                             + torch.nan_to_num(x / (x - x)).clamp(-1, 1)), (X,), {"where", "ne", "eq"}),
+    # the rest of Core ATen's elementwise math (hyperbolic, log bases, trunc, fmod, isnan/isinf)
+    OpCase("hyperbolic-log-bases", Fn(lambda m, x: torch.tan(x * 0.5) + torch.sinh(x) + torch.cosh(x * 0.3)
+                                      + torch.asinh(x) + torch.acosh(x.abs() + 1.5) + torch.atanh(x.clamp(-0.9, 0.9))
+                                      + torch.log2(x.abs() + 0.1) + torch.log10(x.abs() + 0.1)),
+           (X,), {"tan", "sinh", "cosh", "asinh", "acosh", "atanh", "log2", "log10"}),
+    OpCase("trunc-fmod-isnan", Fn(lambda m, x: torch.trunc(x * 3) + torch.fmod(x * 5, 1.5) + torch.fmod(-m.ids, 4)
+                                  + torch.isnan(torch.log(x)).float() + torch.isinf(1 / (x - x)).float()
+                                  + torch.isinf(m.ids).float(), ids=torch.arange(6) - 2),
+           (X,), {"trunc", "div", "ne", "eq"}),
     OpCase("alias-spellings", Fn(lambda m, x: torch.multiply(x, 2).divide(3).subtract(x).true_divide(2)
                                  * torch.greater(x, 0) * torch.less_equal(x, 0.5) * torch.not_equal(x, 0.1)), (X,),
            {"mul", "div", "sub", "gt", "le", "ne"}),

@@ -15,7 +15,8 @@ _DIRECT_UNARY = {
     "relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "exp": "Exp", "log": "Log", "sqrt": "Sqrt",
     "neg": "Neg", "abs": "Abs", "erf": "Erf", "sin": "Sin", "cos": "Cos", "reciprocal": "Reciprocal",
     "hardswish": "HardSwish", "identity": "Identity", "dropout": "Identity", "sign": "Sign",
-    "asin": "Asin", "acos": "Acos", "atan": "Atan",
+    "asin": "Asin", "acos": "Acos", "atan": "Atan", "tan": "Tan", "sinh": "Sinh", "cosh": "Cosh",
+    "asinh": "Asinh", "acosh": "Acosh", "atanh": "Atanh",
 }
 
 
@@ -42,6 +43,24 @@ def _expm1(b, node, ins):
 def _log1p(b, node, ins):
     dt = out_of(node).dtype
     return b.op("Log", [b.op("Add", [ins[0], scalar(b, 1.0, dt)], dtype=dt)], dtype=dt)
+
+
+@lowering("log2", "log10")
+def _log_base(b, node, ins):
+    """ONNX has only the natural Log: log(x) / log(base), as a multiplication by the constant 1 / log(base)."""
+    dt = out_of(node).dtype
+    base = 2.0 if node.op == "log2" else 10.0
+    return b.op("Mul", [b.op("Log", ins[:1], dtype=dt), scalar(b, 1.0 / math.log(base), dt)], dtype=dt)
+
+
+@lowering("trunc")
+def _trunc(b, node, ins):
+    """ONNX has no Trunc: Ceil below zero, Floor above (torch.trunc; integers pass through)."""
+    dt = out_of(node).dtype
+    if not dt.is_floating_point:
+        return b.op("Identity", ins[:1], dtype=dt)
+    negative = b.op("Less", [ins[0], scalar(b, 0.0, dt)], dtype=torch.bool)
+    return b.op("Where", [negative, b.op("Ceil", ins[:1], dtype=dt), b.op("Floor", ins[:1], dtype=dt)], dtype=dt)
 
 
 _ROUNDING = {"floor": "Floor", "ceil": "Ceil", "round": "Round"}  # ONNX Round also sends halves to even

@@ -14,7 +14,8 @@ _UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Erf": "erf", "E
           "Sqrt": "sqrt", "Neg": "neg", "Abs": "abs", "Sin": "sin", "Cos": "cos", "Reciprocal": "reciprocal",
           "Not": "logical_not", "HardSwish": "hardswish", "Mish": "mish", "Sign": "sign", "Asin": "asin",
           "Acos": "acos", "Atan": "atan", "Floor": "floor", "Ceil": "ceil", "Round": "round",
-          "BitwiseNot": "bitwise_not"}
+          "BitwiseNot": "bitwise_not", "Tan": "tan", "Sinh": "sinh", "Cosh": "cosh", "Asinh": "asinh",
+          "Acosh": "acosh", "Atanh": "atanh"}
 
 
 def _unary(op: str):

@@ -16,7 +16,9 @@ _UNARY = {
     "hardsigmoid": "hardsigmoid", "mish": "mish", "exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt",
     "neg": "neg", "abs": "abs", "erf": "erf", "sin": "sin", "cos": "cos", "reciprocal": "reciprocal",
     "logical_not": "logical_not", "bitwise_not": "logical_not", "sign": "sign", "floor": "floor", "ceil": "ceil",
-    "expm1": "expm1", "log1p": "log1p", "asin": "asin", "acos": "acos", "atan": "atan",
+    "expm1": "expm1", "log1p": "log1p", "asin": "asin", "acos": "acos", "atan": "atan", "tan": "tan",
+    "sinh": "sinh", "cosh": "cosh", "asinh": "asinh", "acosh": "acosh", "atanh": "atanh", "log2": "log2",
+    "log10": "log10", "trunc": "trunc", "fix": "trunc",
 }
 
 
@@ -210,6 +212,32 @@ def _where(ctx, node):
     if len(node.args) == 1:
         raise GraphoptError(f"node '{node.name}': torch.where(cond) with one argument is data-dependent")
     return ctx.emit1("where", [ctx.value(node.args[0]), ctx.value(node.args[1]), ctx.value(node.args[2])])
+
+
+@register_torch_op("aten.isnan")
+def _isnan(ctx, node):
+    x = ctx.value(node.args[0])
+    return ctx.emit1("ne", [x, x])  # NaN is the only value unequal to itself (all False on integers)
+
+
+@register_torch_op("aten.isinf")
+def _isinf(ctx, node):
+    x = ctx.value(node.args[0])
+    if not x.dtype.is_floating_point:  # integers are never infinite
+        return ctx.emit1("ne", [x, x])
+    return ctx.emit1("eq", [ctx.emit1("abs", [x]), ctx.scalar(math.inf, dtype=x.dtype)])
+
+
+@register_torch_op("aten.fmod")
+def _fmod(ctx, node):
+    """a - trunc(a / b) * b: the remainder with the sign of a (C's fmod), as torch.fmod."""
+    a = ctx.value(node.args[0])
+    other = node.args[1]
+    b = ctx.value(other) if isinstance(other, torch.fx.Node) else ctx.scalar(other, dtype=a.dtype)
+    out_dtype = ctx.out_dtype()
+    a, b = cast_to(ctx, a, out_dtype), cast_to(ctx, b, out_dtype)
+    quotient = ctx.emit1("div", [a, b], {"rounding_mode": "trunc"})
+    return ctx.emit1("sub", [a, ctx.emit1("mul", [quotient, b])])
 
 
 @register_torch_op("aten.nan_to_num", "aten.nan_to_num_")
