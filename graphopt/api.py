@@ -67,7 +67,7 @@ class OptimizedModel:
 
         The outputs have the original model's structure (a dict stays a dict) on every back-end.
         """
-        tensors = tuple(torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in inputs)
+        tensors = _as_tensors(inputs)
         self.graph.check_inputs(tensors, what="calling the optimized model")
         with torch.no_grad():
             outputs = self._runner(*tensors)
@@ -235,14 +235,17 @@ def optimize(
 
 def _example_tuple(example_inputs: Any) -> tuple:
     """The example inputs as a tuple (one tensor is a 1-tuple); anything else is a mistake named now."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, np.ndarray):
-        return (torch.from_numpy(example_inputs),)
+    if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
+        return _as_tensors([example_inputs])
     if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
         raise InputError(f"example_inputs must be a tensor or a non-empty tuple of the model's inputs, "
                          f"e.g. (torch.randn(1, 3, 224, 224),); got {example_inputs!r:.80}")
-    return tuple(torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in example_inputs)
+    return _as_tensors(example_inputs)
+
+
+def _as_tensors(values: Sequence[Any]) -> tuple:
+    """`values` with numpy arrays as torch tensors (sharing memory); everything else as given."""
+    return tuple(torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in values)
 
 
 @dataclass
