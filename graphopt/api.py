@@ -18,6 +18,7 @@ import torch
 from graphopt.errors import GraphoptError, InputError
 from graphopt.ir.graph import Graph
 from graphopt.ir.interpreter import structured_outputs
+from graphopt.registry import close_names
 
 
 @dataclass
@@ -62,18 +63,37 @@ class OptimizedModel:
         self.report = report
         self._runner = runner
 
-    def __call__(self, *inputs: Any) -> Any:
+    def __call__(self, *inputs: Any, **named: Any) -> Any:
         """Run on torch tensors or numpy arrays (as traced: count, dtype, static sizes are checked first).
 
-        The outputs have the original model's structure (a dict stays a dict) on every back-end.
+        Inputs go positionally in the graph's input order, or by the names forward() gave them
+        (`opt(input_ids=ids, attention_mask=mask)`). The outputs have the original model's structure
+        (a dict stays a dict) on every back-end.
         """
-        tensors = _as_tensors(inputs)
+        tensors = _as_tensors(self._ordered(inputs, named) if named else inputs)
         self.graph.check_inputs(tensors, what="calling the optimized model")
         with torch.no_grad():
             outputs = self._runner(*tensors)
         if self.report.backend == "torch":  # the torch module already rebuilds the structure
             return outputs
         return structured_outputs(self.graph, list(outputs) if isinstance(outputs, tuple) else [outputs])
+
+    def _ordered(self, positional: tuple, named: Mapping[str, Any]) -> tuple:
+        """Positional and named inputs in the graph's input order; an unknown or repeated name is an InputError."""
+        names = [v.name for v in self.graph.inputs]
+        unknown = sorted(set(named) - set(names))
+        if unknown:
+            raise InputError(f"the optimized model has no input {unknown[0]!r}{close_names(unknown[0], names)}; "
+                             f"its inputs: {', '.join(names)}")
+        given = dict(zip(names, positional))
+        twice = sorted(set(given) & set(named))
+        if twice:
+            raise InputError(f"input {twice[0]!r} is given both by position and by name")
+        given.update(named)
+        missing = [name for name in names if name not in given]
+        if missing:
+            raise InputError(f"the optimized model needs input {missing[0]!r} too (its inputs: {', '.join(names)})")
+        return tuple(given[name] for name in names)
 
     @property
     def recipe(self):

@@ -396,3 +396,28 @@ def test_a_pass_that_fails_half_way_leaves_the_callers_graph_as_it_was():
         PassManager([HalfWay()]).run(graph, (x,))
     assert graph.format() == before
     graph.verify()
+
+
+def test_an_optimized_hugging_face_model_takes_its_inputs_by_name():
+    """A transformers model is called with input_ids=..., attention_mask=...; so is its optimized version."""
+    import torch
+
+    from graphopt.errors import InputError
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval()
+    ids, mask = torch.randint(1, 64, (1, 8)), torch.ones(1, 8, dtype=torch.long)
+    opt = graphopt.optimize(model, (ids, mask), backend="onnx")
+    want = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(opt(input_ids=ids, attention_mask=mask)["last_hidden_state"], want,
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(opt(ids, attention_mask=mask.numpy())["last_hidden_state"], want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(InputError, match="no input 'input_id'.*did you mean 'input_ids'"):
+        opt(input_id=ids, attention_mask=mask)
+    with pytest.raises(InputError, match="'input_ids' is given both by position and by name"):
+        opt(ids, input_ids=ids, attention_mask=mask)
+    with pytest.raises(InputError, match="needs input 'attention_mask' too"):
+        opt(input_ids=ids)
