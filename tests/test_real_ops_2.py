@@ -26,40 +26,7 @@ from graphopt.ir import dims as D
 
 pytest.importorskip("onnxruntime")
 from graphopt.backends import onnx as gonnx  # noqa: E402
-
-
-def _first(out):
-    """The tensor a model's output leads with (a tuple's first item, a ModelOutput's last_hidden_state)."""
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return getattr(out, "last_hidden_state", out)
-
-
-def _outputs(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for item in out for t in _outputs(item)]
-    return [_first(out)]
-
-
-def check_round_trip(model: nn.Module, inputs: tuple, other: tuple | None = None, *, atol: float = 1e-5,
-                     **trace_kwargs) -> Graph:
-    """The traced graph on torch and on ONNX Runtime equals the eager model, on `inputs` and on `other`."""
-    model.eval()
-    graph = graphopt.trace(model, inputs, **trace_kwargs)
-    module, run = to_module(graph), gonnx.compile(graph, threads=1)
-    for feed in [inputs] + ([other] if other is not None else []):
-        with torch.no_grad():
-            want = _outputs(model(*feed))
-            back = _outputs(module(*feed))
-        onnx_out = _outputs(run(*feed))
-        for got in (back, onnx_out[:len(want)]):
-            assert len(got) >= 1
-            for g, w in zip(got, want):
-                assert g.shape == w.shape and g.dtype == w.dtype, (g.shape, w.shape, g.dtype, w.dtype)
-                torch.testing.assert_close(g, w, atol=atol, rtol=1e-4)
-    return graph
+from roundtrip import check_round_trip  # noqa: E402
 
 
 # ------------------------------------------------------------------ top-k

@@ -20,29 +20,12 @@ import torch
 import torch.nn as nn
 
 import graphopt
-from graphopt.backends.torch import to_module
 from graphopt.errors import GraphoptError
 from graphopt.ir import Graph
 
 pytest.importorskip("onnxruntime")
 from graphopt.backends import onnx as gonnx  # noqa: E402
-
-
-def check_round_trip(model: nn.Module, inputs: tuple, other: tuple | None = None, *, atol: float = 1e-5,
-                     **trace_kwargs) -> Graph:
-    """The traced graph on torch and on ONNX Runtime equals the eager model, on `inputs` and on `other`."""
-    model.eval()
-    graph = graphopt.trace(model, inputs, **trace_kwargs)
-    module, run = to_module(graph), gonnx.compile(graph, threads=1)
-    for feed in [inputs] + ([other] if other is not None else []):
-        with torch.no_grad():
-            want = model(*feed)
-            back = module(*feed)
-        got_onnx = run(*feed)
-        for got in (back, got_onnx):
-            assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype)
-            torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
-    return graph
+from roundtrip import check_round_trip  # noqa: E402
 
 
 def _ops(graph: Graph) -> set[str]:
