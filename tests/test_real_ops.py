@@ -139,6 +139,8 @@ OP_CASES = [
                                   + torch.isnan(torch.log(x)).float() + torch.isinf(1 / (x - x)).float()
                                   + torch.isinf(m.ids).float(), ids=torch.arange(6) - 2),
            (X,), {"trunc", "div", "ne", "eq"}),
+    OpCase("atan2", Fn(lambda m, x: torch.atan2(x, x.flip(-1)) + torch.atan2(x, m.axis) + torch.atan2(m.axis, x),
+                       axis=torch.tensor([0.0, 1.0, -1.0, 0.0, 2.0, -3.0])), (X,), {"atan", "where"}),
     OpCase("alias-spellings", Fn(lambda m, x: torch.multiply(x, 2).divide(3).subtract(x).true_divide(2)
                                  * torch.greater(x, 0) * torch.less_equal(x, 0.5) * torch.not_equal(x, 0.1)), (X,),
            {"mul", "div", "sub", "gt", "le", "ne"}),

@@ -240,6 +240,26 @@ def _fmod(ctx, node):
     return ctx.emit1("sub", [a, ctx.emit1("mul", [quotient, b])])
 
 
+@register_torch_op("aten.atan2", "aten.arctan2")
+def _atan2(ctx, node):
+    """atan(y / x), moved by pi into the half-plane x < 0 and set to +-pi/2 (or 0) on the axis x = 0.
+
+    ONNX has no Atan2. Equal to torch.atan2 except at signed zeros: y = -0.0 with x < 0 gives pi, not -pi.
+    """
+    y = cast_to(ctx, ctx.value(node.args[0]), ctx.out_dtype())
+    other = node.args[1]
+    x = cast_to(ctx, ctx.value(other) if isinstance(other, torch.fx.Node) else ctx.scalar(other), ctx.out_dtype())
+    dt = ctx.out_dtype()
+    zero, pi = ctx.scalar(0.0, dtype=dt), ctx.scalar(math.pi, dtype=dt)
+    base = ctx.emit1("atan", [ctx.emit1("div", [y, x])])
+    left = ctx.emit1("where", [ctx.emit1("ge", [y, zero]), ctx.emit1("add", [base, pi]), ctx.emit1("sub", [base, pi])])
+    axis = ctx.emit1("where", [ctx.emit1("gt", [y, zero]), ctx.scalar(math.pi / 2, dtype=dt),
+                               ctx.emit1("where", [ctx.emit1("lt", [y, zero]), ctx.scalar(-math.pi / 2, dtype=dt),
+                                                   zero])])
+    return ctx.emit1("where", [ctx.emit1("gt", [x, zero]), base,
+                               ctx.emit1("where", [ctx.emit1("lt", [x, zero]), left, axis])])
+
+
 @register_torch_op("aten.nan_to_num", "aten.nan_to_num_")
 def _nan_to_num(ctx, node):
     """NaN -> `nan` (0), +inf -> `posinf`, -inf -> `neginf` (default: the dtype's largest and lowest), as selects."""
