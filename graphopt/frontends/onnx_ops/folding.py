@@ -119,9 +119,9 @@ def _f_cast(ctx, node, ins):
 def _f_gather(ctx, node, ins):
     axis = OnnxImportContext.attr(node, "axis", 0)
     data, indices = _arr(ins[0]), _arr(ins[1])
-    axis_ = axis % max(data.ndim, 1)
-    _bounded(data.shape[:axis_] + indices.shape + data.shape[axis_ + 1:])
-    return [known(np.take(_arr(ins[0]), _arr(ins[1]).astype(np.int64), axis=axis), ins[0].dtype)]
+    at = axis % max(data.ndim, 1)
+    _bounded(data.shape[:at] + indices.shape + data.shape[at + 1:])
+    return [known(np.take(data, indices.astype(np.int64), axis=axis), ins[0].dtype)]
 
 
 @folder("Unsqueeze")

@@ -192,14 +192,20 @@ def _rsub(ctx, node):
     return ctx.emit1("sub", [ctx.value(node.args[1]), x])
 
 
-@register_torch_op("aten.remainder", "aten.remainder_")
-def _remainder(ctx, node):
-    # Python's %: a - floor(a / b) * b, the sign of b (canine's hash buckets, relative position tables)
-    a, b = ctx.value(node.args[0]), ctx.value(node.args[1])
-    dtype = ctx.out_dtype()
-    a, b = cast_to(ctx, a, dtype), cast_to(ctx, b, dtype)
-    quotient = ctx.emit1("div", [a, b], {"rounding_mode": "floor"})
-    return ctx.emit1("sub", [a, ctx.emit1("mul", [quotient, b])])
+def _modulo(rounding: str):
+    """a - round(a / b) * b: Python's % with "floor" (the sign of b: canine's hash buckets, relative position
+    tables), C's fmod with "trunc" (the sign of a)."""
+    def convert(ctx, node):
+        dtype = ctx.out_dtype()
+        a, b = cast_to(ctx, ctx.value(node.args[0]), dtype), cast_to(ctx, ctx.value(node.args[1]), dtype)
+        quotient = ctx.emit1("div", [a, b], {"rounding_mode": rounding})
+        return ctx.emit1("sub", [a, ctx.emit1("mul", [quotient, b])])
+
+    return convert
+
+
+register_torch_op("aten.remainder", "aten.remainder_")(_modulo("floor"))
+register_torch_op("aten.fmod", "aten.fmod_")(_modulo("trunc"))
 
 
 @register_torch_op("aten.floor_divide")
@@ -228,28 +234,14 @@ def _isinf(ctx, node):
     return ctx.emit1("eq", [ctx.emit1("abs", [x]), ctx.scalar(math.inf, dtype=x.dtype)])
 
 
-@register_torch_op("aten.fmod")
-def _fmod(ctx, node):
-    """a - trunc(a / b) * b: the remainder with the sign of a (C's fmod), as torch.fmod."""
-    a = ctx.value(node.args[0])
-    other = node.args[1]
-    b = ctx.value(other) if isinstance(other, torch.fx.Node) else ctx.scalar(other, dtype=a.dtype)
-    out_dtype = ctx.out_dtype()
-    a, b = cast_to(ctx, a, out_dtype), cast_to(ctx, b, out_dtype)
-    quotient = ctx.emit1("div", [a, b], {"rounding_mode": "trunc"})
-    return ctx.emit1("sub", [a, ctx.emit1("mul", [quotient, b])])
-
-
 @register_torch_op("aten.atan2", "aten.arctan2")
 def _atan2(ctx, node):
     """atan(y / x), moved by pi into the half-plane x < 0 and set to +-pi/2 (or 0) on the axis x = 0.
 
     ONNX has no Atan2. Equal to torch.atan2 except at signed zeros: y = -0.0 with x < 0 gives pi, not -pi.
     """
-    y = cast_to(ctx, ctx.value(node.args[0]), ctx.out_dtype())
-    other = node.args[1]
-    x = cast_to(ctx, ctx.value(other) if isinstance(other, torch.fx.Node) else ctx.scalar(other), ctx.out_dtype())
     dt = ctx.out_dtype()
+    y, x = cast_to(ctx, ctx.value(node.args[0]), dt), cast_to(ctx, ctx.value(node.args[1]), dt)
     zero, pi = ctx.scalar(0.0, dtype=dt), ctx.scalar(math.pi, dtype=dt)
     base = ctx.emit1("atan", [ctx.emit1("div", [y, x])])
     left = ctx.emit1("where", [ctx.emit1("ge", [y, zero]), ctx.emit1("add", [base, pi]), ctx.emit1("sub", [base, pi])])
