@@ -9,8 +9,8 @@ graphopt.ir.ops` prints it). Users add ops for their own layers with `register_o
 """
 
 from graphopt.ir.ops._core import (
-    CREATION, ELEMENTWISE, LAYOUT, OPS, REDUCTION, TORCH_KERNEL, TRAINING_AWARE, OpDef, ShapeRule, TensorType,
-    broadcast, get_op, has_trait, infer_types, kernel, op, ops_with, register_op, result_dtype,
+    CREATION, ELEMENTWISE, LAYOUT, OPS, REDUCTION, SATURATING, TORCH_KERNEL, TRAINING_AWARE, OpDef, ShapeRule,
+    TensorType, broadcast, get_op, has_trait, infer_types, kernel, op, ops_with, register_op, result_dtype,
 )
 # The family modules register their ops on import, in the order docs/ir.md lists them.
 from graphopt.ir.ops import elementwise, nn, layout, reduce, creation  # noqa: F401,E402,I001
@@ -22,5 +22,5 @@ from graphopt.ir.ops.docs import markdown
 __all__ = [
     "OPS", "OpDef", "ShapeRule", "TensorType", "register_op", "get_op", "op", "kernel", "infer_types", "broadcast",
     "result_dtype", "markdown", "ops_with", "has_trait", "ELEMENTWISE_UNARY", "ELEMENTWISE_BINARY",
-    "TORCH_KERNEL", "ELEMENTWISE", "TRAINING_AWARE", "CREATION", "REDUCTION", "LAYOUT",
+    "TORCH_KERNEL", "ELEMENTWISE", "TRAINING_AWARE", "SATURATING", "CREATION", "REDUCTION", "LAYOUT",
 ]

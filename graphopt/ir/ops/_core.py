@@ -30,6 +30,9 @@ op_table.column(TORCH_KERNEL, "reference torch implementation (inputs positional
 # Traits the ir layer gives ops; later layers read them instead of keeping their own op sets.
 ELEMENTWISE = "elementwise"  # output element i depends on input element i only (after broadcasting)
 TRAINING_AWARE = "training_aware"  # the kernel takes `training` (batch_norm, dropout)
+# Unary and flat (or nearly) over a tail of its input (sigmoid, SiLU, GELU, ...): an error in the input there
+# barely reaches the output, so a quantizer may clip the input where the op is flat.
+SATURATING = "saturating"
 CREATION = "creation"  # no tensor inputs; the kernel takes `device`, the inputs' device
 REDUCTION = "reduction"
 LAYOUT = "layout"

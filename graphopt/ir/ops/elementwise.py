@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from graphopt.ir.graph import Node
-from graphopt.ir.ops._core import (ELEMENTWISE, TRAINING_AWARE, TensorType, broadcast, in_, kernel, op, result_dtype,
-                                   same)
+from graphopt.ir.ops._core import (ELEMENTWISE, SATURATING, TRAINING_AWARE, TensorType, broadcast, in_, kernel, op,
+                                   result_dtype, same)
 
 
 def identity(x):
@@ -108,11 +108,15 @@ _UNARY = {
     "cumsum": ({"axis": "axis to accumulate along"}, "running sum along axis", cumsum),
 }
 ELEMENTWISE_UNARY = frozenset(_UNARY) - {"triu", "tril", "cumsum"}
+_SATURATING = {"relu", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "elu", "softplus",
+               "mish", "clamp"}
 
 for _name, (_attrs, _doc, _kernel) in _UNARY.items():
     _traits = {ELEMENTWISE} if _name in ELEMENTWISE_UNARY else set()
     if _name == "dropout":
         _traits.add(TRAINING_AWARE)
+    if _name in _SATURATING:
+        _traits.add(SATURATING)
     op(_name, "x", attrs=_attrs, shape="same as x", category="elementwise", doc=_doc, traits=_traits)(same)
     kernel(_name)(_kernel)
 
