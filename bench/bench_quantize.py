@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib.util
 import sys
 import tempfile
@@ -182,9 +183,116 @@ def pruned_int8_rows(name: str, batches: list[int], runs: int, warmup: int, thre
     return rows
 
 
+# ------------------------------------------------------------------ activation outliers: a character Llama
+def _text_bench():
+    """bench/bench_drop_layers.py: its text corpus, language-model training and measures."""
+    _prune_bench()  # bench_drop_layers imports from it by name
+    return _bench_module("bench_drop_layers")
+
+
+def char_llama(vocab: int, seed: int = 0, dim: int = 128, layers: int = 4, length: int = 64) -> torch.nn.Module:
+    """The zoo's Llama (RMSNorm, RoPE, grouped-query attention, SwiGLU) at a character LM's size."""
+    zoo, _ = models_zoo.get("llama", "tiny")
+    config = dataclasses.replace(zoo.config, vocab_size=vocab, hidden_size=dim, intermediate_size=dim * 43 // 16,
+                                 num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=length)
+    torch.manual_seed(seed)
+    return type(zoo)(config)
+
+
+def activation_outliers(model: torch.nn.Module, batches: list[tuple]) -> list[tuple[str, float, float, int, float]]:
+    """Per distinct linear-layer input, over `batches`: (the layers reading it, max|x|, median per-channel
+    absmax, the channel of max|x|, their ratio), largest ratio first. Layers sharing an input (q/k/v,
+    gate/up) are one row."""
+    found: dict[str, torch.Tensor] = {}
+    readers: dict[str, list[str]] = {}
+    seen: dict[int, tuple[str, torch.Tensor]] = {}  # id -> (first reader, the tensor, kept so ids stay unique)
+
+    def hook(name: str):
+        def record(module, args, output) -> None:
+            x = args[0]
+            key = seen.setdefault(id(x), (name, x))[0]  # the first layer to read this tensor names it
+            if key == name:
+                m = x.detach().abs().reshape(-1, x.shape[-1]).amax(0)
+                found[key] = m if key not in found else torch.maximum(found[key], m)
+            if name not in readers.setdefault(key, []):
+                readers[key].append(name)
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                seen.clear()
+                model(*batch)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    for key, absmax in found.items():
+        names = readers[key]
+        prefix = names[0].rsplit(".", 1)[0] + "." if len(names) > 1 else ""
+        label = prefix + "/".join(n.removeprefix(prefix) for n in names) if prefix else names[0]
+        median = float(absmax.median())
+        rows.append((label, float(absmax.max()), median, int(absmax.argmax()), float(absmax.max()) / median))
+    return sorted(rows, key=lambda r: -r[4])
+
+
+def _logits(run, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    return torch.cat([torch.as_tensor(run(xb)).float() for xb in x.split(batch_size)])
+
+
+def outlier_rows(text, steps: int = 2000, batch: int = 16, lr: float = 2e-3, calibration: int = 256,
+                 alphas: tuple[float, ...] = (0.5, 0.8), seed: int = 0, threads: int = 1):
+    """A character Llama trained on `text` (bench_drop_layers' Text); its activation outliers and, on ONNX
+    Runtime, its held-out accuracy in fp32, graphopt int8-dynamic (plain and SmoothQuant at each alpha) and
+    ONNX Runtime's stock `quantize_dynamic` on the same exported fp32 model.
+
+    Returns (outlier rows as `activation_outliers`, accuracy rows: (variant, next-char accuracy %,
+    cross-entropy nats/char, cosine of the test logits to fp32's, % of argmaxes equal to fp32's), train seconds).
+    """
+    import time
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import quantize_dynamic
+
+    tb = _text_bench()
+    model = char_llama(len(text.vocab), seed, length=text.x_train.shape[1])
+    start = time.perf_counter()
+    tb.train_lm(model, text, steps, lr, seed, batch)
+    seconds = time.perf_counter() - start
+    batches = [(x,) for x in text.x_train[:calibration].split(64)]
+    outliers = activation_outliers(model, batches)
+    example = (text.x_train[:2],)
+    variants = {"fp32": None, "graphopt int8-dynamic": {"mode": "int8-dynamic"},
+                **{f"graphopt int8-dynamic + smooth {a}": {"mode": "int8-dynamic", "smooth": a} for a in alphas}}
+    graphs = {label: graphopt.optimize(model, example, quantize=None if options is None else
+                                       {**options, "progress": False}, calibration_data=batches,
+                                       backend="onnx").graph for label, options in variants.items()}
+    runs = {label: onnx_backend.compile(graph, threads=threads) for label, graph in graphs.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path, ort_path = Path(tmp) / "fp32.onnx", Path(tmp) / "ort_dynamic.onnx"
+        onnx_backend.export(graphs["fp32"], fp32_path, external_data=False)
+        quantize_dynamic(str(fp32_path), str(ort_path))  # defaults: QInt8 weights per tensor, all op types
+        session = ort.InferenceSession(str(ort_path), onnx_backend.session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    runs["ORT quantize_dynamic (defaults)"] = lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    reference = _logits(runs["fp32"], text.x_test)
+    rows = []
+    for label, run in runs.items():
+        logits = _logits(run, text.x_test)
+        acc, loss = tb.text_measure(run, text.x_test, text.y_test)
+        cos = float(torch.nn.functional.cosine_similarity(logits.flatten().double(), reference.flatten().double(),
+                                                          dim=0))
+        agree = float((logits.argmax(-1) == reference.argmax(-1)).float().mean()) * 100
+        rows.append((label, acc, loss, cos, agree))
+    return outliers, rows, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["accuracy", "speed", "all", "ort-quantizer", "pruned-int8"],
+    parser.add_argument("--part", choices=["accuracy", "speed", "all", "ort-quantizer", "pruned-int8", "outliers"],
                         default="all")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2", "bert"])
@@ -192,6 +300,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2000, help="outliers: training steps of the character Llama")
+    parser.add_argument("--lr", type=float, default=2e-3, help="outliers: peak learning rate")
     args = parser.parse_args()
     if args.part in ("accuracy", "all"):
         print("| digits CNN | test accuracy % |\n|---|---|", flush=True)
@@ -207,6 +317,19 @@ def main() -> None:
         for name in args.models:
             for row in pruned_int8_rows(name, args.batches, args.runs, args.warmup, args.threads):
                 print(row, flush=True)
+    if args.part == "outliers":
+        torch.set_num_threads(args.threads)
+        text = _text_bench().load_text()
+        print(f"text: {text.description}\n{args.steps} steps of 16 sequences, peak lr {args.lr}", flush=True)
+        outliers, rows, seconds = outlier_rows(text, args.steps, lr=args.lr, threads=args.threads)
+        print(f"trained in {seconds:.0f} s\n\n| linear input (readers) | max abs x | median channel absmax | "
+              f"channel | ratio |\n|---|---|---|---|---|")
+        for label, top, median, channel, ratio in outliers:
+            print(f"| {label} | {top:.2f} | {median:.2f} | {channel} | {ratio:.1f} |")
+        print("\n| variant (ONNX Runtime) | next-char acc. % | cross-entropy | cosine to fp32 | argmax = fp32 % |\n"
+              "|---|---|---|---|---|")
+        for label, acc, loss, cos, agree in rows:
+            print(f"| {label} | {acc:.2f} | {loss:.4f} | {cos:.5f} | {agree:.2f} |", flush=True)
     if args.part in ("speed", "all"):
         import onnxruntime
 
