@@ -249,12 +249,16 @@ def outlier_rows(text, steps: int = 2000, batch: int = 16, lr: float = 2e-3, cal
     ONNX Runtime's stock `quantize_dynamic` on the same exported fp32 model.
 
     Returns (outlier rows as `activation_outliers`, accuracy rows: (variant, next-char accuracy %,
-    cross-entropy nats/char, cosine of the test logits to fp32's, % of argmaxes equal to fp32's), train seconds).
+    cross-entropy nats/char, cosine of the test logits to fp32's, % of argmaxes equal to fp32's, what was
+    quantized), train seconds).
     """
+    import collections
     import time
 
+    import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     tb = _text_bench()
     model = char_llama(len(text.vocab), seed, length=text.x_train.shape[1])
@@ -266,18 +270,35 @@ def outlier_rows(text, steps: int = 2000, batch: int = 16, lr: float = 2e-3, cal
     example = (text.x_train[:2],)
     variants = {"fp32": None, "graphopt int8-dynamic": {"mode": "int8-dynamic"},
                 **{f"graphopt int8-dynamic + smooth {a}": {"mode": "int8-dynamic", "smooth": a} for a in alphas}}
-    graphs = {label: graphopt.optimize(model, example, quantize=None if options is None else
-                                       {**options, "progress": False}, calibration_data=batches,
-                                       backend="onnx").graph for label, options in variants.items()}
+    graphs, notes = {}, {}
+    for label, options in variants.items():
+        optimized = graphopt.optimize(model, example, quantize=None if options is None else
+                                      {**options, "progress": False}, calibration_data=batches, backend="onnx")
+        graphs[label] = optimized.graph
+        report = optimized.report.quantize[0] if optimized.report.quantize else None
+        notes[label] = "" if report is None else (f"{len(report.quantized)} linears int8, {len(report.left_float)} "
+                                                  f"left float, {len(report.smoothed)} norms smoothed")
     runs = {label: onnx_backend.compile(graph, threads=threads) for label, graph in graphs.items()}
+    # ONNX Runtime's own dynamic quantizer, default options (weights QInt8 per tensor, activations uint8 per
+    # tensor at run time, every op type it knows, MatMulConstBOnly: only MatMuls by a constant initializer), on
+    # the exported fp32 model as is, and after the pre-processing its warning asks for (quant_pre_process,
+    # defaults: symbolic shape inference and ORT's basic graph optimizations, which fold constant Transposes)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32_path, ort_path = Path(tmp) / "fp32.onnx", Path(tmp) / "ort_dynamic.onnx"
+        fp32_path, pre_path = Path(tmp) / "fp32.onnx", Path(tmp) / "fp32_pre.onnx"
         onnx_backend.export(graphs["fp32"], fp32_path, external_data=False)
-        quantize_dynamic(str(fp32_path), str(ort_path))  # defaults: QInt8 weights per tensor, all op types
-        session = ort.InferenceSession(str(ort_path), onnx_backend.session_options(threads),
-                                       providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    runs["ORT quantize_dynamic (defaults)"] = lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        quant_pre_process(str(fp32_path), str(pre_path))
+        for label, source in (("ORT quantize_dynamic (defaults)", fp32_path),
+                              ("ORT quant_pre_process + quantize_dynamic (defaults)", pre_path)):
+            ort_path = Path(tmp) / f"{source.stem}_dynamic.onnx"
+            quantize_dynamic(str(source), str(ort_path))
+            ops = collections.Counter(node.op_type for node in onnx.load(str(ort_path)).graph.node)
+            session = ort.InferenceSession(str(ort_path), onnx_backend.session_options(threads),
+                                           providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            runs[label] = lambda x, s=session, n=name: torch.from_numpy(s.run(None, {n: x.numpy()})[0])
+            notes[label] = (f"{ops['MatMulInteger']} MatMulInteger, {ops['DynamicQuantizeLinear']} "
+                            f"DynamicQuantizeLinear, {ops['MatMul']} MatMul float"
+                            + (", embedding Gather int8" if ops["DequantizeLinear"] else ""))
     reference = _logits(runs["fp32"], text.x_test)
     rows = []
     for label, run in runs.items():
@@ -286,7 +307,7 @@ def outlier_rows(text, steps: int = 2000, batch: int = 16, lr: float = 2e-3, cal
         cos = float(torch.nn.functional.cosine_similarity(logits.flatten().double(), reference.flatten().double(),
                                                           dim=0))
         agree = float((logits.argmax(-1) == reference.argmax(-1)).float().mean()) * 100
-        rows.append((label, acc, loss, cos, agree))
+        rows.append((label, acc, loss, cos, agree, notes.get(label, "")))
     return outliers, rows, seconds
 
 
@@ -326,10 +347,10 @@ def main() -> None:
               f"channel | ratio |\n|---|---|---|---|---|")
         for label, top, median, channel, ratio in outliers:
             print(f"| {label} | {top:.2f} | {median:.2f} | {channel} | {ratio:.1f} |")
-        print("\n| variant (ONNX Runtime) | next-char acc. % | cross-entropy | cosine to fp32 | argmax = fp32 % |\n"
-              "|---|---|---|---|---|")
-        for label, acc, loss, cos, agree in rows:
-            print(f"| {label} | {acc:.2f} | {loss:.4f} | {cos:.5f} | {agree:.2f} |", flush=True)
+        print("\n| variant (ONNX Runtime) | next-char acc. % | cross-entropy | cosine to fp32 | argmax = fp32 % | "
+              "quantized |\n|---|---|---|---|---|---|")
+        for label, acc, loss, cos, agree, note in rows:
+            print(f"| {label} | {acc:.2f} | {loss:.4f} | {cos:.5f} | {agree:.2f} | {note} |", flush=True)
     if args.part in ("speed", "all"):
         import onnxruntime
 
