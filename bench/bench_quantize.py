@@ -1,7 +1,8 @@
 """Quantization: accuracy on real data (digits CNN), speed on ONNX Runtime (zoo base models) and model file sizes.
 
-Usage: python bench/bench_quantize.py [--part accuracy|speed|all] [--epochs 12] [--models resnet50 mobilenet_v2 bert]
-                                      [--batches 1 32] [--runs 5] [--warmup 2] [--threads 1]
+Usage: python bench/bench_quantize.py [--part accuracy|speed|all|ort-quantizer|pruned-int8|outliers] [--epochs 12]
+                                      [--models resnet50 mobilenet_v2 bert] [--batches 1 32] [--runs 5]
+                                      [--warmup 2] [--threads 1] [--steps 2000] [--lr 2e-3]
 
 Accuracy: the residual CNN of bench/bench_prune_accuracy.py trained on scikit-learn's digits (same split,
 seed 0), then `graphopt.optimize(..., quantize="int8", backend="onnx")` calibrated on the first 512
@@ -11,6 +12,16 @@ kernels; and pruned to 50 % of its MACs (l2 + reconstruction) then int8, against
 `--part ort-quantizer`: the same speed comparison with a third column, ONNX Runtime's own `quantize_static`
 on the exported fp32 model (convnets). `--part pruned-int8`: dense fp32 vs pruned to half the MACs (fp32,
 then + int8), each one `graphopt.optimize` call, on ONNX Runtime (the issue's 6x goal on ResNet-50).
+
+`--part outliers`: activation outliers on real text. The zoo's Llama (RMSNorm, RoPE, grouped-query attention,
+SwiGLU) at d_model 128, 4 layers, 4 heads / 2 kv heads, MLP 344, trained as a character LM on the standard
+library's docstrings with bench/bench_drop_layers.py's corpus and loop (`load_text`, `train_lm`: `--steps`
+steps of 16 sequences of 64, AdamW, peak `--lr`). Per linear layer's input, over the calibration data (the
+first 256 training sequences): max|x| against the median per-channel absmax. Then, all on ONNX Runtime,
+the held-out next-character accuracy and cross-entropy (`text_measure`), the logits' cosine to fp32's and the
+share of equal argmaxes, for fp32, graphopt int8-dynamic (plain, SmoothQuant alpha 0.5 and 0.8) and ORT's
+stock `quantize_dynamic` (default options) on the exported fp32 model, as exported and after ORT's
+`quant_pre_process`.
 
 Speed: each model at zoo size `base`, traced and canonicalised, run by ONNX Runtime (optimization level
 all, `--threads` intra-op threads) in fp32 and quantized (convnets: int8 static, calibrated on two
@@ -243,7 +254,7 @@ def _logits(run, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
 
 
 def outlier_rows(text, steps: int = 2000, batch: int = 16, lr: float = 2e-3, calibration: int = 256,
-                 alphas: tuple[float, ...] = (0.5, 0.8), seed: int = 0, threads: int = 1):
+                 alphas: tuple[float, ...] = (0.5, 0.8), seed: int = 0, threads: int = 1, layers: int = 4):
     """A character Llama trained on `text` (bench_drop_layers' Text); its activation outliers and, on ONNX
     Runtime, its held-out accuracy in fp32, graphopt int8-dynamic (plain and SmoothQuant at each alpha) and
     ONNX Runtime's stock `quantize_dynamic` on the same exported fp32 model.
@@ -261,7 +272,7 @@ def outlier_rows(text, steps: int = 2000, batch: int = 16, lr: float = 2e-3, cal
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     tb = _text_bench()
-    model = char_llama(len(text.vocab), seed, length=text.x_train.shape[1])
+    model = char_llama(len(text.vocab), seed, layers=layers, length=text.x_train.shape[1])
     start = time.perf_counter()
     tb.train_lm(model, text, steps, lr, seed, batch)
     seconds = time.perf_counter() - start
