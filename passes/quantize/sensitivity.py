@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from .calibrate import ProgressBar
+from graphopt.progress import ProgressBar
 
 ErrorOf = Callable[[list[str]], float]  # relative output error with exactly these layers quantized
 
