@@ -3,7 +3,7 @@
 Usage: python bench/bench_drop_layers.py [--seeds 0 1 2] [--drops 1 2 3 4 5] [--epochs 15] [--calibration 512]
                                          [--draws 5] [--repeat 50] [--threads 1]
                                          [--models cnn cnn3 transformer transformer12 charlm]
-                                         [--steps 2000] [--batch 16] [--text-calibration 256]
+                                         [--steps 2000] [--batch 16] [--text-calibration 256] [--cache DIR]
 
 Data: scikit-learn's digits, split and standardised as in bench/bench_prune_accuracy.py (its
 `load_digits` and `train` are reused: 1,347 training / 450 test images, Adam, cosine decay, batch 64).
@@ -43,15 +43,17 @@ the held-out text.
 For each number of dropped blocks k, graphopt ranks the blocks of the trained model (`drop-layers` on
 the traced graph) on calibration data, the first `--calibration` training images (the LM: sequences,
 its 8 whole layers being the blocks), and the dropped model's accuracy is measured on the held-out
-test images (held-out text), without fine-tuning. Rankings: cosine
-(the default: 1 - cos(block input, output), ShortGPT's Block Influence), angular, loss (the measured
-relative change of the logits when the block alone is dropped), labelled loss (the cross-entropy
-increase on the labelled calibration images), iterative cosine and iterative loss (re-scored after
-each drop). Baselines: the last k blocks, and k random blocks (mean of `--draws` draws). Every set of
+test images (held-out text), without fine-tuning. Rankings: kl, greedy (the default: each step drops
+the block whose removal, with the blocks already dropped, changes the model's output distribution least,
+KL divergence from the dense model on calibration data), kl one-shot (each block scored alone), cosine
+(1 - cos(block input, output), ShortGPT's Block Influence), angular, loss (the relative change of the
+logits when the block alone is dropped), labelled loss (the cross-entropy increase on the labelled
+calibration data; one-shot, and greedy as SLEB), iterative cosine (re-scored after each drop) and loss,
+greedy. Baselines: the last k blocks, and k random blocks (mean of `--draws` draws). Every set of
 dropped blocks, ranked or not, is measured twice: as dropped, and with `recover=True` (`blocks=[...]`
 and the least-squares refit on the same calibration images), so recovery's gain is not credited to a
 ranking. Latency (skipped with `--repeat 0`): `graphopt.optimize` of the dense model and of the model
-with k blocks dropped by cosine, torch back-end, a batch of 256 test images, median of `--repeat`
+with k blocks dropped by the default ranking, torch back-end, a batch of 256 test images, median of `--repeat`
 rounds after warm-up, the models timed in turns in each round, in one run.
 """
 
@@ -272,12 +274,15 @@ def text_measure(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) 
 
 
 RANKINGS = (  # method -> drop-layers options (besides count); "labelled" ones get the cross-entropy loss
-    ("cosine (default)", {}),
+    ("kl, greedy (default)", {}),
+    ("kl, one-shot", {"metric": "kl", "iterative": False}),
+    ("cosine", {"metric": "cosine"}),
     ("angular", {"metric": "angular"}),
-    ("loss", {"metric": "loss"}),
-    ("labelled loss", {"metric": "loss", "labelled": True}),
-    ("iterative cosine", {"iterative": True}),
-    ("iterative loss", {"metric": "loss", "iterative": True}),
+    ("loss", {"metric": "loss", "iterative": False}),
+    ("labelled loss", {"metric": "loss", "labelled": True, "iterative": False}),
+    ("labelled loss, greedy", {"metric": "loss", "labelled": True}),
+    ("iterative cosine", {"metric": "cosine", "iterative": True}),
+    ("loss, greedy", {"metric": "loss"}),
 )
 
 
@@ -324,6 +329,7 @@ class Dropper:
         self.cache: dict[tuple[frozenset[str], bool], tuple[float, float | None]] = {}
 
     def run(self, **options):
+        options.setdefault("progress", False)
         if options.pop("labelled", False):
             return PassManager([DropLayers(**options)]).run(self.graph, self.example, calibration_data=self.labelled,
                                                             loss=self.loss)
@@ -373,8 +379,8 @@ def evaluate(name: str, model: nn.Module, data: Digits | Text, *, drops: list[in
         dropper = Dropper(graph, example, calib, labelled, lambda m: (accuracy(m, data.x_test, data.y_test), None))
     blocks = [b.name for b in find_blocks(graph).select("layer") if b.droppable]
     scores = {}
-    for metric, options in (("cosine", {}), ("loss", {"metric": "loss"}), ("labelled loss", {"metric": "loss",
-                                                                                               "labelled": True})):
+    for metric, options in (("kl", {"metric": "kl"}), ("cosine", {"metric": "cosine"}),
+                            ("labelled loss", {"metric": "loss", "labelled": True})):
         _, report = dropper.run(count=1, **options)
         scores[metric] = {r.name: r.score for r in report.stats("drop-layers")[0].rows if r.score is not None}
     rows = []
@@ -446,6 +452,23 @@ TEXT_MODELS = {  # key -> (name, factory of the vocabulary size, peak learning r
 }
 
 
+def trained(key: str, seed: int, args: argparse.Namespace, make, fit) -> nn.Module:
+    """`fit(make())`, or with `--cache DIR` the weights saved by an earlier run with the same settings (training
+    is deterministic, so a cached model is the one this run would train)."""
+    if not args.cache:
+        return fit(make())
+    settings = f"steps{args.steps}_batch{args.batch}" if key in TEXT_MODELS else f"epochs{args.epochs}"
+    path = os.path.join(args.cache, f"{key}_seed{seed}_{settings}.pt")
+    if os.path.exists(path):
+        model = make()
+        model.load_state_dict(torch.load(path))
+        return model.eval()
+    model = fit(make())
+    os.makedirs(args.cache, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model
+
+
 def run(seed: int, args: argparse.Namespace, text: Text | None) -> list[ModelResult]:
     data = load_digits(seed) if set(args.models) & set(MODELS) else None
     results = []
@@ -454,13 +477,14 @@ def run(seed: int, args: argparse.Namespace, text: Text | None) -> list[ModelRes
         start = time.perf_counter()
         if key in TEXT_MODELS:
             name, factory, lr = TEXT_MODELS[key]
-            model = train_lm(factory(len(text.vocab)), text, args.steps, lr, seed, args.batch)
+            model = trained(key, seed, args, lambda: factory(len(text.vocab)),
+                            lambda m: train_lm(m, text, args.steps, lr, seed, args.batch))
             result = evaluate(name, model, text, drops=args.drops, calibration=args.text_calibration,
                               draws=args.draws, seed=seed, repeat=args.repeat,
                               train_seconds=time.perf_counter() - start)
         else:
             name, factory, lr = MODELS[key]
-            model = train(factory(), data, args.epochs, lr, seed)
+            model = trained(key, seed, args, factory, lambda m: train(m, data, args.epochs, lr, seed))
             result = evaluate(name, model, data, drops=args.drops, calibration=args.calibration, draws=args.draws,
                               seed=seed, repeat=args.repeat, train_seconds=time.perf_counter() - start)
         results.append(result)
@@ -516,6 +540,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=50, help="timed calls per latency (0: no latency)")
     parser.add_argument("--models", nargs="+", choices=[*MODELS, *TEXT_MODELS], default=["cnn", "transformer"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache", default="", help="directory of trained weights to reuse (and fill)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.epochs} epochs, calibration "

@@ -103,7 +103,7 @@ def test_cosine_and_angular_scores_match_a_hand_computation(stack):
         h1 = model.blocks[0](x)
         h2 = model.blocks[1](h1)
     cos = torch.nn.functional.cosine_similarity(h1.double(), h2.double(), dim=-1)
-    _, cosine, _ = drop(graph, inputs, "drop-layers{count=1}")
+    _, cosine, _ = drop(graph, inputs, "drop-layers{count=1,metric=cosine}")
     _, angular, _ = drop(graph, inputs, "drop-layers{count=1,metric=angular}")
     row = {r.name: r for r in cosine.rows}["blocks.1"]
     assert row.score == pytest.approx(float(1 - cos.mean()), rel=1e-6)
@@ -143,10 +143,55 @@ def test_loss_metric_uses_the_run_loss_with_targets(stack):
 
 def test_iterative_drop_equals_dropping_one_at_a_time(stack):
     _, inputs, graph = stack
-    _, stats, _ = drop(graph, inputs, "drop-layers{count=2,iterative=true}")
-    once, first, _ = drop(graph, inputs, "drop-layers{count=1}")
-    _, second, _ = drop(once, inputs, "drop-layers{count=1}")
+    _, stats, _ = drop(graph, inputs, "drop-layers{count=2,iterative=true,metric=cosine}")
+    once, first, _ = drop(graph, inputs, "drop-layers{count=1,metric=cosine}")
+    _, second, _ = drop(once, inputs, "drop-layers{count=1,metric=cosine}")
     assert stats.dropped == first.dropped + second.dropped
+
+
+def _kl(reference: torch.Tensor, output: torch.Tensor) -> float:
+    p, q = torch.log_softmax(reference.double(), -1), torch.log_softmax(output.double(), -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def test_default_metric_on_logits_is_kl_chosen_greedily_against_the_dense_model(stack):
+    """auto -> kl (the head is a linear): each block's score is the KL of the output distribution with it dropped,
+    and the second block is the one whose removal together with the first changes the dense output least."""
+    model, inputs, graph = stack
+    _, stats, _ = drop(graph, inputs, "drop-layers{count=2,progress=false}")
+    assert stats.metric.startswith("kl (auto: output 0 is the output of linear")
+    with torch.no_grad():
+        dense = model(*inputs)
+        alone = {f"blocks.{i}": _kl(dense, model(*inputs, skip=(i,))) for i in range(4)}
+        for row in stats.rows:
+            assert row.score == pytest.approx(alone[row.name], rel=1e-6)
+        first = min(alone, key=alone.get)
+        index = int(first.split(".")[1])
+        together = {f"blocks.{i}": _kl(dense, model(*inputs, skip=(index, i))) for i in range(4) if i != index}
+    assert stats.dropped == [first, min(together, key=together.get)]
+
+
+def test_default_metric_without_logits_is_the_measured_output_change():
+    class Trunk(Stack):  # residual blocks and a norm, no head: features, not logits
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return self.norm(x)
+
+    torch.manual_seed(0)
+    model, inputs = Trunk().eval(), (torch.randn(2, 5, 16),)
+    _, stats, _ = drop(graphopt.trace(model, inputs), inputs, "drop-layers{count=1,progress=false}")
+    assert stats.metric.startswith("loss (auto: output 0 is not a linear layer's logits")
+    with torch.no_grad():
+        dense = model(*inputs)
+        changes = {}
+        for i in range(4):
+            kept = [b for j, b in enumerate(model.blocks) if j != i]
+            x = inputs[0]
+            for block in kept:
+                x = block(x)
+            changes[f"blocks.{i}"] = relative_error([[dense]], [[model.norm(x)]])
+    assert stats.dropped == [min(changes, key=changes.get)]
 
 
 def test_recipe_replays_the_drop(stack):

@@ -20,6 +20,7 @@ from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
 from graphopt.ir.interpreter import run_graph
 from graphopt.passmanager import AnalysisManager, Pass, PassResult, RunContext, option, register_pass
+from graphopt.progress import ProgressBar
 
 from graphopt import __version__
 
@@ -28,7 +29,7 @@ from .recipe import DropRecipe
 from .recover import recover
 from .removal import drop_block
 from .report import BlockRow, DropReport
-from .scores import loss_scores, similarity_scores
+from .scores import MEASURED, Baseline, logits_output, measured_scores, similarity_scores
 
 
 @register_pass("drop-layers")
@@ -42,12 +43,17 @@ class DropLayers(Pass):
     fraction: float | None = option(None, "instead of count: this fraction of the candidate blocks (rounded down)")
     granularity: Literal["layer", "attention", "mlp", "any"] = option(
         "layer", "candidates: outermost blocks (whole layers, CNN blocks), attention or MLP sub-layers, or any block")
-    metric: Literal["cosine", "angular", "loss"] = option(
-        "cosine", "ranking: 1 - cos(input, output) (Block Influence), angular distance, or measured loss change")
+    metric: Literal["auto", "kl", "loss", "cosine", "angular"] = option(
+        "auto", "ranking: kl (output distribution change, measured), loss (measured loss or relative output "
+                "change), cosine (1 - cos(input, output), Block Influence) or angular; auto: kl when the output "
+                "is logits, else loss")
     blocks: list[str] = option([], "drop these blocks by name instead of ranking")
-    iterative: bool = option(False, "re-score the remaining blocks after each drop (greedy)")
+    iterative: bool | None = option(None, "choose greedily, re-scoring the remaining blocks after each drop "
+                                          "(default: yes for the measured metrics kl and loss, no for cosine "
+                                          "and angular)")
     recover: bool = option(False, "refit the nearest following affine pieces by least squares on calibration data")
     damp: float = option(0.01, "recover: ridge term, relative to the mean diagonal of X^T X")
+    progress: bool = option(True, "a progress bar over the greedy steps on stderr")
 
     def validate(self) -> None:
         """Ranges and exclusive options, checked when the pass is built (before tracing, in `optimize`)."""
@@ -70,14 +76,16 @@ class DropLayers(Pass):
         found = analyses.get(ResidualBlocks, graph)
         bindings = context.bindings(graph)
         cost = estimate_cost(graph, bindings=bindings)
-        report = DropReport(self.metric, self.granularity, params_before=cost.total_params,
+        metric, report_metric = self._metric(graph)
+        report = DropReport(report_metric, self.granularity, params_before=cost.total_params,
                             params_after=cost.total_params, macs_before=cost.total_macs, macs_after=cost.total_macs)
         candidates = [b for b in found.select(self.granularity) if b.droppable]
         report.message = self._nothing_to_do(found, candidates)
         if report.message:
             return PassResult(graph, modified=False, stats=report)
 
-        scores = self._scores(graph, found.select(self.granularity), context)
+        baseline = self._baseline(graph, context) if metric in MEASURED and not self.blocks else None
+        scores = self._scores(graph, found.select(self.granularity), context, metric, baseline)
         structure = structure_hash(graph)
         original = graph.clone() if self.recover else None
         if self.blocks:
@@ -90,7 +98,8 @@ class DropLayers(Pass):
                 report.message = (f"fraction={self.fraction} of {len(candidates)} candidate blocks rounds down to 0")
                 self._fill(report, found, scores, [])
                 return PassResult(graph, modified=False, stats=report)
-            chosen = self._drop_iteratively(graph, wanted, context) if self.iterative else \
+            iterative = self.iterative if self.iterative is not None else metric in MEASURED
+            chosen = self._drop_iteratively(graph, wanted, context, metric, baseline, scores) if iterative else \
                 self._drop_ranked(graph, candidates, scores, wanted)
             if len(chosen) < wanted:
                 report.message = f"only {len(chosen)} of {wanted} blocks could be dropped without overlapping"
@@ -136,17 +145,35 @@ class DropLayers(Pass):
             raise GraphoptError(f"drop-layers: block {name!r} cannot be dropped: {block.why_not}")
         return block
 
-    def _scores(self, graph: Graph, blocks: list[ResidualBlock], context: RunContext) -> dict[str, float]:
+    def _metric(self, graph: Graph) -> tuple[str, str]:
+        """(the metric in force, how the report names it): `auto` is kl on logits, else the measured loss."""
+        if self.blocks:
+            return "cosine", "named blocks"
+        if self.metric != "auto":
+            return self.metric, self.metric
+        why = logits_output(graph)
+        if why:
+            return "kl", f"kl (auto: {why})"
+        return "loss", "loss (auto: output 0 is not a linear layer's logits, so the relative output change)"
+
+    @staticmethod
+    def _baseline(graph: Graph, context: RunContext) -> Baseline:
+        """The dense model's outputs (and loss, with labelled calibration data and a run loss) once for all scores."""
+        if context.loss is not None:
+            pairs = context.calibration_batches(targets=True)
+            return Baseline(graph, [p[0] for p in pairs], [p[1] for p in pairs], context.loss)
+        return Baseline(graph, context.calibration_batches())
+
+    def _scores(self, graph: Graph, blocks: list[ResidualBlock], context: RunContext, metric: str,
+                baseline: Baseline | None) -> dict[str, float]:
         """The metric for every block of the granularity (none for hand-named blocks without data)."""
         if self.blocks and context.calibration_data is None and context.example_inputs is None:
             return {}
-        if self.metric == "loss" and not self.blocks:
+        if baseline is not None:
             droppable = [b for b in blocks if b.droppable]
-            if context.loss is not None:
-                pairs = context.calibration_batches(targets=True)
-                return loss_scores(graph, droppable, [p[0] for p in pairs], [p[1] for p in pairs], context.loss)
-            return loss_scores(graph, droppable, context.calibration_batches())
-        metric = "cosine" if self.blocks else self.metric
+            batches = [p[0] for p in context.calibration_batches(targets=True)] if baseline.loss is not None \
+                else context.calibration_batches()
+            return measured_scores(graph, droppable, batches, baseline, metric)
         return similarity_scores(graph, blocks, context.calibration_batches(), metric)
 
     @staticmethod
@@ -167,18 +194,23 @@ class DropLayers(Pass):
             drop_block(graph, block, replaced)
         return chosen
 
-    def _drop_iteratively(self, graph: Graph, wanted: int, context: RunContext) -> list[ResidualBlock]:
-        """Greedy: find and score the blocks of the current graph, drop the lowest, repeat."""
+    def _drop_iteratively(self, graph: Graph, wanted: int, context: RunContext, metric: str,
+                          baseline: Baseline | None, first: dict[str, float]) -> list[ResidualBlock]:
+        """Greedy: find and score the blocks of the current graph, drop the lowest, repeat. A measured metric
+        scores each candidate together with the blocks already dropped (against the dense model), as SLEB does;
+        `first` holds the scores of the graph as received (the first step's)."""
         chosen = []
-        for _ in range(wanted):
+        bar = ProgressBar(f"drop-layers ({metric}, greedy)", wanted, enabled=self.progress and baseline is not None)
+        for step in range(wanted):
             found = find_blocks(graph, bindings=context.bindings(graph))
             candidates = [b for b in found.select(self.granularity) if b.droppable]
             if not candidates:
                 break
-            scores = self._scores(graph, candidates, context)
+            scores = first if step == 0 else self._scores(graph, candidates, context, metric, baseline)
             best = min(candidates, key=lambda b: scores[b.name])
             drop_block(graph, best)
             chosen.append(best)
+            bar.step()
         return chosen
 
     # ------------------------------------------------------------ finishing
