@@ -130,7 +130,7 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     model, inputs = _load_zoo(args.model, args.size, args.batch)
     graph = graphopt.trace(model, inputs, dynamic=models_zoo.spec(args.model).dynamic_axes)
     if args.blocks:
-        return _inspect_blocks(args.model, graph, inputs, console)
+        return _inspect_blocks(args.model, graph, inputs, console, args.metric)
     if not (args.groups or args.picture):
         sys.stdout.write(graph.format(source=args.source, weights=not args.no_weights) + "\n")
         return 0
@@ -152,24 +152,25 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _inspect_blocks(name: str, graph, inputs, console: Console) -> int:
-    """The residual blocks `drop-layers` would rank: kind, params, MACs, 1 - cos(input, output) on the example input."""
+def _inspect_blocks(name: str, graph, inputs, console: Console, metric: str = "auto") -> int:
+    """The residual blocks `drop-layers` would rank: kind, params, MACs and its score on the example input."""
     from graphopt.analysis import bindings_from_inputs
     from graphopt.analysis.residual_blocks import find_blocks
-    from graphopt.passes.drop_layers import similarity_scores
+    from graphopt.passes.drop_layers import block_scores
 
     found = find_blocks(graph, bindings=bindings_from_inputs(graph, inputs))
-    scores = similarity_scores(graph, found.blocks, [inputs]) if found.blocks else {}
+    label, scores = block_scores(graph, found.blocks, [inputs], metric) if found.blocks else (metric, {})
     table = Table(title=f"{name}: {len(found)} residual blocks, {len(found.droppable())} droppable",
-                  caption="score: 1 - cos(block input, block output) on the example input (low: droppable)")
+                  caption=f"score: {label}, each block dropped alone, on the example input (low: droppable)")
     table.add_column("block", overflow="fold")
     table.add_column("kind")
     for column in ("params", "MACs", "score"):
         table.add_column(column, justify="right")
     table.add_column("droppable", overflow="fold")
     for block in found:
-        table.add_row(block.name, block.kind, f"{block.params:,}", f"{block.macs:,}", f"{scores[block.name]:.4f}",
-                      "yes" if block.droppable else f"no: {block.why_not}")
+        score = scores.get(block.name)
+        table.add_row(block.name, block.kind, f"{block.params:,}", f"{block.macs:,}",
+                      "-" if score is None else f"{score:.4f}", "yes" if block.droppable else f"no: {block.why_not}")
     console.print(table if found.blocks else f"{name}: no residual blocks")
     return 0
 
@@ -205,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--no-weights", action="store_true", help="omit the weight declarations")
     inspect.add_argument("--groups", action="store_true", help="show the coupled channel groups instead of the IR")
     inspect.add_argument("--blocks", action="store_true",
-                         help="show the residual blocks (kind, params, MACs, cosine score) instead of the IR")
+                         help="show the residual blocks (kind, params, MACs, drop-layers' score) instead of the IR")
+    inspect.add_argument("--metric", default="auto",
+                         help="the score --blocks shows (drop-layers' metric; auto: kl on logits, else loss)")
     inspect.add_argument("--picture", metavar="FILE", help="write the graph coloured by channel group (.dot, .svg, .png)")
     inspect.set_defaults(func=cmd_inspect)
 

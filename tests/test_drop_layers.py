@@ -330,7 +330,11 @@ def test_cli_inspect_blocks(capsys):
 
     assert main(["inspect", "resnet18", "--blocks"]) == 0
     out = capsys.readouterr().out
-    assert "4 residual blocks" in out and "layer3.0" in out and "score" in out
+    assert "4 residual blocks" in out and "layer3.0" in out and "kl (auto" in out
+    assert main(["inspect", "resnet18", "--blocks", "--metric", "cosine"]) == 0
+    assert "score: cosine" in " ".join(capsys.readouterr().out.split())
+    assert main(["inspect", "resnet18", "--blocks", "--metric", "cosin"]) != 0
+    assert "unknown metric 'cosin'" in capsys.readouterr().err
     assert main(["inspect", "vgg_bn", "--blocks"]) == 0
     assert "no residual blocks" in capsys.readouterr().out
 

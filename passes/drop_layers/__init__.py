@@ -5,8 +5,9 @@ from .recipe import DropRecipe, apply_drop_recipe
 from .recover import RecoveryReport, recover
 from .removal import drop_block
 from .report import BlockRow, DropReport
-from .scores import METRICS, Baseline, kl_divergence, logits_output, measured_scores, similarity_scores
+from .scores import (METRICS, Baseline, block_scores, kl_divergence, logits_output, measured_scores, resolve_metric,
+                     similarity_scores)
 
 __all__ = ["DropLayers", "DropReport", "BlockRow", "DropRecipe", "apply_drop_recipe", "RecoveryReport", "recover",
-           "drop_block", "METRICS", "Baseline", "kl_divergence", "logits_output", "measured_scores",
-           "similarity_scores"]
+           "drop_block", "METRICS", "Baseline", "block_scores", "kl_divergence", "logits_output",
+           "measured_scores", "resolve_metric", "similarity_scores"]

@@ -29,7 +29,7 @@ from .recipe import DropRecipe
 from .recover import recover
 from .removal import drop_block
 from .report import BlockRow, DropReport
-from .scores import MEASURED, Baseline, logits_output, measured_scores, similarity_scores
+from .scores import MEASURED, Baseline, measured_scores, resolve_metric, similarity_scores
 
 
 @register_pass("drop-layers")
@@ -146,15 +146,8 @@ class DropLayers(Pass):
         return block
 
     def _metric(self, graph: Graph) -> tuple[str, str]:
-        """(the metric in force, how the report names it): `auto` is kl on logits, else the measured loss."""
-        if self.blocks:
-            return "cosine", "named blocks"
-        if self.metric != "auto":
-            return self.metric, self.metric
-        why = logits_output(graph)
-        if why:
-            return "kl", f"kl (auto: {why})"
-        return "loss", "loss (auto: output 0 is not a linear layer's logits, so the relative output change)"
+        """(the metric in force, how the report names it)."""
+        return ("cosine", "named blocks") if self.blocks else resolve_metric(graph, self.metric)
 
     @staticmethod
     def _baseline(graph: Graph, context: RunContext) -> Baseline:

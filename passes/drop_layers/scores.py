@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from graphopt.analysis.residual_blocks import ResidualBlock
+from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
 from graphopt.ir.interpreter import GraphInterpreter, relative_error, run_graph
 
@@ -73,6 +74,29 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine per position along the channel axis: axis 1 of a feature map (rank >= 4), else the last."""
     axis = 1 if a.dim() >= 4 else -1
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=axis, eps=1e-12)
+
+
+def resolve_metric(graph: Graph, metric: str) -> tuple[str, str]:
+    """(the metric in force, how a report names it): `auto` is kl on logits, else the measured relative change."""
+    if metric not in METRICS:
+        raise GraphoptError(f"drop-layers: unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if metric != "auto":
+        return metric, metric
+    why = logits_output(graph)
+    if why:
+        return "kl", f"kl (auto: {why})"
+    return "loss", "loss (auto: output 0 is not a linear layer's logits, so the relative output change)"
+
+
+def block_scores(graph: Graph, blocks: Sequence[ResidualBlock], batches: Sequence[Sequence[torch.Tensor]],
+                 metric: str = "auto") -> tuple[str, dict[str, float]]:
+    """Every block's score under `metric` (measured ones: droppable blocks only, each dropped alone), with the
+    metric's report name: what `drop-layers` ranks by, for `graphopt inspect --blocks`."""
+    metric, label = resolve_metric(graph, metric)
+    if metric in MEASURED:
+        droppable = [b for b in blocks if b.droppable]
+        return label, measured_scores(graph, droppable, batches, Baseline(graph, batches), metric)
+    return label, similarity_scores(graph, blocks, batches, metric)
 
 
 def measured_scores(graph: Graph, blocks: Sequence[ResidualBlock], batches: Sequence[Sequence[torch.Tensor]],
