@@ -59,11 +59,24 @@ def __dir__() -> list[str]:
 
 
 def load(path, device: str = "cpu"):
-    """Load a compiled artifact (TVM: model.so + manifest.json) with its runtime only.
+    """Load a saved artifact with its runtime only: never torch, nor the rest of graphopt's heavy parts.
 
-    Imports tvm and numpy when called, never torch: a deployed artifact needs neither
-    torch nor the rest of graphopt.
+    The artifact's manifest.json says what it is: kind "onnx" (`OptimizedModel.save` of a
+    backend="onnx" model) loads with ONNX Runtime and numpy (`graphopt.artifacts.OnnxArtifact`);
+    a TVM artifact (model.so + manifest.json, `TvmModule.save`) with TVM's runtime. Every file is
+    checked against the sizes and SHA-256 digests the manifest records before any runtime reads
+    it. A missing or damaged manifest, an unknown kind, a newer format or an altered file is a
+    GraphoptError saying which file and what to do.
     """
+    from graphopt.artifacts import ONNX_KIND, ArtifactError, load_onnx, read_manifest
+
+    manifest = read_manifest(path)
+    kind = manifest.get("kind")
+    if kind == ONNX_KIND:
+        return load_onnx(path, device, manifest=manifest)
+    if kind not in (None, "tvm"):  # TVM manifests have no "kind": their "format" names them
+        raise ArtifactError(f"{_Path(path) / 'manifest.json'}: unknown artifact kind {kind!r} (this graphopt "
+                            f"loads 'onnx' and TVM artifacts); upgrade graphopt, or save the model again")
     from graphopt.backends.tvm.artifact import load as _load
 
     return _load(path, device)

@@ -18,7 +18,7 @@ import torch
 from graphopt.errors import GraphoptError, InputError
 from graphopt.ir.graph import Graph
 from graphopt.ir.interpreter import structured_outputs
-from graphopt.registry import close_names
+from graphopt.artifacts import order_inputs
 
 
 @dataclass
@@ -80,20 +80,64 @@ class OptimizedModel:
 
     def _ordered(self, positional: tuple, named: Mapping[str, Any]) -> tuple:
         """Positional and named inputs in the graph's input order; an unknown or repeated name is an InputError."""
-        names = [v.name for v in self.graph.inputs]
-        unknown = sorted(set(named) - set(names))
-        if unknown:
-            raise InputError(f"the optimized model has no input {unknown[0]!r}{close_names(unknown[0], names)}; "
-                             f"its inputs: {', '.join(names)}")
-        given = dict(zip(names, positional))
-        twice = sorted(set(given) & set(named))
-        if twice:
-            raise InputError(f"input {twice[0]!r} is given both by position and by name")
-        given.update(named)
-        missing = [name for name in names if name not in given]
-        if missing:
-            raise InputError(f"the optimized model needs input {missing[0]!r} too (its inputs: {', '.join(names)})")
-        return tuple(given[name] for name in names)
+        return order_inputs([v.name for v in self.graph.inputs], positional, named)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Save the model as an artifact directory that `graphopt.load` runs in a fresh process, without torch.
+
+        backend="onnx": `model.onnx` (and its weights' data file when they pass protobuf's 2 GB limit)
+        and `manifest.json`: kind "onnx", format version, the graphopt/onnx/onnxruntime versions, the
+        inputs (forward()'s names and order, dtypes, shapes with symbolic axes named), the outputs and
+        the structure that rebuilds them (a dict stays a dict), the pipeline, the report's summary,
+        and the size and SHA-256 of every file. The directory is written all or nothing (see
+        `graphopt.artifacts.write_directory`): an artifact already there is replaced only once the
+        new one is complete. Returns the directory's absolute path.
+        """
+        from graphopt.artifacts import write_directory
+
+        if self.report.backend != "onnx":
+            raise GraphoptError(f"saving a backend={self.report.backend!r} model is not supported yet: torch "
+                                f"artifacts come with the IR serializer (graphopt.ir.serialize); optimize with "
+                                f"backend='onnx' to save an artifact now, or save_recipe() to keep the pruning")
+        return write_directory(directory, self._write_onnx)
+
+    def _write_onnx(self, staging: Path) -> dict:
+        """Export the graph into `staging` and return its manifest (write_directory adds the files)."""
+        import onnx
+        import onnxruntime
+
+        from graphopt import __version__
+        from graphopt.artifacts import ONNX_FORMAT, ONNX_FORMAT_VERSION, ONNX_KIND, ONNX_MODEL, encode_structure
+        from graphopt.backends import onnx as onnx_backend
+        from graphopt.ir.interpreter import output_spec
+
+        onnx_backend.export(self.graph, staging / ONNX_MODEL)
+        proto = onnx.load(str(staging / ONNX_MODEL), load_external_data=False)
+        onnx_inputs = [i.name for i in proto.graph.input]
+        onnx_outputs = [o.name for o in proto.graph.output]
+
+        def spec(value: Any, onnx_name: str) -> dict:
+            return {"name": value.name, "onnx_name": onnx_name, "dtype": str(value.dtype).replace("torch.", ""),
+                    "shape": [int(d) if isinstance(d, int) or getattr(d, "is_Integer", False) else str(d)
+                              for d in value.shape]}
+
+        report = self.report
+        outputs = self.graph.outputs
+        return {
+            "format": ONNX_FORMAT, "kind": ONNX_KIND, "format_version": ONNX_FORMAT_VERSION,
+            "model": ONNX_MODEL, "graph": self.graph.name,
+            "versions": {"graphopt": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                         "torch": torch.__version__},
+            "opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None),
+            "inputs": [spec(v, n) for v, n in zip(self.graph.inputs, onnx_inputs)],
+            "outputs": [spec(v, n) for v, n in zip(outputs, onnx_outputs)],
+            "structure": encode_structure(output_spec(self.graph, len(outputs)), len(outputs)),
+            "pipeline": report.pipeline,
+            "report": {"summary": str(report), "params_before": report.params_before,
+                       "params_after": report.params_after, "macs_before": report.macs_before,
+                       "macs_after": report.macs_after, "weight_bytes_before": dict(report.weight_bytes_before),
+                       "weight_bytes_after": dict(report.weight_bytes_after)},
+        }
 
     @property
     def recipe(self):
