@@ -82,7 +82,7 @@ class OptimizedModel:
         """Positional and named inputs in the graph's input order; an unknown or repeated name is an InputError."""
         return order_inputs([v.name for v in self.graph.inputs], positional, named)
 
-    def save(self, directory: str | os.PathLike) -> Path:
+    def save(self, directory: str | os.PathLike, *, external_data: bool | None = None) -> Path:
         """Save the model as an artifact directory that `graphopt.load` runs in a fresh process, without torch.
 
         backend="onnx": `model.onnx` (and its weights' data file when they pass protobuf's 2 GB limit)
@@ -91,7 +91,8 @@ class OptimizedModel:
         the structure that rebuilds them (a dict stays a dict), the pipeline, the report's summary,
         and the size and SHA-256 of every file. The directory is written all or nothing (see
         `graphopt.artifacts.write_directory`): an artifact already there is replaced only once the
-        new one is complete. Returns the directory's absolute path.
+        new one is complete. `external_data=True` / `False` always / never writes the weights to
+        `model.onnx.data` (None: only past 2 GB). Returns the directory's absolute path.
         """
         from graphopt.artifacts import write_directory
 
@@ -99,9 +100,9 @@ class OptimizedModel:
             raise GraphoptError(f"saving a backend={self.report.backend!r} model is not supported yet: torch "
                                 f"artifacts come with the IR serializer (graphopt.ir.serialize); optimize with "
                                 f"backend='onnx' to save an artifact now, or save_recipe() to keep the pruning")
-        return write_directory(directory, self._write_onnx)
+        return write_directory(directory, lambda staging: self._write_onnx(staging, external_data))
 
-    def _write_onnx(self, staging: Path) -> dict:
+    def _write_onnx(self, staging: Path, external_data: bool | None = None) -> dict:
         """Export the graph into `staging` and return its manifest (write_directory adds the files)."""
         import onnx
         import onnxruntime
@@ -111,7 +112,7 @@ class OptimizedModel:
         from graphopt.backends import onnx as onnx_backend
         from graphopt.ir.interpreter import output_spec
 
-        onnx_backend.export(self.graph, staging / ONNX_MODEL)
+        onnx_backend.export(self.graph, staging / ONNX_MODEL, external_data=external_data)
         proto = onnx.load(str(staging / ONNX_MODEL), load_external_data=False)
         onnx_inputs = [i.name for i in proto.graph.input]
         onnx_outputs = [o.name for o in proto.graph.output]

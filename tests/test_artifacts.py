@@ -144,6 +144,18 @@ def test_an_interrupted_save_leaves_the_previous_artifact(saved, tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def test_weights_in_a_data_file_are_listed_and_checked(saved, tmp_path):
+    opt, _, inputs, expected = saved["convnet"]
+    directory = opt.save(tmp_path / "external", external_data=True)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["model.onnx", "model.onnx.data"]
+    assert manifest["files"]["model.onnx.data"]["bytes"] > manifest["files"]["model.onnx"]["bytes"]
+    np.testing.assert_allclose(graphopt.load(directory)(*inputs), expected, atol=1e-5, rtol=1e-5)
+    _flip(directory / "model.onnx.data")
+    with pytest.raises(GraphoptError, match=r"model\.onnx\.data does not match its SHA-256"):
+        graphopt.load(directory)
+
+
 def test_a_directory_with_other_files_is_not_replaced(saved, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
