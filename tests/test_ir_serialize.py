@@ -7,6 +7,7 @@ missing weight, unknown op, an attr kind the format does not store) is a Graphop
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -361,3 +362,25 @@ def test_corrupt_document_is_refused(saved, change):
     _edit(saved, change)
     with pytest.raises(GraphoptError, match=r"graph.json is corrupt"):
         load_graph(saved)
+
+
+Pair = collections.namedtuple("Pair", "left right")
+
+
+class _Nested(torch.nn.Module):
+    def forward(self, x):
+        return x + 1, {"a": x * 2, "b": Pair(x - 1, [x.sum(1)])}
+
+
+def test_nested_output_structure_round_trips(tmp_path):
+    x = torch.randn(2, 3)
+    graph = graphopt.trace(_Nested(), (x,))
+    loaded = _round_trip(graph, tmp_path)
+    assert loaded.meta["out_spec"] == graph.meta["out_spec"] and "load_notes" not in loaded.meta
+    out = structured_outputs(loaded, run_graph(loaded, (x[:1],)))
+    assert isinstance(out[1]["b"], Pair) and torch.equal(out[1]["b"].right[0], x[:1].sum(1))
+    # a namedtuple whose class this process lacks comes back as an equivalent namedtuple
+    doc, tensors = graph_to_dict(graph)
+    doc["meta"]["out_spec"]["$spec"]["children"][1]["children"][1]["context"]["$dict"]["qualname"] = "gone.Pair"
+    other = structured_outputs(graph_from_dict(doc, tensors), run_graph(graph, (x,)))[1]["b"]
+    assert type(other) is not Pair and other._fields == ("left", "right")

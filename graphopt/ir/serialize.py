@@ -25,6 +25,7 @@ import collections
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -241,7 +242,7 @@ def _decode_spec(data: Any, symbols: Mapping[str, sympy.Symbol], where: str, not
     if kind in builtin:
         return pytree.TreeSpec(builtin[kind], context, children)
     if kind == "namedtuple":
-        cls = _registered_type(context.get("qualname")) if isinstance(context, dict) else None
+        cls = _loaded_namedtuple(context)
         if cls is None:  # the user's class is not importable here: an equivalent namedtuple
             cls = collections.namedtuple(context["name"], context["fields"])
         return pytree.TreeSpec(collections.namedtuple, cls, children)
@@ -256,6 +257,26 @@ def _decode_spec(data: Any, symbols: Mapping[str, sympy.Symbol], where: str, not
     if keys is not None and all(isinstance(k, str) for k in keys):
         return pytree.TreeSpec(dict, list(keys), children)
     return pytree.TreeSpec(tuple, None, children)
+
+
+def _loaded_namedtuple(context: Any) -> type | None:
+    """The user's namedtuple class when its module is already imported (looked up, never imported)."""
+    if not isinstance(context, dict) or not isinstance(context.get("qualname"), str):
+        return None
+    module_name, _, qualname = context["qualname"].rpartition(".")
+    obj: Any = None
+    while module_name and obj is None:  # "pkg.mod.Outer.NT": the longest prefix that is a loaded module
+        module = sys.modules.get(module_name)
+        if module is not None:
+            obj = module
+            for part in qualname.split("."):
+                obj = getattr(obj, part, None)
+        else:
+            module_name, _, head = module_name.rpartition(".")
+            qualname = f"{head}.{qualname}"
+    if isinstance(obj, type) and issubclass(obj, tuple) and list(getattr(obj, "_fields", ())) == context.get("fields"):
+        return obj
+    return None
 
 
 def _registered_type(name: Any) -> type | None:
