@@ -384,3 +384,17 @@ def test_nested_output_structure_round_trips(tmp_path):
     doc["meta"]["out_spec"]["$spec"]["children"][1]["children"][1]["context"]["$dict"]["qualname"] = "gone.Pair"
     other = structured_outputs(graph_from_dict(doc, tensors), run_graph(graph, (x,)))[1]["b"]
     assert type(other) is not Pair and other._fields == ("left", "right")
+
+
+def test_onnx_imported_graph_round_trips(tmp_path):
+    """The ONNX front-end's meta (onnx_op, onnx_node, onnx_opset, source) survives too."""
+    pytest.importorskip("onnx")
+    from graphopt.backends import onnx as onnx_backend
+    from graphopt.frontends import onnx as onnx_frontend
+
+    graph, _, other_batch = _zoo("mobilenet_v2")
+    imported = onnx_frontend.load(onnx_backend.to_onnx(graph))
+    loaded = _round_trip(imported, tmp_path)
+    _same_values(imported, loaded)
+    assert loaded.meta == imported.meta and "onnx_opset" in loaded.meta
+    _same_outputs(imported, loaded, other_batch)
