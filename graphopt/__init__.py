@@ -59,24 +59,32 @@ def __dir__() -> list[str]:
 
 
 def load(path, device: str = "cpu"):
-    """Load a saved artifact with its runtime only: never torch, nor the rest of graphopt's heavy parts.
+    """Load a saved artifact with its runtime only: torch only for a torch artifact, nor graphopt's heavy parts.
 
     The artifact's manifest.json says what it is: kind "onnx" (`OptimizedModel.save` of a
     backend="onnx" model) loads with ONNX Runtime and numpy (`graphopt.artifacts.OnnxArtifact`);
+    kind "torch" (backend="torch") as an `OptimizedModel`, without the original model's code;
     a TVM artifact (model.so + manifest.json, `TvmModule.save`) with TVM's runtime. Every file is
     checked against the sizes and SHA-256 digests the manifest records before any runtime reads
     it. A missing or damaged manifest, an unknown kind, a newer format or an altered file is a
     GraphoptError saying which file and what to do.
     """
-    from graphopt.artifacts import ONNX_KIND, ArtifactError, load_onnx, read_manifest
+    from graphopt.artifacts import ONNX_KIND, TORCH_KIND, ArtifactError, load_onnx, read_manifest
 
     manifest = read_manifest(path)
     kind = manifest.get("kind")
     if kind == ONNX_KIND:
         return load_onnx(path, device, manifest=manifest)
+    if kind == TORCH_KIND:
+        if device != "cpu":
+            raise ArtifactError(f"a torch artifact loads on the CPU (got device={device!r}); move its "
+                                f"torch_module() to {device!r} after loading")
+        from graphopt.api import load_torch_artifact
+
+        return load_torch_artifact(path, manifest)
     if kind not in (None, "tvm"):  # TVM manifests have no "kind": their "format" names them
         raise ArtifactError(f"{_Path(path) / 'manifest.json'}: unknown artifact kind {kind!r} (this graphopt "
-                            f"loads 'onnx' and TVM artifacts); upgrade graphopt, or save the model again")
+                            f"loads 'onnx', 'torch' and TVM artifacts); upgrade graphopt, or save the model again")
     from graphopt.backends.tvm.artifact import load as _load
 
     return _load(path, device)

@@ -83,61 +83,86 @@ class OptimizedModel:
         return order_inputs([v.name for v in self.graph.inputs], positional, named)
 
     def save(self, directory: str | os.PathLike, *, external_data: bool | None = None) -> Path:
-        """Save the model as an artifact directory that `graphopt.load` runs in a fresh process, without torch.
+        """Save the model as an artifact directory that `graphopt.load` runs in a fresh process.
 
-        backend="onnx": `model.onnx` (and its weights' data file when they pass protobuf's 2 GB limit)
-        and `manifest.json`: kind "onnx", format version, the graphopt/onnx/onnxruntime versions, the
-        inputs (forward()'s names and order, dtypes, shapes with symbolic axes named), the outputs and
-        the structure that rebuilds them (a dict stays a dict), the pipeline, the report's summary,
-        and the size and SHA-256 of every file. The directory is written all or nothing (see
-        `graphopt.artifacts.write_directory`): an artifact already there is replaced only once the
-        new one is complete. `external_data=True` / `False` always / never writes the weights to
-        `model.onnx.data` (None: only past 2 GB). Returns the directory's absolute path.
+        backend="onnx": `model.onnx` (and its weights' data file when they pass protobuf's 2 GB limit),
+        loaded without torch. backend="torch": the graph (`graph.json` + `weights.safetensors`, see
+        `graphopt.ir.serialize`) and, when it differs, the trainable graph before BatchNorm folding
+        (`trainable.graph.json` + `trainable.weights.safetensors`), loaded as an `OptimizedModel`
+        without the original model's code. Both write `manifest.json`: kind, format version, the
+        versions it was built with, the inputs (forward()'s names and order, dtypes, shapes with
+        symbolic axes named), the outputs and the structure that rebuilds them (a dict stays a
+        dict), the pipeline, the report's summary, and the size and SHA-256 of every file. The
+        directory is written all or nothing (see `graphopt.artifacts.write_directory`): an artifact
+        already there is replaced only once the new one is complete. `external_data=True` / `False`
+        (ONNX) always / never writes the weights to `model.onnx.data` (None: only past 2 GB).
+        Returns the directory's absolute path.
         """
         from graphopt.artifacts import write_directory
 
+        if self.report.backend == "torch":
+            return write_directory(directory, self._write_torch)
         if self.report.backend != "onnx":
-            raise GraphoptError(f"saving a backend={self.report.backend!r} model is not supported yet: torch "
-                                f"artifacts come with the IR serializer (graphopt.ir.serialize); optimize with "
-                                f"backend='onnx' to save an artifact now, or save_recipe() to keep the pruning")
+            raise GraphoptError(f"saving a backend={self.report.backend!r} model is not supported")
         return write_directory(directory, lambda staging: self._write_onnx(staging, external_data))
 
-    def _write_onnx(self, staging: Path, external_data: bool | None = None) -> dict:
-        """Export the graph into `staging` and return its manifest (write_directory adds the files)."""
-        import onnx
-        import onnxruntime
+    def _write_torch(self, staging: Path) -> dict:
+        """Serialize the graph(s) into `staging` and return the manifest (write_directory adds the files)."""
+        from graphopt.artifacts import TORCH_FORMAT, TORCH_FORMAT_VERSION, TORCH_GRAPH, TORCH_KIND
+        from graphopt.ir.serialize import save_graph
 
+        save_graph(self.graph, staging)
+        trainable = self.trainable_graph is not self.graph
+        if trainable:
+            save_graph(self.trainable_graph, staging, prefix=TRAINABLE_PREFIX)
+        return {"format": TORCH_FORMAT, "kind": TORCH_KIND, "format_version": TORCH_FORMAT_VERSION,
+                "model": TORCH_GRAPH, "trainable": trainable, **self._manifest_common({})}
+
+    def _manifest_common(self, onnx_names: Mapping[str, str], **versions: str) -> dict:
+        """The manifest fields every artifact kind shares: versions, inputs/outputs, structure, pipeline, report."""
         from graphopt import __version__
-        from graphopt.artifacts import ONNX_FORMAT, ONNX_FORMAT_VERSION, ONNX_KIND, ONNX_MODEL, encode_structure
-        from graphopt.backends import onnx as onnx_backend
+        from graphopt.artifacts import encode_structure
         from graphopt.ir.interpreter import output_spec
 
-        onnx_backend.export(self.graph, staging / ONNX_MODEL, external_data=external_data)
-        proto = onnx.load(str(staging / ONNX_MODEL), load_external_data=False)
-        onnx_inputs = [i.name for i in proto.graph.input]
-        onnx_outputs = [o.name for o in proto.graph.output]
-
-        def spec(value: Any, onnx_name: str) -> dict:
-            return {"name": value.name, "onnx_name": onnx_name, "dtype": str(value.dtype).replace("torch.", ""),
-                    "shape": [int(d) if isinstance(d, int) or getattr(d, "is_Integer", False) else str(d)
-                              for d in value.shape]}
+        def spec(value: Any) -> dict:
+            entry = {"name": value.name, "dtype": str(value.dtype).replace("torch.", ""),
+                     "shape": [int(d) if isinstance(d, int) or getattr(d, "is_Integer", False) else str(d)
+                               for d in value.shape]}
+            if value.name in onnx_names:
+                entry["onnx_name"] = onnx_names[value.name]
+            return entry
 
         report = self.report
         outputs = self.graph.outputs
         return {
-            "format": ONNX_FORMAT, "kind": ONNX_KIND, "format_version": ONNX_FORMAT_VERSION,
-            "model": ONNX_MODEL, "graph": self.graph.name,
-            "versions": {"graphopt": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                         "torch": torch.__version__},
-            "opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None),
-            "inputs": [spec(v, n) for v, n in zip(self.graph.inputs, onnx_inputs)],
-            "outputs": [spec(v, n) for v, n in zip(outputs, onnx_outputs)],
+            "graph": self.graph.name,
+            "versions": {"graphopt": __version__, "torch": torch.__version__, **versions},
+            "inputs": [spec(v) for v in self.graph.inputs],
+            "outputs": [spec(v) for v in outputs],
             "structure": encode_structure(output_spec(self.graph, len(outputs)), len(outputs)),
             "pipeline": report.pipeline,
             "report": {"summary": str(report), "params_before": report.params_before,
                        "params_after": report.params_after, "macs_before": report.macs_before,
                        "macs_after": report.macs_after, "weight_bytes_before": dict(report.weight_bytes_before),
                        "weight_bytes_after": dict(report.weight_bytes_after)},
+        }
+
+    def _write_onnx(self, staging: Path, external_data: bool | None = None) -> dict:
+        """Export the graph into `staging` and return its manifest (write_directory adds the files)."""
+        import onnx
+        import onnxruntime
+
+        from graphopt.artifacts import ONNX_FORMAT, ONNX_FORMAT_VERSION, ONNX_KIND, ONNX_MODEL
+        from graphopt.backends import onnx as onnx_backend
+
+        onnx_backend.export(self.graph, staging / ONNX_MODEL, external_data=external_data)
+        proto = onnx.load(str(staging / ONNX_MODEL), load_external_data=False)
+        names = {v.name: i.name for v, i in zip(self.graph.inputs, proto.graph.input)}
+        names.update({v.name: o.name for v, o in zip(self.graph.outputs, proto.graph.output)})
+        return {
+            "format": ONNX_FORMAT, "kind": ONNX_KIND, "format_version": ONNX_FORMAT_VERSION, "model": ONNX_MODEL,
+            "opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None),
+            **self._manifest_common(names, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__),
         }
 
     @property
@@ -167,6 +192,31 @@ class OptimizedModel:
 
     def __repr__(self) -> str:
         return f"<OptimizedModel {self.graph.name}: {self.report.params_after:,} params, backend {self.report.backend}>"
+
+
+TRAINABLE_PREFIX = "trainable."  # the torch artifact's second graph: before BatchNorm folding
+
+
+def load_torch_artifact(directory: str | os.PathLike, manifest: Mapping[str, Any]) -> OptimizedModel:
+    """The `OptimizedModel` a backend="torch" artifact holds (what `graphopt.load` returns for kind "torch"),
+    after every file is checked against the manifest; its report is the saved one's summary."""
+    import graphopt.passes  # noqa: F401 - registers the decoders of the pruning / drop recipes in graph.meta
+    from graphopt.artifacts import TORCH_FORMAT_VERSION, check_files, check_manifest
+    from graphopt.backends.torch import to_module
+    from graphopt.ir.serialize import load_graph
+
+    directory = Path(directory)
+    check_manifest(directory, dict(manifest), TORCH_FORMAT_VERSION)
+    check_files(directory, dict(manifest))
+    graph = load_graph(directory)
+    trainable = load_graph(directory, prefix=TRAINABLE_PREFIX) if manifest.get("trainable") else graph
+    saved = manifest.get("report", {})
+    summary = f"loaded from {directory}; as saved:\n{saved.get('summary', '')}"
+    report = OptimizeReport(manifest.get("pipeline", ""), summary, saved.get("params_before", 0),
+                            saved.get("params_after", 0), saved.get("macs_before", 0), saved.get("macs_after", 0), "torch",
+                            weight_bytes_before=dict(saved.get("weight_bytes_before", {})),
+                            weight_bytes_after=dict(saved.get("weight_bytes_after", {})))
+    return OptimizedModel(graph, report, to_module(graph), trainable)
 
 
 def _prune_steps(prune: float | Mapping[str, Any], steps: int) -> list[Any]:

@@ -36,6 +36,10 @@ ONNX_KIND = "onnx"
 ONNX_FORMAT = "graphopt-onnx-artifact"
 ONNX_FORMAT_VERSION = 1
 ONNX_MODEL = "model.onnx"
+TORCH_KIND = "torch"
+TORCH_FORMAT = "graphopt-torch-artifact"
+TORCH_FORMAT_VERSION = 1
+TORCH_GRAPH = "graph.json"  # with weights.safetensors: graphopt.ir.serialize's files
 
 
 class ArtifactError(GraphoptError):
@@ -284,14 +288,16 @@ def _plain_name(name: Any) -> bool:
     return isinstance(name, str) and bool(name) and name not in (".", "..") and not any(s in name for s in separators)
 
 
-def _check_onnx_manifest(directory: Path, manifest: dict) -> None:
+def check_manifest(directory: Path, manifest: dict, newest: int) -> None:
+    """The fields every artifact kind's loader reads (format version at most `newest`, the model file, every
+    file's size and digest, inputs, outputs and their structure) are present and well-formed."""
     path = directory / MANIFEST
     version = manifest.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ArtifactError(f"{path}: field 'format_version' must be an integer >= 1, got {version!r:.40}; "
                             f"the artifact is damaged, save it again")
-    if version > ONNX_FORMAT_VERSION:
-        raise ArtifactError(f"{path}: format version {version} is newer than this loader ({ONNX_FORMAT_VERSION}); "
+    if version > newest:
+        raise ArtifactError(f"{path}: format version {version} is newer than this loader ({newest}); "
                             f"upgrade graphopt")
     if not _plain_name(manifest.get("model")):
         raise ArtifactError(f"{path}: field 'model' must be a file name inside the artifact directory, "
@@ -350,7 +356,7 @@ def load_onnx(directory: str | os.PathLike, device: str = "cpu", *, manifest: di
     manifest = read_manifest(directory) if manifest is None else manifest
     if manifest.get("kind") != ONNX_KIND:
         raise ArtifactError(f"{directory / MANIFEST}: kind is {manifest.get('kind')!r}, not {ONNX_KIND!r}")
-    _check_onnx_manifest(directory, manifest)
+    check_manifest(directory, manifest, ONNX_FORMAT_VERSION)
     check_files(directory, manifest)
     return OnnxArtifact(directory, manifest, device)
 

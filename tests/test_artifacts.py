@@ -216,12 +216,59 @@ def test_wrong_inputs_are_refused_naming_the_input(saved):
     np.testing.assert_allclose(out["pooler_output"], expected["pooler_output"], atol=1e-5, rtol=1e-5)
 
 
-def test_a_torch_backend_model_says_how_it_will_be_saved(tmp_path):
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
-    opt = graphopt.optimize(model, (torch.randn(2, 4),))
-    with pytest.raises(GraphoptError, match=r"torch artifacts come with the IR serializer"):
-        opt.save(tmp_path / "torch-model")
-    assert not (tmp_path / "torch-model").exists()
+def test_a_torch_artifact_loads_in_a_fresh_process_without_the_model_code(tmp_path):
+    """backend="torch": pruned, layer-dropped and BN-folded; a fresh process that never imports the zoo (nor
+    transformers) loads it and gets the same outputs, a trainable module and the pruning recipe back."""
+    torch.manual_seed(0)
+    model, inputs = models_zoo.get("resnet18", "tiny")
+    batch = models_zoo.get("resnet18", "tiny", batch_size=4)[1]
+    opt = graphopt.optimize(model, inputs, prune=0.3, drop_layers=1, calibration_data=[batch])
+    assert opt.trainable_graph is not opt.graph and opt.recipe is not None
+    directory = opt.save(tmp_path / "resnet")
+    files = sorted(p.name for p in directory.iterdir())
+    assert files == ["graph.json", "manifest.json", "trainable.graph.json", "trainable.weights.safetensors",
+                     "weights.safetensors"]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["kind"] == "torch" and manifest["trainable"] and set(manifest["files"]) == set(files) - {
+        "manifest.json"}
+    np.savez(tmp_path / "data.npz", x=batch[0].numpy(), y=opt(*batch).numpy())
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import torch
+        import graphopt
+        model = graphopt.load({str(directory)!r})
+        data = np.load({str(tmp_path / "data.npz")!r})
+        out = model(data["x"])
+        np.testing.assert_allclose(out.numpy(), data["y"], atol=1e-5, rtol=1e-5)
+        module = model.torch_module()
+        assert any(isinstance(m, torch.nn.Module) for m in module.modules())
+        assert sum(p.numel() for p in module.parameters() if p.requires_grad) > 0
+        assert model.recipe is not None and model.report.backend == "torch"
+        assert "params" in str(model.report)
+        assert not any(m.startswith(("graphopt.models_zoo", "transformers")) for m in sys.modules)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["ok"]
+
+
+def test_a_torch_artifact_keeps_a_dict_output_and_refuses_damage(tmp_path):
+    bert_model, bert_inputs = _bert()
+    opt = graphopt.optimize(bert_model, bert_inputs)
+    directory = opt.save(tmp_path / "bert")
+    loaded = graphopt.load(directory)
+    out, expected = loaded(*bert_inputs), opt(*bert_inputs)
+    # transformers is imported here, so the output comes back as its own ModelOutput (a dict), as the original's
+    assert type(out) is type(expected) and list(out.keys()) == ["last_hidden_state", "pooler_output"]
+    for key in expected.keys():
+        torch.testing.assert_close(out[key], expected[key], rtol=1e-5, atol=1e-5)
+    _flip(directory / "weights.safetensors")
+    with pytest.raises(GraphoptError, match="weights.safetensors"):
+        graphopt.load(directory)
+    with pytest.raises(GraphoptError, match="on the CPU"):
+        graphopt.load(directory, device="cuda")
 
 
 def test_the_docs_section_runs(tmp_path, monkeypatch):

@@ -495,8 +495,9 @@ def _decode_meta(data: Any, symbols: Mapping[str, sympy.Symbol], where: str) -> 
 
 
 # ----------------------------------------------------------------------------------------------- files
-def save_graph(graph: Graph, directory: str | os.PathLike) -> list[Path]:
+def save_graph(graph: Graph, directory: str | os.PathLike, *, prefix: str = "") -> list[Path]:
     """Write `graph.json` and `weights.safetensors` into `directory` (which must exist); the paths written.
+    With `prefix`, the names start with it (a second graph beside the first: `trainable.graph.json`).
 
     Each file is written under a temporary name and renamed into place. Tensors are saved from the CPU,
     contiguous; weights sharing one tensor are stored once.
@@ -508,7 +509,7 @@ def save_graph(graph: Graph, directory: str | os.PathLike) -> list[Path]:
         raise GraphoptError(f"cannot save graph '{graph.name}' to {directory}: the folder does not exist")
     doc, tensors = graph_to_dict(graph)
     text = json.dumps(doc, indent=1, allow_nan=False)
-    weights_path, graph_path = directory / WEIGHTS_FILE, directory / GRAPH_FILE
+    weights_path, graph_path = directory / (prefix + WEIGHTS_FILE), directory / (prefix + GRAPH_FILE)
     plain = {key: t.detach().to("cpu").contiguous() for key, t in tensors.items()}
     seen: set[int] = set()
     for key, t in plain.items():  # safetensors refuses tensors sharing memory, so all but one sharer are copied
@@ -517,7 +518,8 @@ def save_graph(graph: Graph, directory: str | os.PathLike) -> list[Path]:
         if ptr in seen or not whole:
             plain[key] = t.clone()
         seen.add(ptr)
-    tmp_weights, tmp_graph = weights_path.with_name(WEIGHTS_FILE + ".tmp"), graph_path.with_name(GRAPH_FILE + ".tmp")
+    tmp_weights = weights_path.with_name(weights_path.name + ".tmp")
+    tmp_graph = graph_path.with_name(graph_path.name + ".tmp")
     try:
         save_file(plain, str(tmp_weights), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
         tmp_graph.write_text(text, encoding="utf-8")
@@ -530,12 +532,13 @@ def save_graph(graph: Graph, directory: str | os.PathLike) -> list[Path]:
     return [graph_path, weights_path]
 
 
-def load_graph(directory: str | os.PathLike) -> Graph:
-    """The graph `save_graph` wrote into `directory`; `GraphoptError` naming the file when it cannot be read."""
+def load_graph(directory: str | os.PathLike, *, prefix: str = "") -> Graph:
+    """The graph `save_graph` wrote into `directory` (under `prefix`); `GraphoptError` naming the file when it
+    cannot be read."""
     from safetensors import SafetensorError, safe_open
 
     directory = Path(directory)
-    graph_path, weights_path = directory / GRAPH_FILE, directory / WEIGHTS_FILE
+    graph_path, weights_path = directory / (prefix + GRAPH_FILE), directory / (prefix + WEIGHTS_FILE)
     for path in (graph_path, weights_path):
         if not path.is_file():
             raise GraphoptError(f"cannot load a graph from {directory}: {path.name} is missing (a saved graph is "

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from graphopt.analysis.residual_blocks import find_blocks
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
+from graphopt.ir.serialize import register_meta_decoder
 
 from ..prune.recipe import structure_hash
 from .removal import drop_block
@@ -59,3 +60,7 @@ def apply_drop_recipe(graph: Graph, recipe: DropRecipe) -> Graph:
             raise GraphoptError(f"drop recipe names block {name!r}, which this graph lacks")
         drop_block(graph, block, replaced)
     return graph
+
+
+# a graph saved with graphopt.ir.serialize keeps its recipes as JSON text: loaded, they are recipes again
+register_meta_decoder("drop_recipes", DropRecipe.from_json)

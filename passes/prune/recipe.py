@@ -23,6 +23,7 @@ from graphopt.analysis.channels import ChannelGroup, channel_groups
 from graphopt.analysis.removal import remove_channels
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
+from graphopt.ir.serialize import register_meta_decoder
 
 RECIPE_FORMAT = 2  # 1: a single step, read as such
 
@@ -183,3 +184,7 @@ def _apply_step(graph: Graph, step: PruneStep, index: int, count: int) -> None:
             raise RecipeError(f"recipe removes channel {int(removed.max())} of the group anchored at {key[0]}, which "
                               f"has {group.num_channels} channels{where}")
         remove_channels(graph, group, removed)
+
+
+# a graph saved with graphopt.ir.serialize keeps its recipes as JSON text: loaded, they are recipes again
+register_meta_decoder("prune_recipes", PruneRecipe.from_json)
