@@ -102,6 +102,8 @@ class OptimizedModel:
 
         if self.report.backend == "torch":
             return write_directory(directory, self._write_torch)
+        if self.report.backend == "tvm":  # TVM's own artifact (library + manifest), loadable without graphopt
+            return Path(self._runner.save(directory))
         if self.report.backend != "onnx":
             raise GraphoptError(f"saving a backend={self.report.backend!r} model is not supported")
         return write_directory(directory, lambda staging: self._write_onnx(staging, external_data))
@@ -213,7 +215,8 @@ def load_torch_artifact(directory: str | os.PathLike, manifest: Mapping[str, Any
     saved = manifest.get("report", {})
     summary = f"loaded from {directory}; as saved:\n{saved.get('summary', '')}"
     report = OptimizeReport(manifest.get("pipeline", ""), summary, saved.get("params_before", 0),
-                            saved.get("params_after", 0), saved.get("macs_before", 0), saved.get("macs_after", 0), "torch",
+                            saved.get("params_after", 0), saved.get("macs_before", 0), saved.get("macs_after", 0),
+                            "torch",
                             weight_bytes_before=dict(saved.get("weight_bytes_before", {})),
                             weight_bytes_after=dict(saved.get("weight_bytes_after", {})))
     return OptimizedModel(graph, report, to_module(graph), trainable)
@@ -271,19 +274,60 @@ def _quantize_pass(quantize: str | Mapping[str, Any]) -> Any:
     raise GraphoptError(f"quantize must be a mode or a dict of Quantize options, not {type(quantize).__name__}")
 
 
-def _check_arguments(prune: Any, recipe: Any, finetune: Any, backend: str) -> None:
+def _check_arguments(prune: Any, recipe: Any, finetune: Any, backend: str, tune: Any) -> None:
     """The argument errors `optimize` can see before tracing the model."""
     if recipe is not None and prune is not None:
         raise GraphoptError("give either prune= or recipe=, not both")
     if finetune is not None and prune is None:
         raise GraphoptError("finetune= runs between pruning steps; give prune= too")
-    if backend not in ("torch", "onnx"):
-        raise GraphoptError(f"unknown backend '{backend}'; choose 'torch' or 'onnx'")
+    if backend not in ("torch", "onnx", "tvm"):
+        raise GraphoptError(f"unknown backend '{backend}'; choose 'torch', 'onnx' or 'tvm'")
+    if tune is not None and backend != "tvm":
+        raise GraphoptError(f"tune= is TVM's tuning budget; backend={backend!r} does not tune (use backend='tvm')")
+    if backend == "tvm":
+        try:
+            from graphopt.backends.tvm.tuning import Budget
+        except ImportError as exc:
+            raise GraphoptError(f"backend='tvm' needs Apache TVM ({exc}); pip install graphopt[tvm]") from None
+        Budget.parse(tune)  # a malformed budget fails now, not after tracing
+
+
+def _is_onnx_model(model: Any) -> bool:
+    """Whether `model` is an ONNX model (a .onnx path or a ModelProto) rather than a torch module; a path that
+    is not an ONNX file is a mistake named now."""
+    if isinstance(model, torch.nn.Module):
+        return False
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if path.suffix != ".onnx":
+            raise GraphoptError(f"model {str(model)!r} is a path but not an .onnx file: give a torch module or an "
+                                f"ONNX model (.onnx path or onnx.ModelProto)")
+        if not path.is_file():
+            raise GraphoptError(f"ONNX file {path} does not exist")
+        return True
+    if type(model).__name__ == "ModelProto" and type(model).__module__.startswith("onnx"):
+        return True
+    raise GraphoptError(f"model must be a torch.nn.Module or an ONNX model (.onnx path or onnx.ModelProto), "
+                        f"not {type(model).__name__}")
+
+
+def _inputs_like(graph: Graph, size: int = 2) -> tuple:
+    """Example inputs for an imported graph: random floats, integers all ones, booleans true; symbolic axes
+    of `size`."""
+    inputs = []
+    generator = torch.Generator().manual_seed(0)
+    for value in graph.inputs:
+        shape = [int(d) if isinstance(d, int) or getattr(d, "is_Integer", False) else size for d in value.shape]
+        if value.dtype.is_floating_point:
+            inputs.append(torch.randn(shape, generator=generator).to(value.dtype))
+        else:
+            inputs.append(torch.ones(shape, dtype=value.dtype))
+    return tuple(inputs)
 
 
 def optimize(
-    model: torch.nn.Module,
-    example_inputs: Sequence[Any] | torch.Tensor,
+    model: torch.nn.Module | str | os.PathLike | Any,
+    example_inputs: Sequence[Any] | torch.Tensor | None = None,
     *,
     prune: float | Mapping[str, Any] | None = None,
     drop_layers: int | float | Mapping[str, Any] | None = None,
@@ -293,11 +337,17 @@ def optimize(
     loss: Callable[[Any, Any], torch.Tensor] | None = None,
     steps: int = 1,
     finetune: Callable[[torch.nn.Module, int], Any] | None = None,
-    backend: Literal["torch", "onnx"] = "torch",
+    backend: Literal["torch", "onnx", "tvm"] = "torch",
+    target: Any = None,
+    tune: Any = None,
     verify: bool = True,
     dynamic: Any = "batch",
 ) -> OptimizedModel:
     """Trace `model`, canonicalise it, optionally prune it, and lower it to `backend`.
+
+    `model`: a torch module, or an ONNX model (a `.onnx` path or an `onnx.ModelProto`), imported with
+    its own symbolic axes; for an ONNX model `example_inputs` may be omitted (random floats, integer
+    inputs all ones, symbolic axes of size 2: give real examples when the values matter).
 
     `prune`: a ratio (`0.5`) or `Prune` options (`{"ratio": 0.5, "scope": "global", "round_to": 8}`,
     `{"target_macs": 0.5, "criterion": "taylor", "reconstruct": True}`); they are checked before tracing.
@@ -316,15 +366,27 @@ def optimize(
     (exact for canonicalisation, output shapes for pruning).
     `dynamic`: the axes that stay symbolic, as for `trace`: "batch" (axis 0 of every tensor input,
     kept dynamic even in a batch-1 example), a mapping {input_index: {axis: name}}, or None (static).
+    `backend="tvm"`: compiled by Apache TVM for `target` (default: this CPU) at the example inputs'
+    sizes, tuned for `tune` (trials, or a time such as "10min"; the records are kept and reused
+    across compiles); convolutional graphs are compiled in NHWC, measured faster on this CPU. Without
+    a tuning budget the build runs on TVM's default schedules, far slower than ONNX Runtime: a
+    warning says so and what to pass.
     """
-    from graphopt.frontends.torch import trace
-
-    _check_arguments(prune, recipe, finetune, backend)
-    inputs = _example_tuple(example_inputs)
+    onnx_model = _is_onnx_model(model)
+    _check_arguments(prune, recipe, finetune, backend, tune)
+    inputs = _example_tuple(example_inputs) if example_inputs is not None or not onnx_model else None
     prune_passes = _prune_steps(prune, steps) if prune is not None else []
     drop_pass = _drop_pass(drop_layers, recipe) if drop_layers is not None else None
     quantize_pass = _quantize_pass(quantize) if quantize is not None else None
-    graph = trace(model, inputs, dynamic=dynamic)
+    if onnx_model:
+        from graphopt.frontends.onnx import load as load_onnx
+
+        graph = load_onnx(model)
+        inputs = _inputs_like(graph) if inputs is None else inputs
+    else:
+        from graphopt.frontends.torch import trace
+
+        graph = trace(model, inputs, dynamic=dynamic)
     # non-tensor arguments (flags, sizes) are constants of the trace: the graph's inputs are the tensors
     tensors = tuple(x for x in inputs if isinstance(x, torch.Tensor))
     inputs = tensors if len(tensors) == len(graph.inputs) else inputs
@@ -345,7 +407,7 @@ def optimize(
     if quantize_pass is not None:  # last: pruning and fine-tuning work in float
         optimized = trainable = run.stage(quantize_pass, optimized)
     report = _report(run, graph, optimized, inputs, backend)
-    return OptimizedModel(optimized, report, _runner(optimized, backend), trainable)
+    return OptimizedModel(optimized, report, _runner(optimized, backend, inputs, target, tune), trainable)
 
 
 def _example_tuple(example_inputs: Any) -> tuple:
@@ -420,12 +482,19 @@ def _report(run: _Pipeline, graph: Graph, optimized: Graph, inputs: tuple, backe
                           weight_bytes_before=before.weight_bytes, weight_bytes_after=after.weight_bytes)
 
 
-def _runner(graph: Graph, backend: str) -> Callable[..., Any]:
-    """The callable that runs `graph` on `backend`."""
+def _runner(graph: Graph, backend: str, inputs: tuple = (), target: Any = None,
+            tune: Any = None) -> Callable[..., Any]:
+    """The callable that runs `graph` on `backend` (TVM: compiled at the sizes of `inputs`)."""
     if backend == "onnx":
         from graphopt.backends import onnx as onnx_backend
 
         return onnx_backend.compile(graph)
+    if backend == "tvm":
+        from graphopt.backends import tvm as tvm_backend
+
+        convolutional = any(n.op == "conv" and n.inputs[1].rank == 4 for n in graph.nodes)
+        return tvm_backend.compile(graph, target=target, tune=tune, example_inputs=inputs, pipeline=None,
+                                   layout="NHWC" if convolutional else None)
     from graphopt.backends.torch import to_module
 
     return to_module(graph)

@@ -100,3 +100,42 @@ def test_recipe_refuses_another_model(tmp_path):
     other, other_inputs = models_zoo.get("resnet50", "tiny")
     with pytest.raises(graphopt.GraphoptError, match="recipe was made for a graph with structure"):
         graphopt.optimize(other, other_inputs, recipe=path)
+
+
+def test_an_onnx_file_is_optimized_like_a_module(tmp_path):
+    """A .onnx path (and a ModelProto) goes through the same pipeline; example inputs default from its inputs."""
+    import onnx
+
+    from graphopt.backends import onnx as onnx_backend
+
+    model, inputs = models_zoo.get("resnet18", "tiny")
+    path = onnx_backend.export(graphopt.trace(model, inputs), tmp_path / "resnet.onnx", external_data=False)
+    from_file = graphopt.optimize(path, inputs, prune=0.3, backend="onnx")
+    from_proto = graphopt.optimize(onnx.load(str(path)), prune=0.3)  # example inputs made from the graph's
+    from_module = graphopt.optimize(model, inputs, prune=0.3)
+    assert from_file.report.params_after == from_proto.report.params_after == from_module.report.params_after
+    x = torch.randn(3, 3, 32, 32)  # the file's symbolic batch axis
+    torch.testing.assert_close(from_file(x), from_module(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(graphopt.GraphoptError, match="not an .onnx file"):
+        graphopt.optimize(tmp_path / "resnet.pt", inputs)
+    with pytest.raises(graphopt.GraphoptError, match="does not exist"):
+        graphopt.optimize(tmp_path / "missing.onnx")
+    with pytest.raises(graphopt.GraphoptError, match="tune= is TVM's tuning budget"):
+        graphopt.optimize(path, tune="1min")
+
+
+def test_the_tvm_backend_compiles_saves_and_loads(tmp_path):
+    """backend="tvm" (untuned: it warns what to pass): same outputs as the torch back-end at the example's sizes,
+    a TVM artifact that graphopt.load runs; a malformed budget fails before tracing."""
+    pytest.importorskip("tvm")
+    from graphopt.backends.tvm import UntunedWarning
+
+    model, inputs = models_zoo.get("resnet18", "tiny")
+    with pytest.raises(graphopt.GraphoptError, match="tune="):
+        graphopt.optimize(model, inputs, backend="tvm", tune="fast")
+    with pytest.warns(UntunedWarning):
+        compiled = graphopt.optimize(model, inputs, prune=0.3, backend="tvm")
+    reference = graphopt.optimize(model, inputs, prune=0.3)
+    torch.testing.assert_close(compiled(*inputs), reference(*inputs), rtol=1e-4, atol=1e-4)
+    loaded = graphopt.load(compiled.save(tmp_path / "resnet-tvm"))
+    torch.testing.assert_close(torch.from_numpy(loaded(inputs[0].numpy())), reference(*inputs), rtol=1e-4, atol=1e-4)
