@@ -85,9 +85,12 @@ def load(path, device: str = "cpu"):
     if kind not in (None, "tvm"):  # TVM manifests have no "kind": their "format" names them
         raise ArtifactError(f"{_Path(path) / 'manifest.json'}: unknown artifact kind {kind!r} (this graphopt "
                             f"loads 'onnx', 'torch' and TVM artifacts); upgrade graphopt, or save the model again")
+    from graphopt.artifacts import StructuredOutputs
     from graphopt.backends.tvm.artifact import load as _load
 
-    return _load(path, device)
+    loaded = _load(path, device)
+    structure = manifest.get("structure")  # OptimizedModel.save records it: a dict output comes back a dict
+    return StructuredOutputs(loaded, structure) if isinstance(structure, dict) else loaded
 
 
 __all__ = [

@@ -103,7 +103,12 @@ class OptimizedModel:
         if self.report.backend == "torch":
             return write_directory(directory, self._write_torch)
         if self.report.backend == "tvm":  # TVM's own artifact (library + manifest), loadable without graphopt
-            return Path(self._runner.save(directory))
+            from graphopt.artifacts import encode_structure
+            from graphopt.ir.interpreter import output_spec
+
+            count = len(self.graph.outputs)
+            structure = encode_structure(output_spec(self.graph, count), count)
+            return Path(self._runner.save(directory, extra={"structure": structure, "pipeline": self.report.pipeline}))
         if self.report.backend != "onnx":
             raise GraphoptError(f"saving a backend={self.report.backend!r} model is not supported")
         return write_directory(directory, lambda staging: self._write_onnx(staging, external_data))

@@ -139,3 +139,43 @@ def test_the_tvm_backend_compiles_saves_and_loads(tmp_path):
     torch.testing.assert_close(compiled(*inputs), reference(*inputs), rtol=1e-4, atol=1e-4)
     loaded = graphopt.load(compiled.save(tmp_path / "resnet-tvm"))
     torch.testing.assert_close(torch.from_numpy(loaded(inputs[0].numpy())), reference(*inputs), rtol=1e-4, atol=1e-4)
+
+
+class _TwoHeads(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return {"features": h, "score": h.sum(dim=1)}
+
+
+def test_a_dict_output_stays_a_dict_on_every_backend_and_through_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model, x = _TwoHeads().eval(), torch.randn(4, 8)
+    backends = ["torch", "onnx"] + (["tvm"] if _has_tvm() else [])
+    for backend in backends:
+        with pytest.warns(Warning) if backend == "tvm" else _nothing():  # untuned TVM says so
+            opt = graphopt.optimize(model, (x,), backend=backend)
+        out = opt(x)
+        assert isinstance(out, dict) and list(out) == ["features", "score"], backend
+        loaded = graphopt.load(opt.save(tmp_path / backend))(x.numpy() if backend != "torch" else x)
+        assert isinstance(loaded, dict) and list(loaded) == ["features", "score"], backend
+        for key in out:
+            got = loaded[key] if isinstance(loaded[key], torch.Tensor) else torch.from_numpy(loaded[key])
+            torch.testing.assert_close(got, out[key], rtol=1e-5, atol=1e-5)
+
+
+def _has_tvm() -> bool:
+    try:
+        import tvm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -138,12 +138,13 @@ class TvmModule:
                        "tasks_with_records": len(tuned), "measured_this_compile": self.report.measured},
         }
 
-    def save(self, directory) -> str:
+    def save(self, directory, *, extra: Mapping[str, Any] | None = None) -> str:
         """Write a deployable artifact (library + manifest.json); load it with graphopt.load(directory).
 
-        All or nothing: a failed save leaves the previous artifact at `directory` (or none); see artifact.save.
+        `extra`: more manifest fields (OptimizedModel.save adds the output structure). All or nothing: a
+        failed save leaves the previous artifact at `directory` (or none); see artifact.save.
         """
-        return _artifact.save(directory, self.executable, self.manifest())
+        return _artifact.save(directory, self.executable, {**self.manifest(), **(extra or {})})
 
     def __repr__(self) -> str:
         sig = ", ".join(f"{i.name}: {i.dtype}{i.shape}" for i in self.inputs)
