@@ -537,6 +537,13 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict:
         if args.quantize not in MODES:
             raise UsageError(f"--quantize {args.quantize!r}: unknown mode; choose from {', '.join(MODES)}")
         kwargs["quantize"] = args.quantize
+    if args.passes is not None:  # an unknown pass or option is named before anything else
+        from graphopt.passmanager import PassManager
+
+        try:
+            PassManager.parse(args.passes)
+        except GraphoptError as exc:
+            raise UsageError(f"--passes: {str(exc).splitlines()[0]}") from None
     accepted = inspect.signature(graphopt.optimize).parameters
     for option, key, value in (("--tune", "tune", args.tune), ("--target", "target", args.target),
                                ("--passes", "passes", args.passes)):
@@ -545,13 +552,6 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict:
         if key not in accepted:
             raise UsageError(f"{option}: this graphopt's optimize() does not take {key}= yet")
         kwargs[key] = value
-    if args.passes is not None:
-        from graphopt.passmanager import PassManager
-
-        try:
-            PassManager.parse(args.passes)
-        except GraphoptError as exc:
-            raise UsageError(f"--passes: {str(exc).splitlines()[0]}") from None
     if args.backend == "tvm" and "tvm" not in str(accepted["backend"].annotation):
         raise UsageError("--backend tvm: this graphopt's optimize() does not compile with TVM yet")
     return kwargs
@@ -656,13 +656,11 @@ def _random_inputs(specs: Sequence[dict], batch: int, seed: int = 0) -> list:
     arrays = []
     for spec in specs:
         shape = [d if isinstance(d, int) else batch for d in spec["shape"]]
-        dtype = np.dtype(spec["dtype"].replace("bool", "bool_") if spec["dtype"] != "bool" else "bool")
+        dtype = np.dtype(spec["dtype"])
         if dtype.kind == "f":
             arrays.append(rng.standard_normal(shape).astype(dtype))
-        elif dtype.kind == "b":
+        else:  # token ids, masks, flags: 1 is valid everywhere
             arrays.append(np.ones(shape, dtype=dtype))
-        else:
-            arrays.append(np.ones(shape, dtype=dtype))  # token ids / masks: 1 is valid everywhere
     return arrays
 
 
@@ -678,15 +676,13 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     if not Path(args.directory).is_dir():
         raise Failure(f"no such artifact directory: {args.directory}")
     source = ModelSource(args.original) if args.original else None
+    from graphopt.artifacts import read_manifest
 
+    with _working(f"reading {args.directory}"):  # not an artifact: one line, before any stage
+        manifest = read_manifest(args.directory)
     _stage(f"loading {args.directory}")
     with _working(f"loading {args.directory}"):
         artifact = graphopt.load(args.directory)
-    manifest = getattr(artifact, "manifest", None)
-    if manifest is None:
-        from graphopt.artifacts import read_manifest
-
-        manifest = read_manifest(args.directory)
     arrays = _random_inputs(manifest["inputs"], args.batch)
     runners, arguments, labels = [artifact], [tuple(arrays)], [f"artifact ({manifest.get('kind', 'tvm')})"]
     if source is not None:
