@@ -544,6 +544,8 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict:
             PassManager.parse(args.passes)
         except GraphoptError as exc:
             raise UsageError(f"--passes: {str(exc).splitlines()[0]}") from None
+    if args.tune is not None and args.backend != "tvm":
+        raise UsageError(f"--tune {args.tune}: tuning is TVM's; give --backend tvm too")
     accepted = inspect.signature(graphopt.optimize).parameters
     for option, key, value in (("--tune", "tune", args.tune), ("--target", "target", args.target),
                                ("--passes", "passes", args.passes)):
@@ -705,7 +707,9 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         _print_json(data)
         return 0
-    table = Table(title=f"graphopt bench {args.directory} (inputs {shapes}, median of {args.runs} runs)")
+    table = Table(title=f"graphopt bench {args.directory}",
+                  caption=f"inputs {shapes}; median of {args.runs} runs after {args.warmup} warm-up"
+                          + (", alternating" if source is not None else ""))
     table.add_column("model")
     table.add_column("latency (ms)", justify="right")
     for label, seconds in zip(labels, medians):

@@ -124,12 +124,25 @@ def test_factory_model_with_calibration_file_to_a_torch_artifact(tmp_path):
     assert bare.returncode == 0 and "params" in bare.stdout, bare.stderr[-3000:]
 
 
+def test_tvm_backend_saves_an_artifact_bench_runs(tmp_path):
+    pytest.importorskip("tvm")
+    (tmp_path / "mymodels.py").write_text(FACTORY)
+    done = graphopt("optimize", "mymodels:build", "--backend", "tvm", "-o", "art", "--json", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["backend"] == "tvm"
+    bench = graphopt("bench", "art", "--original", "mymodels:build", "--runs", "3", "--warmup", "1", "--batch", "4",
+                     cwd=tmp_path)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    assert "artifact (tvm)" in bench.stdout and re.search(r"speed-up over the original: \d+\.\d+x", bench.stdout)
+
+
 @pytest.mark.parametrize("args, code, reason", [
     (["optimize", "missing.onnx"], 1, "no such ONNX file"),
     (["optimize", "zoo:no-such-model"], 2, "unknown zoo model"),
     (["optimize", "zoo:resnet18", "--prune", "1.5"], 2, "[0, 1)"),
     (["optimize", "zoo:resnet18", "--quantize", "int3"], 2, "unknown mode"),
     (["optimize", "zoo:resnet18", "--passes", "canonicalize,no-such-pass"], 2, "unknown pass"),
+    (["optimize", "zoo:resnet18", "--tune", "10min", "--backend", "onnx"], 2, "--backend tvm"),
     (["optimize", "zoo:resnet18", "--calib", "garbage.npz"], 1, "cannot read calibration file"),
     (["optimize", "zoo:resnet18", "--calib", "missing.npz"], 1, "no such calibration file"),
     (["bench", "no-such-dir"], 1, "no such artifact directory"),
