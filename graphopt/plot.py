@@ -49,7 +49,11 @@ def require_matplotlib() -> None:
     """Raise PlotDependencyError (one line, with the install command) when matplotlib is missing."""
     import importlib.util
 
-    if importlib.util.find_spec("matplotlib") is None:
+    try:
+        found = importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):  # a broken or blocked install
+        found = False
+    if not found:
         raise PlotDependencyError(f"plotting needs matplotlib: {INSTALL_HINT}")
 
 
