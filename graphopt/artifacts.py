@@ -259,6 +259,12 @@ def _move_into_place(staging: Path, directory: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def fsync(path: str | os.PathLike) -> None:
+    """Flush a file to disk (errors raise), or a directory's entries after a rename (best effort): every
+    atomic write of graphopt (artifact directories here, ONNX model + data files in backends/onnx/export.py)."""
+    (_fsync_dir if os.path.isdir(path) else _fsync_file)(Path(path))
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -22,16 +22,13 @@ import torch
 import graphopt
 from graphopt import models_zoo
 from graphopt.errors import GraphoptError, InputError
+from tiny_models import tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _bert():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=32)
-    model = transformers.BertModel(config).eval()
+    model = tiny_bert()
     ids = torch.randint(0, 64, (1, 8))
     return model, (ids, torch.ones(1, 8, dtype=torch.long))
 

@@ -28,6 +28,7 @@ from graphopt.ir.interpreter import run_graph, structured_outputs
 from graphopt.ir.serialize import (FORMAT_VERSION, GRAPH_FILE, WEIGHTS_FILE, graph_from_dict, graph_to_dict,
                                    load_graph, register_meta_decoder, save_graph)
 from graphopt.passmanager import PassManager
+from tiny_models import tiny_bert
 
 ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
@@ -156,11 +157,7 @@ def test_pruned_round_trip(tmp_path):
 # ------------------------------------------------------------------------------- dict outputs (transformers)
 @functools.lru_cache(maxsize=None)
 def _bert():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=32)
-    model = transformers.BertModel(config).eval()
+    model = tiny_bert()
     ids = torch.randint(0, 64, (2, 8))
     graph = graphopt.trace(model, (ids,))
     return graph, ids

@@ -29,6 +29,7 @@ import onnx
 import torch
 from onnx import helper
 
+from graphopt.artifacts import fsync
 from graphopt.errors import GraphoptError
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph
@@ -217,17 +218,17 @@ def export(graph: Graph, path: str | os.PathLike, *, external_data: bool | None 
         previous = _data_files(path)
         if not external_data:
             onnx.save_model(lowered.inline(), staging / path.name)
-            _fsync(staging / path.name)
+            fsync(staging / path.name)
             os.replace(staging / path.name, path)
-            _fsync(path.parent)
+            fsync(path.parent)
             _remove_data_files(path, previous)
             return path
         data_name = _fresh_data_name(path, previous)
         model = lowered.with_external_data(data_name, staging)
         onnx.save_model(model, staging / path.name)
         onnx.checker.check_model(str(staging / path.name))
-        _fsync(staging / data_name)
-        _fsync(staging / path.name)
+        fsync(staging / data_name)
+        fsync(staging / path.name)
         # data first, under a name no model refers to yet; then the model, which switches to it
         os.replace(staging / data_name, path.parent / data_name)
         try:
@@ -236,7 +237,7 @@ def export(graph: Graph, path: str | os.PathLike, *, external_data: bool | None 
             with contextlib.suppress(OSError):
                 os.unlink(path.parent / data_name)
             raise
-        _fsync(path.parent)
+        fsync(path.parent)
         _remove_data_files(path, previous - {data_name})
     return path
 
@@ -251,9 +252,9 @@ def save_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     with _staging(path) as staging:
         previous = _data_files(path)
         onnx.save_model(model, staging / path.name)
-        _fsync(staging / path.name)
+        fsync(staging / path.name)
         os.replace(staging / path.name, path)
-        _fsync(path.parent)
+        fsync(path.parent)
         _remove_data_files(path, previous - _external_locations(model))
     return path
 
@@ -283,27 +284,6 @@ class _staging:
 
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file to disk (errors raise), or a directory's entries after a rename (best effort)."""
-    if not path.is_dir():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # pragma: no cover - platforms that cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - file systems that do not sync directories
-        pass
-    finally:
-        os.close(fd)
 
 
 def _external_locations(model: onnx.ModelProto) -> set[str]:
