@@ -769,11 +769,11 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         return cmd_explain(args, console)
     from pathlib import Path
 
-    from graphopt.plot import PlotDependencyError, Stage, plot_stages, require_matplotlib
+    from graphopt.plot import PlotDependencyError, require_matplotlib
 
     batch = args.batch or 32
-    if batch < 1 or args.runs < 1 or args.epochs < 0:
-        raise UsageError("--batch and --runs must be at least 1, --epochs at least 0")
+    if batch < 1 or args.runs < 1 or args.epochs < 0 or args.threads < 1:
+        raise UsageError("--batch, --runs and --threads must be at least 1, --epochs at least 0")
     plot_path = args.plot or "graphopt-demo.png"
     try:
         require_matplotlib()
@@ -787,6 +787,18 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     if not console.is_terminal:  # a log or CI: wide enough for the table on one line per stage
         console = Console(width=120, stderr=console.stderr)
     torch.manual_seed(args.seed)
+    # one thread count for torch and ONNX Runtime: a fair comparison, and no spinning thread pools on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _demo(args, console, batch, plot_path, started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _demo(args: argparse.Namespace, console: Console, batch: int, plot_path: str | None, started: float) -> int:
+    from graphopt.plot import Stage, plot_stages
+
     name = "resnet18"
     model, example = _load_zoo(name, "tiny", batch)
     size = example[0].shape[-1]
@@ -819,7 +831,12 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         for label, options in plans:
             _stage(f"{label}: tracing, passes, compiling")
             optimized = graphopt.optimize(model, timing_batch, calibration_data=calibration, **options)
-            stages.append({"name": label, "runner": optimized, "report": optimized.report,
+            runner = optimized
+            if options["backend"] == "onnx":  # the same session at --threads intra-op threads
+                from graphopt.backends import onnx as onnx_backend
+
+                runner = onnx_backend.compile(optimized.graph, threads=args.threads)
+            stages.append({"name": label, "runner": runner, "report": optimized.report,
                            "params": _graph_layer_params(optimized.trainable_graph),
                            "total_params": optimized.report.params_after})
         for stage in stages:
@@ -835,8 +852,8 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     import os
 
     table = Table(title=f"graphopt demo: {name} (tiny), batch {batch}, median of {args.runs} runs",
-                  caption=f"torch threads: {torch.get_num_threads()}; ONNX Runtime: its default "
-                          f"({os.cpu_count()} cores); speed-up against the dense torch model")
+                  caption=f"{args.threads} thread(s) for torch and ONNX Runtime ({os.cpu_count()} cores here); "
+                          f"speed-up against the dense torch model")
     for column in ("stage", "accuracy" if y_test is not None else "drift", "params", "weight bytes",
                    "latency (ms)", "speed-up"):
         table.add_column(column, justify="left" if column == "stage" else "right")
@@ -911,6 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--runs", type=int, default=30, help="timed runs per stage (default 30)")
     demo.add_argument("--epochs", type=int, default=6, help="training epochs on digits (default 6)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=int, default=1, help="threads for torch and ONNX Runtime alike (default 1)")
     demo.add_argument("--explain", action="store_true",
                       help="instead: trace, canonicalise, analyse and lower one zoo model, checked, with a report")
     demo.add_argument("--model", default=None, help="--explain: zoo model name (default resnet18; implies --explain)")
