@@ -37,13 +37,16 @@ class OptimizeReport:
     quantize: list[Any] = field(default_factory=list)  # QuantizeReport: layers quantized / left float, errors
     weight_bytes_before: dict[str, int] = field(default_factory=dict)  # by element type (model size)
     weight_bytes_after: dict[str, int] = field(default_factory=dict)
+    # stage (pipeline text) -> relative output error against the original model on the example inputs, after it
+    drift: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
         pruned = "".join(f"{r.summary()}\n" for r in [*self.drop, *self.prune, *self.quantize])
         if self.quantize:
             pruned += (f"weight bytes {sum(self.weight_bytes_before.values()):,} -> "
                        f"{sum(self.weight_bytes_after.values()):,} ({dict(sorted(self.weight_bytes_after.items()))})\n")
-        return (f"pipeline: {self.pipeline}  (backend: {self.backend})\n{self.passes}\n{pruned}"
+        drift = "".join(f"output drift after {stage}: {error:.4f}\n" for stage, error in self.drift.items())
+        return (f"pipeline: {self.pipeline}  (backend: {self.backend})\n{self.passes}\n{pruned}{drift}"
                 f"params {self.params_before:,} -> {self.params_after:,} "
                 f"({self.params_after / max(self.params_before, 1):.1%}), "
                 f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_after / max(self.macs_before, 1):.1%})")
@@ -395,7 +398,7 @@ def optimize(
     # non-tensor arguments (flags, sizes) are constants of the trace: the graph's inputs are the tensors
     tensors = tuple(x for x in inputs if isinstance(x, torch.Tensor))
     inputs = tensors if len(tensors) == len(graph.inputs) else inputs
-    run = _Pipeline(inputs, None if calibration_data is None else list(calibration_data), loss, verify)
+    run = _Pipeline(inputs, None if calibration_data is None else list(calibration_data), loss, verify, graph)
     structural = prune is not None or recipe is not None or drop_pass is not None
     # Pruning (and fine-tuning between steps) works on the graph with its BatchNorms, which
     # `canonicalize` folds at the end: fine-tuning a pruned network without its norms loses points.
@@ -438,18 +441,31 @@ class _Pipeline:
     calibration: list | None
     loss: Callable[[Any, Any], Any] | None
     verify: bool
+    original: Graph | None = None  # the traced graph: each stage's drift is measured against it
     managers: list[Any] = field(default_factory=list)
     reports: list[Any] = field(default_factory=list)
+    drift: dict[str, float] = field(default_factory=dict)  # stage -> relative output error vs the original
+    reference: list | None = None  # the original's outputs on the inputs, computed at the first stage that changes
 
     def stage(self, step: Any, graph: Graph) -> Graph:
-        """Run one stage (pipeline text or a pass) on `graph`; its report joins the others."""
+        """Run one stage (pipeline text or a pass) on `graph`; its report joins the others, and how far its
+        result's outputs are from the original model's on the example inputs joins `drift`."""
         from graphopt.passmanager import PassManager, Verify
 
         manager = PassManager([step], instruments=[Verify()] if self.verify else [])
         self.managers.append(manager)
         result, report = manager.run(graph, self.inputs, calibration_data=self.calibration, loss=self.loss)
         self.reports.append(report)
+        if self.original is not None and report.modified:
+            self.drift[str(manager)] = self._drift(result)
         return result
+
+    def _drift(self, graph: Graph) -> float:
+        from graphopt.ir.interpreter import relative_error, run_graph
+
+        if self.reference is None:
+            self.reference = [run_graph(self.original, self.inputs)]
+        return relative_error(self.reference, [run_graph(graph, self.inputs)])
 
 
 def _finetune(graph: Graph, finetune: Callable[[torch.nn.Module, int], Any], step: int) -> None:
@@ -484,7 +500,8 @@ def _report(run: _Pipeline, graph: Graph, optimized: Graph, inputs: tuple, backe
     return OptimizeReport(pipeline, merged, before.total_params, after.total_params,
                           before.total_macs, after.total_macs, backend, merged.stats("prune"),
                           drop=merged.stats("drop-layers"), quantize=merged.stats("quantize"),
-                          weight_bytes_before=before.weight_bytes, weight_bytes_after=after.weight_bytes)
+                          weight_bytes_before=before.weight_bytes, weight_bytes_after=after.weight_bytes,
+                          drift=dict(run.drift))
 
 
 def _runner(graph: Graph, backend: str, inputs: tuple = (), target: Any = None,

@@ -179,3 +179,16 @@ def _nothing():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def test_the_report_says_how_far_each_stage_moved_the_outputs():
+    model, inputs = models_zoo.get("resnet18", "tiny")
+    opt = graphopt.optimize(model, inputs, prune=0.3, quantize="int8")
+    drift = opt.report.drift
+    assert list(drift) == ["simplify", "prune{ratio=0.3}", "canonicalize", "quantize{mode=int8}"]
+    assert drift["simplify"] < 1e-5 and drift["prune{ratio=0.3}"] > 1e-3
+    assert abs(drift["canonicalize"] - drift["prune{ratio=0.3}"]) < 1e-4  # folding BatchNorms is exact
+    with torch.no_grad():
+        final = float((opt(*inputs) - model(*inputs)).norm() / model(*inputs).norm())
+    assert drift["quantize{mode=int8}"] == pytest.approx(final, rel=1e-2, abs=1e-4)
+    assert "output drift after prune{ratio=0.3}" in str(opt.report)
