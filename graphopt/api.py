@@ -200,6 +200,32 @@ class OptimizedModel:
 
         return to_module(self.trainable_graph if trainable else self.graph)
 
+    def plot(self, path: str | os.PathLike, original: Callable[..., Any], inputs: Sequence[Any], *,
+             runs: int = 20) -> Path:
+        """Write the report plot (a PNG; matplotlib, `pip install graphopt[plot]`): latency against output drift
+        for `original` and this model, timed side by side on `inputs`, and parameters per layer before and after.
+        Returns the PNG's absolute path."""
+        from graphopt.ir.interpreter import relative_error
+        from graphopt.plot import Stage, params_per_layer, plot_stages, require_matplotlib
+        from graphopt.timing import interleaved_medians
+
+        require_matplotlib()
+        inputs = _as_tensors(inputs)
+        with torch.no_grad():
+            expected, got = original(*inputs), self(*inputs)
+            latency = interleaved_medians([lambda: original(*inputs), lambda: self(*inputs)], runs, warmup=2)
+        def leaves(out: Any) -> list[torch.Tensor]:
+            return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+        drift = relative_error([leaves(expected)], [leaves(got)])
+        named = original.named_parameters() if isinstance(original, torch.nn.Module) else ()
+        stages = [Stage("original", latency[0], drift=0.0, params=params_per_layer((n, p.shape) for n, p in named),
+                        params_total=self.report.params_before),
+                  Stage(f"optimized ({self.report.backend})", latency[1], drift=drift,
+                        params=params_per_layer((n, v.shape) for n, v in self.trainable_graph.params().items()),
+                        params_total=self.report.params_after)]
+        return plot_stages(stages, path, title=self.report.pipeline)
+
     def __repr__(self) -> str:
         return f"<OptimizedModel {self.graph.name}: {self.report.params_after:,} params, backend {self.report.backend}>"
 
@@ -282,6 +308,40 @@ def _quantize_pass(quantize: str | Mapping[str, Any]) -> Any:
     raise GraphoptError(f"quantize must be a mode or a dict of Quantize options, not {type(quantize).__name__}")
 
 
+def _shortcut_stages(run: _Pipeline, graph: Graph, drop_pass: Any, prune_passes: list[Any], recipe: Any,
+                     finetune: Any, quantize_pass: Any) -> tuple[Graph, Graph]:
+    """(trainable graph, optimized graph) of the shortcuts: canonicalise, drop layers, prune, quantize."""
+    structural = bool(prune_passes) or recipe is not None or drop_pass is not None
+    # Pruning (and fine-tuning between steps) works on the graph with its BatchNorms, which
+    # `canonicalize` folds at the end: fine-tuning a pruned network without its norms loses points.
+    trainable = run.stage("simplify" if structural else "canonicalize", graph)
+    if drop_pass is not None:  # depth first, then width: pruning ranks the channels of the blocks that stay
+        trainable = run.stage(drop_pass, trainable)
+    for index, step in enumerate(prune_passes):
+        trainable = run.stage(step, trainable)
+        if finetune is not None:
+            _finetune(trainable, finetune, index)
+    if recipe is not None:
+        trainable = _replay(trainable, recipe)
+    optimized = run.stage("canonicalize", trainable) if structural else trainable
+    if quantize_pass is not None:  # last: pruning and fine-tuning work in float
+        optimized = trainable = run.stage(quantize_pass, optimized)
+    return trainable, optimized
+
+
+def _check_passes(passes: str | None, **shortcuts: Any) -> None:
+    """`passes=` replaces the shortcuts; its pipeline text is parsed (so checked) before tracing."""
+    if passes is None:
+        return
+    given = [name for name, value in shortcuts.items() if value is not None]
+    if given:
+        raise GraphoptError(f"passes= is the whole pipeline; it replaces {'=, '.join(given)}=: put those passes in "
+                            f"the pipeline text instead (e.g. 'canonicalize,prune{{ratio=0.3}}')")
+    from graphopt.passmanager import PassManager
+
+    PassManager.parse(passes)
+
+
 def _check_arguments(prune: Any, recipe: Any, finetune: Any, backend: str, tune: Any) -> None:
     """The argument errors `optimize` can see before tracing the model."""
     if recipe is not None and prune is not None:
@@ -348,6 +408,7 @@ def optimize(
     backend: Literal["torch", "onnx", "tvm"] = "torch",
     target: Any = None,
     tune: Any = None,
+    passes: str | None = None,
     verify: bool = True,
     dynamic: Any = "batch",
 ) -> OptimizedModel:
@@ -372,6 +433,8 @@ def optimize(
     trainable torch module of the pruned graph, and its weights are read back before the next step.
     With `verify`, every pass is checked against the graph before it on the example inputs
     (exact for canonicalisation, output shapes for pruning).
+    `passes`: a pipeline text (`"canonicalize,prune{ratio=0.3,criterion=taylor},quantize"`) run instead of
+    the shortcuts (prune=, drop_layers=, quantize=, recipe=, which it replaces), parsed before tracing.
     `dynamic`: the axes that stay symbolic, as for `trace`: "batch" (axis 0 of every tensor input,
     kept dynamic even in a batch-1 example), a mapping {input_index: {axis: name}}, or None (static).
     `backend="tvm"`: compiled by Apache TVM for `target` (default: this CPU) at the example inputs'
@@ -382,6 +445,7 @@ def optimize(
     """
     onnx_model = _is_onnx_model(model)
     _check_arguments(prune, recipe, finetune, backend, tune)
+    _check_passes(passes, prune=prune, drop_layers=drop_layers, quantize=quantize, recipe=recipe)
     inputs = _example_tuple(example_inputs) if example_inputs is not None or not onnx_model else None
     prune_passes = _prune_steps(prune, steps) if prune is not None else []
     drop_pass = _drop_pass(drop_layers, recipe) if drop_layers is not None else None
@@ -399,21 +463,10 @@ def optimize(
     tensors = tuple(x for x in inputs if isinstance(x, torch.Tensor))
     inputs = tensors if len(tensors) == len(graph.inputs) else inputs
     run = _Pipeline(inputs, None if calibration_data is None else list(calibration_data), loss, verify, graph)
-    structural = prune is not None or recipe is not None or drop_pass is not None
-    # Pruning (and fine-tuning between steps) works on the graph with its BatchNorms, which
-    # `canonicalize` folds at the end: fine-tuning a pruned network without its norms loses points.
-    trainable = run.stage("simplify" if structural else "canonicalize", graph)
-    if drop_pass is not None:  # depth first, then width: pruning ranks the channels of the blocks that stay
-        trainable = run.stage(drop_pass, trainable)
-    for index, step in enumerate(prune_passes):
-        trainable = run.stage(step, trainable)
-        if finetune is not None:
-            _finetune(trainable, finetune, index)
-    if recipe is not None:
-        trainable = _replay(trainable, recipe)
-    optimized = run.stage("canonicalize", trainable) if structural else trainable
-    if quantize_pass is not None:  # last: pruning and fine-tuning work in float
-        optimized = trainable = run.stage(quantize_pass, optimized)
+    if passes is not None:
+        optimized = trainable = run.stage(passes, graph)
+    else:
+        trainable, optimized = _shortcut_stages(run, graph, drop_pass, prune_passes, recipe, finetune, quantize_pass)
     report = _report(run, graph, optimized, inputs, backend)
     return OptimizedModel(optimized, report, _runner(optimized, backend, inputs, target, tune), trainable)
 

@@ -463,15 +463,9 @@ def report_json(report) -> dict:
 
 
 def _layer_params(named_shapes) -> dict[str, int]:
-    """Parameters per layer (weights of rank >= 2, keyed by their layer name) from (name, shape) pairs."""
-    import math
+    from graphopt.plot import params_per_layer
 
-    layers: dict[str, int] = {}
-    for name, shape in named_shapes:
-        if len(shape) >= 2 and ".weight" in f"{name}.":
-            layer = name.split(".weight")[0]
-            layers[layer] = layers.get(layer, 0) + math.prod(int(d) for d in shape)
-    return layers
+    return params_per_layer(named_shapes)
 
 
 def _graph_layer_params(graph) -> dict[str, int]:
@@ -494,20 +488,11 @@ def _relative_drift(got, expected) -> float:
 
 
 def _alternating(runners: Sequence, arguments: Sequence[tuple], runs: int, warmup: int) -> list[float]:
-    """Median seconds of each runner, timed in the same loop, one call of each in turn."""
-    import statistics
+    """Median seconds of each runner on its arguments, timed in one loop, one call of each in turn."""
+    from graphopt.timing import interleaved_medians
 
-    times: list[list[float]] = [[] for _ in runners]
     with torch.no_grad():
-        for _ in range(warmup):
-            for runner, args in zip(runners, arguments):
-                runner(*args)
-        for _ in range(runs):
-            for index, (runner, args) in enumerate(zip(runners, arguments)):
-                start = time.perf_counter()
-                runner(*args)
-                times[index].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+        return interleaved_medians([lambda r=r, a=a: r(*a) for r, a in zip(runners, arguments)], runs, warmup)
 
 
 def _print_json(data: dict) -> None:
@@ -520,8 +505,6 @@ def _print_json(data: dict) -> None:
 # ============================================================================ graphopt optimize
 def _optimize_kwargs(args: argparse.Namespace) -> dict:
     """optimize()'s keyword arguments from the options, each checked before anything is traced."""
-    import inspect
-
     from graphopt.passes.quantize.targets import MODES
 
     kwargs: dict = {"backend": args.backend}
@@ -546,16 +529,11 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict:
             raise UsageError(f"--passes: {str(exc).splitlines()[0]}") from None
     if args.tune is not None and args.backend != "tvm":
         raise UsageError(f"--tune {args.tune}: tuning is TVM's; give --backend tvm too")
-    accepted = inspect.signature(graphopt.optimize).parameters
-    for option, key, value in (("--tune", "tune", args.tune), ("--target", "target", args.target),
-                               ("--passes", "passes", args.passes)):
-        if value is None:
-            continue
-        if key not in accepted:
-            raise UsageError(f"{option}: this graphopt's optimize() does not take {key}= yet")
-        kwargs[key] = value
-    if args.backend == "tvm" and "tvm" not in str(accepted["backend"].annotation):
-        raise UsageError("--backend tvm: this graphopt's optimize() does not compile with TVM yet")
+    if args.passes is not None and any(k in kwargs for k in ("prune", "drop_layers", "quantize")):
+        raise UsageError("--passes is the whole pipeline: give --prune/--drop-layers/--quantize inside it instead")
+    for key, value in (("tune", args.tune), ("target", args.target), ("passes", args.passes)):
+        if value is not None:
+            kwargs[key] = value
     return kwargs
 
 
@@ -573,16 +551,11 @@ def _check_output_dir(directory: str | None) -> None:
 
 def cmd_optimize(args: argparse.Namespace, console: Console) -> int:
     """Optimize MODEL (prune, drop layers, quantize, lower), report, and save the artifact."""
-    import inspect
-
     # every option is checked before the model is loaded or traced
     source = ModelSource(args.model)
     kwargs = _optimize_kwargs(args)
     if args.batch < 1:
         raise UsageError(f"--batch must be at least 1, not {args.batch}")
-    if source.kind == "onnx" and not any(word in str(inspect.signature(graphopt.optimize).parameters["model"].annotation)
-                                         for word in ("str", "PathLike", "onnx")):
-        raise UsageError("this graphopt's optimize() does not take ONNX files yet")
     _check_output_dir(args.output)
     if args.plot:
         from graphopt.plot import require_matplotlib

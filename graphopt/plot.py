@@ -45,6 +45,19 @@ class Stage:
         return int(self.params_total if self.params_total is not None else sum(self.params.values()))
 
 
+def params_per_layer(named_shapes: Any) -> dict[str, int]:
+    """Parameters per layer from (weight name, shape) pairs: weights of rank >= 2 (the layers' own: biases and
+    norm scales are not drawn), keyed by the layer's name, in the order given."""
+    import math
+
+    layers: dict[str, int] = {}
+    for name, shape in named_shapes:
+        if len(shape) >= 2 and ".weight" in f"{name}.":
+            layer = name.split(".weight")[0]
+            layers[layer] = layers.get(layer, 0) + math.prod(int(d) for d in shape)
+    return layers
+
+
 def require_matplotlib() -> None:
     """Raise PlotDependencyError (one line, with the install command) when matplotlib is missing."""
     import importlib.util

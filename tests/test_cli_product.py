@@ -83,8 +83,6 @@ def test_optimize_an_onnx_file_then_bench_it(tmp_path):
     _export_small_onnx(source)
     done = graphopt("optimize", str(source), "--prune", "0.5", "--backend", "onnx", "-o", "out", "--json",
                     cwd=tmp_path)
-    if done.returncode != 0 and "does not take ONNX files yet" in done.stderr:
-        pytest.skip("graphopt.optimize does not take .onnx models yet")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["params"]["after"] < report["params"]["before"] and report["output"]

@@ -192,3 +192,16 @@ def test_the_report_says_how_far_each_stage_moved_the_outputs():
         final = float((opt(*inputs) - model(*inputs)).norm() / model(*inputs).norm())
     assert drift["quantize{mode=int8}"] == pytest.approx(final, rel=1e-2, abs=1e-4)
     assert "output drift after prune{ratio=0.3}" in str(opt.report)
+
+
+def test_a_pipeline_text_replaces_the_shortcuts_and_the_plot_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    model, inputs = models_zoo.get("resnet18", "tiny")
+    opt = graphopt.optimize(model, inputs, passes="simplify,prune{ratio=0.3,criterion=l1},canonicalize")
+    assert opt.report.prune and opt.report.params_after < opt.report.params_before
+    with pytest.raises(graphopt.GraphoptError, match="replaces prune="):
+        graphopt.optimize(model, inputs, passes="canonicalize", prune=0.3)
+    with pytest.raises(graphopt.GraphoptError, match="unknown pass"):
+        graphopt.optimize(model, inputs, passes="canonicalize,no-such-pass")
+    png = opt.plot(tmp_path / "report.png", model, inputs, runs=3)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
