@@ -206,6 +206,6 @@ def _warn_if_untuned(name: str, tasks, database: TuningDatabase) -> None:
         warnings.warn(UntunedWarning(
             f"graph '{name}': {len(missing)} of {len(tasks)} TVM tasks ({share:.0%} of the FLOPs) have no tuning "
             f"records in {database.path}, so they get default schedules; untuned TVM CPU builds are typically "
-            f"tens to hundreds of times slower than ONNX Runtime. Tune with compile(..., tune=200) or "
-            f"tune='15min' (records are reused by later compiles), or use graphopt.backends.onnx.compile(graph)."),
+            f"tens to hundreds of times slower than ONNX Runtime. Pass tune=200 or tune='15min' to compile() "
+            f"or graphopt.optimize() (records are reused by later compiles), or use the ONNX Runtime back-end."),
             stacklevel=3)
