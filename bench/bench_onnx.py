@@ -11,7 +11,6 @@ stays dynamic, as a deployed model's would) and run at batch 1.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from typing import Callable
 
@@ -19,22 +18,13 @@ import torch
 from torch.utils import _pytree as pytree
 
 import graphopt
-from graphopt import models_zoo
+from graphopt import models_zoo, timing
 from graphopt.backends import onnx as gonnx
 
 
 def interleaved_medians(fns: list[Callable[[], object]], runs: int, warmup: int) -> list[float]:
-    """Median milliseconds per function, timing them in alternation."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(runs):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) * 1e3 for t in times]
+    """Median milliseconds per function, timing them in alternation (graphopt.timing's timer)."""
+    return [seconds * 1e3 for seconds in timing.interleaved_medians(fns, runs, warmup)]
 
 
 def first_tensor(out) -> torch.Tensor:
