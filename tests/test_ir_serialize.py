@@ -31,7 +31,16 @@ from graphopt.passmanager import PassManager
 from tiny_models import tiny_bert
 
 ROOT = Path(__file__).resolve().parent.parent
-torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread here, restored after: the thread count is global, and other tests' golden digests depend
+    on the zoo models built with the default."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _resize(inputs: tuple, dynamic_axes: dict, sizes: dict[str, int]) -> tuple:

@@ -207,5 +207,6 @@ def _warn_if_untuned(name: str, tasks, database: TuningDatabase) -> None:
             f"graph '{name}': {len(missing)} of {len(tasks)} TVM tasks ({share:.0%} of the FLOPs) have no tuning "
             f"records in {database.path}, so they get default schedules; untuned TVM CPU builds are typically "
             f"tens to hundreds of times slower than ONNX Runtime. Pass tune=200 or tune='15min' to compile() "
-            f"or graphopt.optimize() (records are reused by later compiles), or use the ONNX Runtime back-end."),
+            f"or graphopt.optimize() (records are reused by later compiles), or use the ONNX Runtime back-end "
+            f"(graphopt.backends.onnx, backend='onnx')."),
             stacklevel=3)
