@@ -153,8 +153,11 @@ class Quantize(Pass):
             def error_of(chosen: list[str]) -> float:
                 return relative_error(reference, outputs_on(self._quantized_copy(graph, chosen, ranges), batches))
 
-            # the per-layer sensitivities (one run per layer) only when asked for or when all layers are too many
-            if self.sensitivity or keep_float or error_of(names) > max_error:
+            # the per-layer sensitivities (one run per layer) only when asked for or when all layers are too many;
+            # the guard's one run, when within its bound, is the report's error too
+            whole = None if self.sensitivity or keep_float else error_of(names)
+            if whole is None or whole > max_error:
+                whole = None
                 report.sensitivity = sensitivity(names, error_of, progress=self.progress)
                 floats = choose_float_layers(report.sensitivity, error_of, keep_float=keep_float,
                                              max_error=max_error)
@@ -165,7 +168,7 @@ class Quantize(Pass):
         self._apply(graph, names, ranges)
         report.quantized = names
         if wants_errors:
-            report.error = relative_error(reference, outputs_on(graph, batches))
+            report.error = whole if whole is not None else relative_error(reference, outputs_on(graph, batches))
         return PassResult(graph, modified=bool(names) or bool(report.smoothed), stats=report)
 
     def _float_policy(self) -> tuple[int, float | None]:
