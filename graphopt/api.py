@@ -106,12 +106,8 @@ class OptimizedModel:
         if self.report.backend == "torch":
             return write_directory(directory, self._write_torch)
         if self.report.backend == "tvm":  # TVM's own artifact (library + manifest), loadable without graphopt
-            from graphopt.artifacts import encode_structure
-            from graphopt.ir.interpreter import output_spec
-
-            count = len(self.graph.outputs)
-            structure = encode_structure(output_spec(self.graph, count), count)
-            return Path(self._runner.save(directory, extra={"structure": structure, "pipeline": self.report.pipeline}))
+            extra = {"structure": self._structure(), "pipeline": self.report.pipeline}
+            return Path(self._runner.save(directory, extra=extra))
         if self.report.backend != "onnx":
             raise GraphoptError(f"saving a backend={self.report.backend!r} model is not supported")
         return write_directory(directory, lambda staging: self._write_onnx(staging, external_data))
@@ -128,11 +124,17 @@ class OptimizedModel:
         return {"format": TORCH_FORMAT, "kind": TORCH_KIND, "format_version": TORCH_FORMAT_VERSION,
                 "model": TORCH_GRAPH, "trainable": trainable, **self._manifest_common({})}
 
+    def _structure(self) -> dict:
+        """The JSON-safe description of the output structure that a loaded artifact rebuilds (a dict stays one)."""
+        from graphopt.artifacts import encode_structure
+        from graphopt.ir.interpreter import output_spec
+
+        count = len(self.graph.outputs)
+        return encode_structure(output_spec(self.graph, count), count)
+
     def _manifest_common(self, onnx_names: Mapping[str, str], **versions: str) -> dict:
         """The manifest fields every artifact kind shares: versions, inputs/outputs, structure, pipeline, report."""
         from graphopt import __version__
-        from graphopt.artifacts import encode_structure
-        from graphopt.ir.interpreter import output_spec
 
         def spec(value: Any) -> dict:
             entry = {"name": value.name, "dtype": str(value.dtype).replace("torch.", ""),
@@ -149,7 +151,7 @@ class OptimizedModel:
             "versions": {"graphopt": __version__, "torch": torch.__version__, **versions},
             "inputs": [spec(v) for v in self.graph.inputs],
             "outputs": [spec(v) for v in outputs],
-            "structure": encode_structure(output_spec(self.graph, len(outputs)), len(outputs)),
+            "structure": self._structure(),
             "pipeline": report.pipeline,
             "report": {"summary": str(report), "params_before": report.params_before,
                        "params_after": report.params_after, "macs_before": report.macs_before,
