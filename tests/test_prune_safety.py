@@ -144,7 +144,8 @@ def test_a_target_is_met_by_the_groups_the_net_keeps(two_branch, wrong_rule, wei
     bad = _group_with(graph, weight)
     pruned, report = _prune(graph, inputs, f"target_macs={target}")
     assert [e.group for e in report.safety.excluded] == [bad.id]
-    assert report.macs_after <= target * report.macs_before and f"searched for macs {target:.0%}" in report.summary()
+    assert abs(report.macs_after / report.macs_before / target - 1) <= 0.05  # issue 18: within 5 %
+    assert f"searched for macs {target:.0%}" in report.summary()
     assert pruned.weights[weight].shape[0] == graph.weights[weight].shape[0]
     assert run_graph(pruned, inputs)[0].shape == (2, 10)
 
