@@ -54,6 +54,7 @@ def test_doc_examples_demo_optimize_bench(tmp_path):
     assert report["params"]["after"] < report["params"]["before"]
     assert report["weight_bytes"]["after"] < report["weight_bytes"]["before"] / 3
     assert report["prune"][0]["ratio"] == pytest.approx(0.3) and report["passes"]
+    assert 0.0 < report["prune"][0]["achieved_ratio"] < 1.0 and isinstance(report["prune"][0]["why"], list)
     assert all(p["seconds"] >= 0 for p in report["passes"])
     assert Path(report["output"]) == (tmp_path / "resnet18-int8").resolve()
     assert (tmp_path / "resnet18-int8" / "manifest.json").is_file()
