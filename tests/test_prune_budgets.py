@@ -82,3 +82,10 @@ def test_a_ratio_reports_what_it_achieved_and_why():
 def test_an_unreachable_budget_is_an_error_that_says_why():
     with pytest.raises(GraphoptError, match=r"target_params=0.1 cannot be reached.*minimum width.*not prunable"):
         _prune("gmlp", "target_params=0.1")
+
+
+@pytest.mark.parametrize("name", ["cnn48", "vit"])
+def test_global_scope_budgets_hold_too(name):
+    for target in (0.25, 0.5):
+        report = _prune(name, f"target_macs={target},scope=global")
+        assert abs(report.macs_fraction / target - 1) <= 0.05, (name, target, report.macs_fraction)
