@@ -285,6 +285,27 @@ def _prune_steps(prune: float | Mapping[str, Any], steps: int) -> list[Any]:
     return [Prune(**options) for _ in range(steps)]
 
 
+def _reaimed(step: Any, count: int, index: int, kept: dict[str, float]) -> Any:
+    """Step `index` of `count` aimed at what the steps before it left of the whole budget.
+
+    Each step lands within 5 % of its own target; aimed at the same root every
+    time, three steps could miss the total by 15 % (the 48-channel CNN missed
+    50 % by 7 %). Aimed at the rest of the total (`kept`: the fraction of MACs
+    and params the steps so far kept), the last step's tolerance is the
+    total's. A ratio step is returned as is.
+    """
+    from graphopt.passes.prune import Prune
+
+    options = step.option_values()
+    key = next((k for k in ("target_macs", "target_params") if options.get(k) is not None), None)
+    if key is None or index == 0:
+        return step
+    total = options[key] ** count  # each step's option is the count-th root of the total
+    rest = (total / kept[key]) ** (1.0 / (count - index))
+    given = {k: v for k, v in options.items() if k in step._given}
+    return Prune(**{**given, key: min(1.0, rest)})
+
+
 def _drop_pass(drop_layers: int | float | Mapping[str, Any], recipe: Any) -> Any:
     """The DropLayers pass for `drop_layers=` (a count, a fraction or options), built (so checked) before tracing."""
     from graphopt.passes.drop_layers import DropLayers
@@ -319,8 +340,12 @@ def _shortcut_stages(run: _Pipeline, graph: Graph, drop_pass: Any, prune_passes:
     trainable = run.stage("simplify" if structural else "canonicalize", graph)
     if drop_pass is not None:  # depth first, then width: pruning ranks the channels of the blocks that stay
         trainable = run.stage(drop_pass, trainable)
+    kept = {"target_macs": 1.0, "target_params": 1.0}
     for index, step in enumerate(prune_passes):
-        trainable = run.stage(step, trainable)
+        trainable = run.stage(_reaimed(step, len(prune_passes), index, kept), trainable)
+        for stats in run.reports[-1].stats("prune"):
+            kept["target_macs"] *= stats.macs_fraction
+            kept["target_params"] *= stats.params_fraction
         if finetune is not None:
             _finetune(trainable, finetune, index)
     if recipe is not None:
