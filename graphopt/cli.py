@@ -126,13 +126,22 @@ def _leaves(out) -> list[torch.Tensor]:
 
 
 def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
-    """Print the IR of a zoo model, or its channel groups (`--groups`), optionally as a picture."""
+    """Print the IR of a model (zoo, ONNX file or factory), or its channel groups (`--groups`), optionally
+    as a picture, or its residual blocks (`--blocks`)."""
+    # a bare zoo name (`graphopt inspect resnet18`) is what inspect took first; it still works
+    source = ModelSource(f"zoo:{args.model}" if args.model in models_zoo.list_models() else args.model)
     if args.picture:  # a path that cannot be written is a mistake to report before tracing
         from graphopt.analysis.channel_view import check_picture_path
 
         check_picture_path(args.picture)
-    model, inputs = _load_zoo(args.model, args.size, args.batch)
-    graph = graphopt.trace(model, inputs, dynamic=models_zoo.spec(args.model).dynamic_axes)
+    model, inputs, dynamic = source.load(size=args.size, batch=args.batch, input_shapes=args.input_shape or ())
+    if source.kind == "onnx":
+        from graphopt.frontends.onnx import load as load_onnx
+
+        graph = load_onnx(model)
+    else:
+        graph = graphopt.trace(model, inputs, dynamic=dynamic)
+    args.model = source.name
     if args.blocks:
         return _inspect_blocks(args.model, graph, inputs, console, args.metric)
     if not (args.groups or args.picture):
@@ -912,9 +921,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="batch size (default 32 for timing; --explain: 2, the axis stays dynamic)")
     demo.set_defaults(func=cmd_demo)
 
-    inspect = sub.add_parser("inspect", help="print the IR of a zoo model")
-    inspect.add_argument("model")
-    inspect.add_argument("--size", default="tiny")
+    inspect = sub.add_parser("inspect", help="print the IR of a model, its channel groups or residual blocks")
+    inspect.add_argument("model", metavar="MODEL", help=f"{model_help}; a bare zoo NAME works too")
+    inspect.add_argument("--size", default="tiny", help="zoo config: tiny or base (zoo: models)")
+    inspect.add_argument("--input-shape", action="append", metavar="N,C,H,W",
+                         help="a factory's example input shape (random float32), once per input")
     inspect.add_argument("--batch", type=int, default=2, help="batch size of the example inputs")
     inspect.add_argument("--source", action="store_true", help="annotate nodes with module path and file:line")
     inspect.add_argument("--no-weights", action="store_true", help="omit the weight declarations")

@@ -410,3 +410,28 @@ def test_report_table_and_fraction(stack):
     assert sum(row.endswith("yes") for row in rows) == 2
     _, none, report = drop(graph, inputs, "drop-layers{fraction=0.2}")   # 0.2 of 4 blocks rounds down to 0
     assert not report.modified and "rounds down to 0" in none.message
+
+
+def test_cli_inspect_takes_an_onnx_file_and_a_factory_as_optimize_does(tmp_path, capsys, monkeypatch):
+    """inspect reads every MODEL form optimize reads: FILE.onnx, module.path:factory, zoo:NAME (and a bare name)."""
+    pytest.importorskip("onnxruntime")
+    import graphopt
+    from graphopt import models_zoo
+    from graphopt.backends import onnx as onnx_backend
+    from graphopt.cli import main
+
+    model, inputs = models_zoo.get("resnet18", "tiny")
+    onnx_backend.export(graphopt.trace(model, inputs), tmp_path / "r18.onnx")
+    assert main(["inspect", str(tmp_path / "r18.onnx"), "--blocks"]) == 0
+    assert "r18: 4 residual blocks" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "r18.onnx"), "--groups"]) == 0
+    assert "channel groups" in capsys.readouterr().out
+    (tmp_path / "inspected_models.py").write_text(
+        "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", "inspected_models:build", "--input-shape", "1,3,16,16"]) == 0
+    assert "conv(" in capsys.readouterr().out
+    assert main(["inspect", "inspected_models:build"]) == 2
+    assert "--input-shape" in capsys.readouterr().err
+    assert main(["inspect", "zoo:resnet18", "--no-weights"]) == 0
+    assert main(["inspect", str(tmp_path / "missing.onnx")]) != 0
