@@ -291,7 +291,7 @@ def outlier_rows(text, steps: int = 2000, batch: int = 16, lr: float = 2e-3, cal
         graphs[label] = optimized.graph
         report = optimized.report.quantize[0] if optimized.report.quantize else None
         notes[label] = "" if report is None else (f"{len(report.quantized)} linears int8, {len(report.left_float)} "
-                                                  f"left float, {len(report.smoothed)} norms smoothed")
+                                                  f"left float, {len(report.smoothed)} inputs smoothed")
     runs = {label: onnx_backend.compile(graph, threads=threads) for label, graph in graphs.items()}
     # ONNX Runtime's own dynamic quantizer, default options (weights QInt8 per tensor, activations uint8 per
     # tensor at run time, every op type it knows, MatMulConstBOnly: only MatMuls by a constant initializer), on

@@ -71,5 +71,5 @@ def test_outlier_rows_compare_int8_dynamic_smoothing_and_ort_on_a_char_llama(ben
         assert 0.0 <= acc <= 100.0 and 0.0 < loss < 10.0 and 50.0 <= agree <= 100.0, label
         assert cos > 0.99 and abs(acc - fp32[1]) < 5.0, label
     assert "15 linears int8" in by_label["graphopt int8-dynamic"][5]
-    assert "5 norms smoothed" in by_label["graphopt int8-dynamic + smooth 0.5"][5]
+    assert "7 inputs smoothed" in by_label["graphopt int8-dynamic + smooth 0.5"][5]
     assert "15 MatMulInteger" in by_label["ORT quant_pre_process + quantize_dynamic (defaults)"][5]

@@ -51,7 +51,7 @@ class QuantizeReport:
     mode: str
     quantized: list[str] = field(default_factory=list)
     left_float: dict[str, str] = field(default_factory=dict)  # node -> why
-    smoothed: list[str] = field(default_factory=list)  # norms rescaled by SmoothQuant
+    smoothed: list[str] = field(default_factory=list)  # norms and gated MLPs' `up` rescaled by SmoothQuant
     sensitivity: dict[str, float] = field(default_factory=dict)  # node -> output error with only it quantized
     error: float | None = None  # relative output error of the quantized graph on the calibration batches
     batches: int = 0
@@ -60,7 +60,7 @@ class QuantizeReport:
         text = (f"quantize ({self.mode}): {len(self.quantized)} layers quantized, {len(self.left_float)} left float, "
                 f"{self.batches} calibration batches")
         if self.smoothed:
-            text += f", {len(self.smoothed)} norms smoothed"
+            text += f", {len(self.smoothed)} linear inputs smoothed"
         if self.error is not None:
             text += f", relative output error {self.error:.4f}"
         return text
