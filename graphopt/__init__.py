@@ -31,7 +31,7 @@ _LAZY = {
     "optimize": "graphopt.api", "OptimizedModel": "graphopt.api",
     "define_op": "graphopt.custom_ops",
 }
-_SUBMODULES = {"analysis", "api", "backends", "cli", "frontends", "ir", "models_zoo", "passes", "passmanager"}
+_SUBMODULES = {"analysis", "api", "backends", "cli", "frontends", "ir", "models_zoo", "passes", "passmanager", "train"}
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from graphopt.analysis import Analysis

@@ -1,7 +1,7 @@
 """The import contract: graphopt's layers import one way, and no two packages import each other.
 
     base (errors, registry, dtypes, timing) <- ir <- analysis <- passmanager <- passes
-        <- frontends | backends <- api (graphopt/__init__, api, cli, custom_ops, coverage)
+        <- frontends | backends <- api (graphopt/__init__, api, cli, custom_ops, coverage, train/)
 
 Every import in graphopt/, passes/ and backends/ counts, including those inside functions: an
 upward import deferred to call time is still an upward dependency. docs/architecture.md explains
@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # frontends and backends, side by side at one rank, do not import each other.
 LAYERS = {"base": 0, "ir": 1, "analysis": 2, "passmanager": 3, "passes": 4, "frontends": 5, "backends": 5,
           "models_zoo": 0, "api": 6}
-_TOP_MODULES = {"__init__", "api", "cli", "custom_ops", "coverage", "__main__"}
+_TOP_MODULES = {"__init__", "api", "cli", "custom_ops", "coverage", "__main__", "train"}  # train/: a package
 _PACKAGE_BASE_NAMES = {"__version__", "GraphoptError", "ShapeError", "UnsupportedOpError", "VerificationError"}
 _SUBPACKAGES = {"analysis", "api", "backends", "cli", "frontends", "ir", "models_zoo", "passes", "passmanager",
-                "errors", "registry", "dtypes", "timing", "custom_ops", "coverage"}
+                "errors", "registry", "dtypes", "timing", "custom_ops", "coverage", "train"}
 _FOLDERS = {"passes": "graphopt.passes", "backends": "graphopt.backends", "models_zoo": "graphopt.models_zoo"}
 
 
@@ -166,6 +166,6 @@ def test_a_cycle_between_packages_is_caught(tmp_path):
 def test_module_names_and_layers():
     assert module_name(ROOT / "passes/prune/criteria.py", ROOT) == "graphopt.passes.prune.criteria"
     assert module_name(ROOT / "backends/torch/__init__.py", ROOT) == "graphopt.backends.torch"
-    assert [layer_of(m) for m in ("graphopt.errors", "graphopt.ir.graph", "graphopt.cli", "graphopt", "torch")] == [
-        "base", "ir", "api", "api", None]
+    assert [layer_of(m) for m in ("graphopt.errors", "graphopt.ir.graph", "graphopt.cli", "graphopt", "torch",
+                                  "graphopt.train.optimizer")] == ["base", "ir", "api", "api", None, "api"]
     assert list(itertools.islice(source_files(ROOT), 1))
