@@ -112,11 +112,18 @@ class DigitsResNet(nn.Module):
         return conv.replace("conv1", "bn1").replace("conv2", "bn2").replace("shortcut.0", "shortcut.1")
 
 
-def train(module: nn.Module, data: Digits, epochs: int, lr: float, seed: int, batch_size: int = 64) -> nn.Module:
-    """Adam on the training set, `epochs` passes in a seeded order, cosine learning-rate decay; returns `module`."""
+def train(module: nn.Module, data: Digits, epochs: int, lr: float, seed: int, batch_size: int = 64,
+          wrap: Callable[[torch.optim.Optimizer, int], torch.optim.Optimizer] | None = None) -> nn.Module:
+    """Adam on the training set, `epochs` passes in a seeded order, cosine learning-rate decay; returns `module`.
+
+    `wrap(adam, total_steps)` may wrap the optimizer (bench_train_once.py: graphopt.train.GroupSparseOptimizer),
+    so every method trains with the same loop.
+    """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     steps = epochs * -(-len(data.x_train) // batch_size)
+    if wrap is not None:
+        optimizer = wrap(optimizer, steps)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
     module.train()
     for _ in range(epochs):
@@ -150,10 +157,13 @@ METHODS: dict[str, tuple[str, bool]] = {
 
 
 def prune(model: nn.Module, data: Digits, method: str, *, target_macs: float, calibration: int,
-          batch_size: int = 128) -> graphopt.OptimizedModel:
-    """`model` pruned by `method` to `target_macs` of its MACs; the first `calibration` training images calibrate."""
+          batch_size: int = 128, round_to: int | None = None) -> graphopt.OptimizedModel:
+    """`model` pruned by `method` to `target_macs` of its MACs; the first `calibration` training images calibrate.
+
+    `round_to`: the Prune option (None: its default); 1 meets a MACs target another method reached exactly.
+    """
     criterion, rebuild = METHODS[method]
-    options = {"target_macs": target_macs, "criterion": criterion, "reconstruct": rebuild}
+    options = {"target_macs": target_macs, "criterion": criterion, "reconstruct": rebuild, "round_to": round_to}
     example = (data.x_train[:EXAMPLE_BATCH],)
     images, labels = data.x_train[:calibration].split(batch_size), data.y_train[:calibration].split(batch_size)
     if criterion == "taylor":
