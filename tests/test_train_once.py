@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import graphopt
+from docblocks import run_blocks
 from graphopt import models_zoo
 from graphopt.errors import GraphoptError
 from graphopt.train import GroupSparseOptimizer, Schedule, prune_zero_groups, unit_groups
@@ -201,3 +202,8 @@ def test_bad_models_and_optimizers_are_named(trained):
         prune_zero_groups(SmallResNet().eval(), (x[:2],))
     with pytest.raises(GraphoptError, match="recipe= cannot be given"):
         prune_zero_groups(model, (x[:2],), recipe="r.json")
+
+
+def test_docs_train_once_md_runs(capsys):
+    run_blocks("docs/train_once.md", minimum=2)
+    assert "48/96 units exactly zero" in capsys.readouterr().out
