@@ -80,10 +80,13 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         self.param_groups = optimizer.param_groups  # one set of groups and state: schedulers see the wrapped ones
         self.state = optimizer.state
         self.step_count = 0
-        self.redundant = [torch.zeros(g.num_units, dtype=torch.bool) for g in self.groups]
-        self.zero = [torch.zeros(g.num_units, dtype=torch.bool) for g in self.groups]
-        self._deadline = [torch.zeros(g.num_units, dtype=torch.long) for g in self.groups]
-        self._taylor = [torch.zeros(g.num_units, dtype=torch.float64) for g in self.groups]
+        # per group, on its parameters' device; `_until` (a Python int: no host sync per step) is the
+        # deadline of its last redundant units, 0 while it has none
+        self.redundant = [torch.zeros(g.num_units, dtype=torch.bool, device=g.device) for g in self.groups]
+        self.zero = [torch.zeros(g.num_units, dtype=torch.bool, device=g.device) for g in self.groups]
+        self._deadline = [torch.zeros(g.num_units, dtype=torch.long, device=g.device) for g in self.groups]
+        self._taylor = [torch.zeros(g.num_units, dtype=torch.float64, device=g.device) for g in self.groups]
+        self._until = [0] * len(self.groups)
 
     # ------------------------------------------------------------ the optimizer interface
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -108,17 +111,16 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         period = schedule.period_at(step)
         if period is not None and step == schedule.start(period):
             self._grow_redundant(period)
-        for g, zero in zip(self.groups, self.zero):
-            if zero.any():
-                g.mask_grads_(zero)
-        shrinking = [i for i in range(len(self.groups)) if (self.redundant[i] & ~self.zero[i]).any()]
+        sparse = [i for i, until in enumerate(self._until) if until]
+        for i in sparse:
+            self.groups[i].mask_grads_(self.zero[i])
+        shrinking = [i for i in sparse if step < self._until[i]]
         before = {id(s.param): s.param.detach().clone() for i in shrinking for s in self.groups[i].slices}
         self.base.step()
         for i in shrinking:
             self._shrink_and_project(i, before)
-        for g, zero in zip(self.groups, self.zero):
-            if zero.any():
-                g.scale_((~zero).to(torch.float32))
+        for i in sparse:
+            self.groups[i].scale_((~self.zero[i]).to(torch.float32))
         self.step_count += 1
         return loss
 
@@ -133,7 +135,7 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         group = self.groups[index]
         magnitude = group.squared_norms().sqrt()
         taylor = self._taylor[index]
-        return (_over_mean(magnitude) + _over_mean(taylor)).numpy()
+        return (_over_mean(magnitude) + _over_mean(taylor)).cpu().numpy()
 
     def _grow_redundant(self, period: int) -> None:
         """Grow each group's redundant set to its share of the target for `period`, least salient units first."""
@@ -145,13 +147,15 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             if want <= int(redundant.sum()):
                 continue
             scores = self.saliency(i)
-            chosen = redundant.numpy()
+            chosen = redundant.cpu().numpy()
             order = np.concatenate([np.flatnonzero(chosen), np.flatnonzero(~chosen)[np.argsort(
                 scores[~chosen], kind="stable")]])
-            for unit in _droppable(g.group, order, want):
-                if not redundant[unit]:
-                    redundant[unit] = True
-                    self._deadline[i][unit] = deadline
+            new = [u for u in _droppable(g.group, order, want) if not chosen[u]]
+            if new:
+                index = torch.as_tensor(new, device=redundant.device)
+                redundant[index] = True
+                self._deadline[i][index] = deadline
+                self._until[i] = deadline
             self._taylor[i].zero_()
 
     def _shrink_and_project(self, index: int, before: dict[int, torch.Tensor]) -> None:
@@ -165,9 +169,8 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         old = g.per_unit(lambda s: before[id(s.param)] ** 2)
         dot = g.per_unit(lambda s: before[id(s.param)] * s.param.detach())
         crossed = shrinking & ((dot < self.epsilon * old) | (remaining <= 1))
-        if crossed.any():
-            zero |= crossed
-            self._clear_state(g, crossed)
+        zero |= crossed
+        self._clear_state(g, crossed)
 
     def _clear_state(self, group: UnitGroup, units: torch.Tensor) -> None:
         """Zero the optimizer's state (momenta) of `units`: a zeroed unit must not drift back through them."""
@@ -219,10 +222,12 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
             raise GraphoptError("not a GroupSparseOptimizer state dict for these groups")
         self.base.load_state_dict(state_dict["base"])
         self.step_count = int(ours["step"])
-        self.redundant = [r.clone() for r in ours["redundant"]]
-        self.zero = [z.clone() for z in ours["zero"]]
-        self._deadline = [d.clone() for d in ours["deadline"]]
-        self._taylor = [t.clone() for t in ours["taylor"]]
+        def placed(key: str) -> list[torch.Tensor]:
+            return [t.clone().to(g.device) for t, g in zip(ours[key], self.groups)]
+
+        self.redundant, self.zero = placed("redundant"), placed("zero")
+        self._deadline, self._taylor = placed("deadline"), placed("taylor")
+        self._until = [int(d.max()) if d.numel() else 0 for d in self._deadline]
 
     def __repr__(self) -> str:
         return (f"GroupSparseOptimizer({type(self.base).__name__}, {len(self.groups)} groups, target "

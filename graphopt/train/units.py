@@ -68,13 +68,18 @@ class UnitGroup:
     def num_units(self) -> int:
         return self.group.num_units
 
+    @property
+    def device(self) -> torch.device:
+        """Where the group's per-unit tensors live: its parameters' device (no host sync in a training step)."""
+        return self.slices[0].param.device
+
     def per_unit(self, fn: Any) -> torch.Tensor:
         """Σ fn(slice) over each unit's positions, in float64: fn maps a slice to a tensor shaped like its param."""
-        total = torch.zeros(self.num_units, dtype=torch.float64)
+        total = torch.zeros(self.num_units, dtype=torch.float64, device=self.device)
         for s in self.slices:
             value = fn(s)
             if value is not None:
-                total += s.reduce(value, self.num_units).cpu()
+                total += s.reduce(value, self.num_units).to(total.device)
         return total
 
     def squared_norms(self) -> torch.Tensor:
