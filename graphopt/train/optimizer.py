@@ -87,6 +87,8 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         self._deadline = [torch.zeros(g.num_units, dtype=torch.long, device=g.device) for g in self.groups]
         self._taylor = [torch.zeros(g.num_units, dtype=torch.float64, device=g.device) for g in self.groups]
         self._until = [0] * len(self.groups)
+        # units the half-space projection zeroed before their period's end (the shrink zeroes the rest)
+        self._projected = torch.zeros((), dtype=torch.long, device=self.groups[0].device)
 
     # ------------------------------------------------------------ the optimizer interface
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -168,7 +170,9 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         g.scale_(factors)
         old = g.per_unit(lambda s: before[id(s.param)] ** 2)
         dot = g.per_unit(lambda s: before[id(s.param)] * s.param.detach())
-        crossed = shrinking & ((dot < self.epsilon * old) | (remaining <= 1))
+        projected = shrinking & (dot < self.epsilon * old)
+        crossed = projected | (shrinking & (remaining <= 1))
+        self._projected += (projected & (remaining > 1)).sum().to(self._projected.device)
         zero |= crossed
         self._clear_state(g, crossed)
 
@@ -187,6 +191,11 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         return sum(int(z.sum()) for z in self.zero) / sum(g.num_units for g in self.groups)
 
     @property
+    def projected(self) -> int:
+        """How many units the half-space projection zeroed before their period's end (the shrink did the rest)."""
+        return int(self._projected)
+
+    @property
     def target_units(self) -> int:
         """How many units the target zeroes in all (each group's floor(target · units))."""
         return sum(self._targets)
@@ -203,7 +212,8 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         zero = sum(int(z.sum()) for z in self.zero)
         total = sum(g.num_units for g in self.groups)
         lines = [f"step {step}/{schedule.total_steps} ({phase}): {zero}/{total} units exactly zero "
-                 f"({zero / total:.1%}; target {self.target_units})"]
+                 f"({zero / total:.1%}; target {self.target_units}; {self.projected} zeroed early by the "
+                 f"half-space projection)"]
         for g, redundant, z in zip(self.groups, self.redundant, self.zero):
             lines.append(f"  group {g.group.id} ({g.group.kind}, {g.name}): {int(z.sum())} zero, "
                          f"{int(redundant.sum())} redundant of {g.num_units}")
