@@ -14,7 +14,7 @@ LayerNorm over its channels is not: LayerNorm's statistics see the zeros).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -109,7 +109,7 @@ class UnitGroups:
     def num_units(self) -> int:
         return sum(g.num_units for g in self.groups)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[UnitGroup]:
         return iter(self.groups)
 
     def __len__(self) -> int:
