@@ -331,13 +331,18 @@ def _quantize_pass(quantize: str | Mapping[str, Any]) -> Any:
     raise GraphoptError(f"quantize must be a mode or a dict of Quantize options, not {type(quantize).__name__}")
 
 
+# The stage that structural passes (drop_layers, prune, a replayed recipe) run after: BatchNorms kept.
+# A recipe is made on, and checked against, the graph this stage gives (graphopt.train writes one too).
+STRUCTURAL_STAGE = "simplify"
+
+
 def _shortcut_stages(run: _Pipeline, graph: Graph, drop_pass: Any, prune_passes: list[Any], recipe: Any,
                      finetune: Any, quantize_pass: Any) -> tuple[Graph, Graph]:
     """(trainable graph, optimized graph) of the shortcuts: canonicalise, drop layers, prune, quantize."""
     structural = bool(prune_passes) or recipe is not None or drop_pass is not None
     # Pruning (and fine-tuning between steps) works on the graph with its BatchNorms, which
     # `canonicalize` folds at the end: fine-tuning a pruned network without its norms loses points.
-    trainable = run.stage("simplify" if structural else "canonicalize", graph)
+    trainable = run.stage(STRUCTURAL_STAGE if structural else "canonicalize", graph)
     if drop_pass is not None:  # depth first, then width: pruning ranks the channels of the blocks that stay
         trainable = run.stage(drop_pass, trainable)
     kept = {"target_macs": 1.0, "target_params": 1.0}

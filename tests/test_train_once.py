@@ -117,6 +117,9 @@ def test_removing_the_zero_units_equals_the_zeroed_model(trained):
     assert recipe is not None and len(recipe.steps) == 1 and len(recipe.steps[0].groups) == len(groups)
     rebuilt = graphopt.optimize(model, (x[:2],), recipe=recipe)
     torch.testing.assert_close(rebuilt(x), pruned(x), rtol=0, atol=0)
+    # optimize options pass through; the recipe is written on the graph traced the same way (static here)
+    static = prune_zero_groups(model, (x[:2],), dynamic=None)
+    torch.testing.assert_close(static(x[:2]), pruned(x[:2]), rtol=1e-6, atol=1e-6)
 
 
 def test_a_transformer_loses_whole_heads():

@@ -23,11 +23,6 @@ from graphopt.analysis.channels import ChannelGroup, channel_groups
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
 
-# the stage `optimize` prunes and replays recipes on (graphopt/api.py, _shortcut_stages): the
-# recipe written by `prune_zero_groups` names this graph's structure
-PRUNED_STAGE = "simplify"
-
-
 @dataclass(eq=False)
 class UnitSlice:
     """One producer of a group: `param`'s positions along `axes`, each labelled with its unit."""
@@ -116,14 +111,17 @@ class UnitGroups:
         return len(self.groups)
 
 
-def analysed_graph(model: torch.nn.Module, example_inputs: Sequence[Any]) -> tuple[Graph, list[ChannelGroup]]:
-    """`model` traced and simplified as `optimize` prunes it, and its channel groups (whole heads)."""
+def analysed_graph(model: torch.nn.Module, example_inputs: Sequence[Any], *,
+                   dynamic: Any = "batch") -> tuple[Graph, list[ChannelGroup]]:
+    """`model` traced as `optimize` traces it, at the stage where it prunes (so the structure a recipe names),
+    and its channel groups (whole heads)."""
+    from graphopt.api import STRUCTURAL_STAGE
     from graphopt.frontends.torch import trace
     from graphopt.passmanager import PassManager
 
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    graph = trace(model, inputs)
-    graph, _ = PassManager.parse(PRUNED_STAGE).run(graph, inputs)
+    graph = trace(model, inputs, dynamic=dynamic)
+    graph, _ = PassManager.parse(STRUCTURAL_STAGE).run(graph, inputs)
     return graph, channel_groups(graph)
 
 

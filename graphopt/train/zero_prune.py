@@ -71,7 +71,7 @@ def prune_zero_groups(model: torch.nn.Module, example_inputs: Sequence[Any] | to
         if name in options:
             raise GraphoptError(f"prune_zero_groups writes its own recipe: {name}= cannot be given")
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    graph, groups = analysed_graph(model, inputs)
+    graph, groups = analysed_graph(model, inputs, dynamic=options.get("dynamic", "batch"))  # optimize's trace
     recipe = zero_recipe(graph, groups)
     if recipe is None:
         raise GraphoptError(f"{type(model).__name__} has no exactly-zero unit in a prunable, mask-exact group: "
