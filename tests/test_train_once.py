@@ -149,6 +149,29 @@ def test_a_transformer_loses_whole_heads():
         assert module.get_parameter(f"blocks.{block}.mlp.fc1.weight").shape == (128, 64)
 
 
+@pytest.mark.parametrize("name", ["densenet", "mobilenet_v2", "llama"])
+def test_zoo_models_prune_to_their_zeroed_selves(name):
+    """Concatenated features (a group over several producers), depthwise convs, GQA heads with RMSNorm."""
+    torch.manual_seed(0)
+    model, inputs = models_zoo.get(name, "tiny")
+    groups = unit_groups(model, inputs)
+    optimizer = GroupSparseOptimizer(torch.optim.SGD(model.parameters(), lr=1e-3), groups, target_sparsity=0.5,
+                                     total_steps=6, periods=2)
+    model.train()
+    for _ in range(6):
+        optimizer.zero_grad()
+        output = model(*inputs)
+        (output.float() ** 2).mean().backward()
+        optimizer.step()
+    model.eval()
+    assert optimizer.sparsity == optimizer.target_units / groups.num_units
+    pruned = prune_zero_groups(model, inputs)
+    assert pruned.report.params_after < pruned.report.params_before
+    with torch.no_grad():
+        expected = model(*inputs)
+        torch.testing.assert_close(pruned(*inputs), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
 def test_the_torch_module_of_an_optimized_model_trains_sparse_too():
     torch.manual_seed(1)
     x, y = _data(32)
