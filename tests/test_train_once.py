@@ -193,12 +193,35 @@ def test_the_schedule_is_fractions_of_the_run():
     assert Schedule.of(None, epochs=4, steps_per_epoch=25) == schedule
 
 
-def test_a_checkpoint_resumes_the_run(trained):
-    model, groups, optimizer, _ = trained
-    again = GroupSparseOptimizer(torch.optim.AdamW(model.parameters(), lr=3e-3), groups, target_sparsity=0.5,
-                                 total_steps=40)
-    again.load_state_dict(optimizer.state_dict())
-    assert again.step_count == 40 and again.sparsity == 0.5
+def test_a_checkpoint_resumes_the_run_exactly():
+    """Stopped mid-pruning and resumed from model + optimizer state dicts, the run ends bit for bit the same."""
+    x, y = _data(32)
+
+    def start() -> tuple[nn.Module, GroupSparseOptimizer]:
+        torch.manual_seed(2)
+        model = SmallResNet()
+        groups = unit_groups(model, (x[:2],))
+        return model, GroupSparseOptimizer(torch.optim.AdamW(model.parameters(), lr=3e-3), groups,
+                                           target_sparsity=0.5, total_steps=20, periods=2)
+
+    straight, optimizer = start()
+    _train(straight, optimizer, x, y, 20)
+    stopped, optimizer = start()
+    _train(stopped, optimizer, x, y, 7)  # in the first pruning period
+    model_state, optimizer_state = stopped.state_dict(), optimizer.state_dict()
+    resumed, optimizer = start()
+    resumed.load_state_dict(model_state)
+    optimizer.load_state_dict(optimizer_state)
+    assert optimizer.step_count == 7
+    for step in range(7, 20):  # _train's batches, from step 7 on
+        start_at = (step * 16) % len(x)
+        resumed.train()
+        optimizer.zero_grad()
+        F.cross_entropy(resumed(x[start_at:start_at + 16]), y[start_at:start_at + 16]).backward()
+        optimizer.step()
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert optimizer.sparsity == 0.5
 
 
 @pytest.mark.parametrize("options, match", [
