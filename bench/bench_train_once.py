@@ -1,7 +1,7 @@
 """Train once, prune exactly: GroupSparseOptimizer against train -> prune -> fine-tune, on scikit-learn's digits.
 
 Usage: python bench/bench_train_once.py [--seeds 0 1 2] [--models cnn transformer] [--sparsity 0.5]
-                                        [--finetune-fraction 0.25] [--threads 1]
+                                        [--scope local] [--finetune-fraction 0.25] [--threads 1]
 
 Data and training loop are bench_prune_accuracy.py's (digits split and standardised with the seed; Adam,
 cosine decay, batch 64; the seed fixes split, initialisation and data order). Two models, trained from
@@ -16,7 +16,8 @@ Methods, at equal epochs:
 
 - dense: plain training;
 - train once: the same loop with Adam wrapped by `GroupSparseOptimizer` at `--sparsity` of every
-  prunable, mask-exact group's units (default schedule: 10% warm-up, 5 periods over 50% of the run),
+  prunable, mask-exact group's units (`--scope global`: of all their units, ranked across groups;
+  default schedule: 10% warm-up, 5 periods over 50% of the run),
   then `prune_zero_groups`. Its accuracy is reported for the sparse model and the pruned one: they
   must be equal (the largest output difference on the test set is printed too);
 - train -> prune -> fine-tune: dense training for (1 - `--finetune-fraction`) of the epochs, pruning by
@@ -103,7 +104,7 @@ def _measure(model: nn.Module | object, data: Digits, report) -> Measure:
 
 
 def run(name: str, *, seed: int = 0, sparsity: float = 0.5, finetune_fraction: float = 0.25,
-        finetune_lr: float = 1e-3, epochs: int | None = None) -> SeedResult:
+        finetune_lr: float = 1e-3, epochs: int | None = None, scope: str = "local") -> SeedResult:
     """Dense, train-once and train -> prune -> fine-tune for model `name` at one seed, all at equal epochs."""
     setup = MODELS[name]
     epochs = epochs or setup.epochs
@@ -127,7 +128,8 @@ def run(name: str, *, seed: int = 0, sparsity: float = 0.5, finetune_fraction: f
     optimizers = []
 
     def wrap(adam: torch.optim.Optimizer, steps: int) -> torch.optim.Optimizer:
-        optimizers.append(GroupSparseOptimizer(adam, groups, target_sparsity=sparsity, total_steps=steps))
+        optimizers.append(GroupSparseOptimizer(adam, groups, target_sparsity=sparsity, total_steps=steps,
+                                               scope=scope))
         return optimizers[-1]
 
     train(sparse, data, epochs, setup.lr, seed, wrap=wrap)
@@ -183,17 +185,19 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--sparsity", type=float, default=0.5, help="fraction of every group's units zeroed")
+    parser.add_argument("--scope", choices=["local", "global"], default="local",
+                        help="GroupSparseOptimizer's scope: a share of every group, or ranked across groups")
     parser.add_argument("--finetune-fraction", type=float, default=0.25,
                         help="train -> prune -> fine-tune: the share of the epochs spent fine-tuning")
     parser.add_argument("--epochs", type=int, default=None, help="override every model's epochs")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, sparsity {args.sparsity:.0%}, load average "
+    print(f"torch {torch.__version__}, {args.threads} threads, sparsity {args.sparsity:.0%} ({args.scope}), load average "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for name in args.models:
         results = [run(name, seed=seed, sparsity=args.sparsity, finetune_fraction=args.finetune_fraction,
-                       epochs=args.epochs) for seed in args.seeds]
+                       epochs=args.epochs, scope=args.scope) for seed in args.seeds]
         print()
         print(table(name, results, args.epochs or MODELS[name].epochs))
         print()

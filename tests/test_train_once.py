@@ -186,6 +186,22 @@ def test_the_torch_module_of_an_optimized_model_trains_sparse_too():
     assert pruned.report.params_after < pruned.report.params_before
 
 
+def test_global_scope_ranks_units_across_groups():
+    torch.manual_seed(3)
+    x, y = _data(32)
+    model = SmallResNet()
+    groups = unit_groups(model, (x[:2],))  # 4 conv groups and 16 channels: 10 of the 20 units go
+    optimizer = GroupSparseOptimizer(torch.optim.AdamW(model.parameters(), lr=3e-3), groups, target_sparsity=0.5,
+                                     total_steps=20, periods=2, scope="global", min_keep=0.25)
+    _train(model, optimizer, x, y, 20)
+    zero = [int(z.sum()) for z in optimizer.zero]
+    assert sum(zero) == optimizer.target_units == 10
+    assert all(z <= g.num_units - max(1, math.ceil(0.25 * g.num_units)) for z, g in zip(zero, groups))
+    pruned = prune_zero_groups(model, (x[:2],))
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 def test_the_schedule_is_fractions_of_the_run():
     schedule = Schedule.of(100)
     assert (schedule.warmup, schedule.period_steps, schedule.pruned_by) == (10, 10, 60)
@@ -231,6 +247,8 @@ def test_a_checkpoint_resumes_the_run_exactly():
     ({"total_steps": None}, "total_steps"),
     ({"total_steps": 3}, "too short"),
     ({"warmup": 1.0}, "warmup"),
+    ({"scope": "layer"}, "scope"),
+    ({"scope": "global", "min_keep": 1.0}, "min_keep"),
 ])
 def test_bad_options_are_named(trained, options, match):
     model, groups, _, _ = trained

@@ -21,22 +21,22 @@ channel-group analysis) and around any torch optimizer:
 - afterwards: redundant units are exactly zero, their gradients and optimizer
   state masked, so they stay zero for the rest of the run.
 
-The target is per group (`floor(target · units)` of each group, never every
-unit of a tensor), as `prune{ratio=...}` does.
+The target is per group by default (`floor(target · units)` of each group, never
+every unit of a tensor), as `prune{ratio=...}` does; `scope="global"` ranks units
+across groups instead (selection.py).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from graphopt.errors import GraphoptError
-from graphopt.passes.prune.prune_pass import _droppable
 
 from .schedule import Schedule
+from .selection import Scope, Targets, grow
 from .units import UnitGroup, UnitGroups
 
 
@@ -46,14 +46,16 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
     `groups`: from `graphopt.train.unit_groups(model, example_inputs)`. The run
     length is `total_steps` optimizer steps (or `epochs` x `steps_per_epoch`);
     `warmup` and `pruning` are fractions of it and `periods` the pruning periods;
-    `epsilon` is the half-space projection's threshold. Use it as the optimizer
+    `epsilon` is the half-space projection's threshold. `scope="local"` zeroes
+    `target_sparsity` of every group, `"global"` of all units together, ranked
+    across groups, keeping `min_keep` of each. Use it as the optimizer
     it wraps (`zero_grad`, `step`, learning-rate schedulers, `state_dict`).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, groups: UnitGroups | Iterable[UnitGroup], *,
                  target_sparsity: float = 0.5, total_steps: int | None = None, epochs: int | None = None,
                  steps_per_epoch: int | None = None, warmup: float = 0.1, pruning: float = 0.5, periods: int = 5,
-                 epsilon: float = 0.05) -> None:
+                 epsilon: float = 0.05, scope: Scope = "local", min_keep: float = 0.1) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise GraphoptError(f"GroupSparseOptimizer wraps a torch optimizer (torch.optim.SGD(...), AdamW(...)), "
                                 f"not {type(optimizer).__name__}")
@@ -70,8 +72,8 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         self.target_sparsity = target_sparsity
         self.epsilon = epsilon
         _check_params(optimizer, self.groups)
-        self._targets = [min(math.floor(target_sparsity * g.num_units), g.num_units - 1) for g in self.groups]
-        if not any(self._targets):
+        self.targets = Targets.of(self.groups, target_sparsity, scope, min_keep)
+        if not self.targets.total:
             largest = max(g.num_units for g in self.groups)
             raise GraphoptError(f"target_sparsity {target_sparsity} removes no unit of any group (the largest has "
                                 f"{largest} units): raise it")
@@ -140,25 +142,18 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
         return (_over_mean(magnitude) + _over_mean(taylor)).cpu().numpy()
 
     def _grow_redundant(self, period: int) -> None:
-        """Grow each group's redundant set to its share of the target for `period`, least salient units first."""
-        fraction = self.schedule.fraction_at(period)
+        """Grow the redundant sets to `period`'s share of the target, least salient units first; each new one
+        is due at zero by the period's end, and its group's Taylor scores start again."""
         deadline = self.schedule.start(period + 1)
-        for i, g in enumerate(self.groups):
-            want = min(math.floor(fraction * self._targets[i] + 1e-9), self._targets[i])
-            redundant = self.redundant[i]
-            if want <= int(redundant.sum()):
-                continue
-            scores = self.saliency(i)
-            chosen = redundant.cpu().numpy()
-            order = np.concatenate([np.flatnonzero(chosen), np.flatnonzero(~chosen)[np.argsort(
-                scores[~chosen], kind="stable")]])
-            new = [u for u in _droppable(g.group, order, want) if not chosen[u]]
+        chosen = [r.cpu().numpy() for r in self.redundant]
+        scores = [self.saliency(i) for i in range(len(self.groups))]
+        for i, new in enumerate(grow(self.groups, chosen, scores, self.targets, self.schedule.fraction_at(period))):
             if new:
-                index = torch.as_tensor(new, device=redundant.device)
-                redundant[index] = True
+                index = torch.as_tensor(new, device=self.redundant[i].device)
+                self.redundant[i][index] = True
                 self._deadline[i][index] = deadline
                 self._until[i] = deadline
-            self._taylor[i].zero_()
+                self._taylor[i].zero_()
 
     def _shrink_and_project(self, index: int, before: dict[int, torch.Tensor]) -> None:
         """Shrink group `index`'s redundant units towards zero by their deadline; zero those whose step crosses
@@ -197,8 +192,8 @@ class GroupSparseOptimizer(torch.optim.Optimizer):
 
     @property
     def target_units(self) -> int:
-        """How many units the target zeroes in all (each group's floor(target · units))."""
-        return sum(self._targets)
+        """How many units the target zeroes in all (local: each group's floor(target · units))."""
+        return self.targets.total
 
     def summary(self) -> str:
         """Where the run stands: the phase, and zero / redundant units per group."""
