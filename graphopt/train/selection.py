@@ -5,7 +5,7 @@ is hollowed out and the result is predictable. Global ranks units of all groups
 against each other (each score is already relative to its group's mean, as the
 prune pass's global scope does), so a layer with many weak units gives more of
 them; `min_keep` of every group always stays. Either way a tensor keeps at least
-one of its units, which removal needs (`_droppable`, the prune pass's rule).
+one of its units, which removal needs (`droppable_units`, the prune pass's rule in passes/prune/widths.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 
 from graphopt.errors import GraphoptError
-from graphopt.passes.prune.prune_pass import _droppable
+from graphopt.passes.prune.widths import droppable_units
 
 from .units import UnitGroup
 
@@ -74,5 +74,5 @@ def grow(groups: list[UnitGroup], redundant: list[np.ndarray], scores: list[np.n
             continue
         order = np.concatenate([np.flatnonzero(chosen),
                                 np.flatnonzero(~chosen)[np.argsort(score[~chosen], kind="stable")]])
-        new.append([u for u in _droppable(group.group, order, want) if not chosen[u]])
+        new.append([u for u in droppable_units(group.group, order, want) if not chosen[u]])
     return new

@@ -21,7 +21,7 @@ from graphopt.analysis.channels import ChannelGroup
 from graphopt.api import OptimizedModel, optimize
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
-from graphopt.passes.prune.prune_pass import _droppable
+from graphopt.passes.prune.widths import droppable_units
 from graphopt.passes.prune.recipe import PruneRecipe, PruneStep, anchor_of, structure_hash
 
 from .units import analysed_graph
@@ -50,7 +50,7 @@ def zero_recipe(graph: Graph, groups: list[ChannelGroup]) -> PruneRecipe | None:
         if not group.prunable or not group.exact:
             continue
         zero = zero_units(group)
-        drop = _droppable(group, zero, zero.size) if zero.size else []
+        drop = droppable_units(group, zero, zero.size) if zero.size else []
         if drop:
             channels = np.concatenate([group.units[u] for u in drop])
             step.groups.append({"anchor": anchor_of(group), "removed": sorted(int(c) for c in channels)})

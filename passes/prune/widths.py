@@ -54,7 +54,7 @@ class Widths:
     def removed(group: ChannelGroup, scores: np.ndarray, n_keep: int) -> np.ndarray:
         if n_keep >= group.num_units:
             return np.zeros(0, dtype=np.int64)
-        drop = _droppable(group, np.argsort(scores, kind="stable"), group.num_units - n_keep)
+        drop = droppable_units(group, np.argsort(scores, kind="stable"), group.num_units - n_keep)
         return np.concatenate([group.units[u] for u in drop]) if drop else np.zeros(0, dtype=np.int64)
 
 
@@ -147,7 +147,7 @@ class Widths:
         return notes
 
 
-def _droppable(group: ChannelGroup, order: np.ndarray, count: int) -> list[int]:
+def droppable_units(group: ChannelGroup, order: np.ndarray, count: int) -> list[int]:
     """Up to `count` units, least important first, never emptying a tensor of the group.
 
     A group can span several producers (DenseNet's concatenated features): each
