@@ -97,7 +97,7 @@ class Quantize(Pass):
                                    "accurate, slower on ONNX Runtime)")
     skip: list[str] = option([], "node or module names (glob patterns) left float")
     smooth: float | None = option(None, "SmoothQuant migration strength alpha in (0, 1) for linear layers fed "
-                                        "by a norm (int8 and int8-dynamic)")
+                                        "by a norm or a gated MLP (int8 and int8-dynamic)")
     sensitivity: bool = option(False, "report each layer's output error when only it is quantized")
     keep_float: int = option(0, "keep exactly this many of the most sensitive layers float (given, it replaces "
                                 "the default max_error guard: keep_float=0 quantizes every layer)")
