@@ -1,8 +1,9 @@
 """Structured pruning (`prune` pass) and its importance criteria."""
 
+from .datafree import RecoveryReport, recover_data_free
 from .criteria import CRITERIA, get_criterion, register_criterion
 from .prune_pass import GroupDecision, Prune, PruneReport
 from .recipe import PruneRecipe, PruneStep, RecipeError, apply_recipe, structure_hash
 from .reconstruct import ReconstructionReport, reconstruct
 
-__all__ = ["Prune", "PruneReport", "GroupDecision", "PruneRecipe", "PruneStep", "ReconstructionReport", "reconstruct", "apply_recipe", "structure_hash", "RecipeError", "CRITERIA", "get_criterion", "register_criterion"]
+__all__ = ["Prune", "PruneReport", "GroupDecision", "PruneRecipe", "PruneStep", "ReconstructionReport", "reconstruct", "RecoveryReport", "recover_data_free", "apply_recipe", "structure_hash", "RecipeError", "CRITERIA", "get_criterion", "register_criterion"]

@@ -40,6 +40,7 @@ from graphopt import __version__
 from .budget import BudgetSolver
 from .criteria import CriterionContext, checked_scores, get_criterion
 from .recipe import PruneRecipe, PruneStep, anchor_of, structure_hash
+from .datafree import RecoveryReport, recover_data_free
 from .reconstruct import ReconstructionReport, reconstruct
 from .safety import Plan, SafetyNet, SafetyReport, removal_failure
 from .widths import Widths
@@ -67,7 +68,7 @@ class PruneReport:
     seconds: float
     ratio: float = 0.0  # the ratio asked (a budget: the uniform ratio its search started from)
     target: str = ""  # "macs 50%" when a budget chose the widths
-    reconstruction: ReconstructionReport | None = None
+    reconstruction: ReconstructionReport | RecoveryReport | None = None  # what reconstruct or recover did
     safety: SafetyReport | None = None  # what the safety net checked and left unpruned (None: option off)
     achieved_ratio: float = 0.0  # fraction of the prunable groups' units removed
     target_metric: str = ""  # "macs" or "params" under a budget
@@ -135,7 +136,10 @@ class Prune(Pass):
     ignore: list[str] = option([], "node or weight names (glob patterns) whose groups stay whole")
     heads: bool = option(True, "attention: remove whole heads (True) or the same head_dim positions of every head (False)")
     reconstruct: bool = option(False, "refit the layers reading pruned channels by least squares on calibration data")
-    damp: float = option(0.01, "reconstruct: ridge term, relative to the mean diagonal of X^T X")
+    damp: float = option(0.01, "reconstruct, recover: ridge term, relative to the mean diagonal of X^T X (or of "
+                               "the kept filters' Gram matrix)")
+    recover: Literal["data-free"] | None = option(None, "data-free: fold each removed channel into the kept ones of "
+                                                        "the layers reading it, from the weights alone (no data)")
     safety: bool = option(True, "check the pruned graph on the example inputs (it runs; exact groups equal masking) "
                                 "and leave unpruned, found by bisection, the groups that fail")
     safety_max_checks: int = option(64, "the safety net's budget of checks (each runs the graph twice); "
@@ -162,6 +166,8 @@ class Prune(Pass):
             raise self.invalid("round_to", f"must be at least 1 (1: exact counts), got {self.round_to}")
         if not 0.0 <= self.min_keep <= 1.0:
             raise self.invalid("min_keep", f"the fraction of each group kept must be in [0, 1], got {self.min_keep}")
+        if self.recover is not None and self.reconstruct:
+            raise self.invalid("recover", "give reconstruct=True (refit on calibration data) or recover, not both")
         if self.damp < 0.0:
             raise self.invalid("damp", f"the ridge term cannot be negative, got {self.damp}")
         if self.safety_max_checks < 1:
@@ -193,7 +199,7 @@ class Prune(Pass):
         if not plan:
             return PassResult(graph, modified=False)
 
-        original = graph.clone() if self.reconstruct or self.safety else None
+        original = graph.clone() if self.reconstruct or self.recover or self.safety else None
         graph, plan, safety = self._remove(graph, plan, original, analyses.context)
         if safety is not None and safety.excluded:
             left = ", ".join(str(e.group) for e in safety.excluded)
@@ -214,6 +220,8 @@ class Prune(Pass):
         if self.reconstruct:
             reconstruction = reconstruct(original, graph, analyses.context.calibration_batches(), kept_outputs,
                                          damp=self.damp)
+        elif self.recover == "data-free":
+            reconstruction = recover_data_free(original, graph, plan, kept_outputs, damp=self.damp)
 
         cost_after = estimate_cost(graph, bindings=analyses.context.bindings(graph))
         removed_units = sum(np.unique(group.unit_of[channels]).size for group, channels in plan)
