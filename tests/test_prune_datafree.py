@@ -32,7 +32,8 @@ def one_thread():
 
 
 def _relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:
-    return float((output.detach() - reference.detach()).norm() / reference.norm())
+    reference = reference.detach()
+    return float((output.detach() - reference).norm() / reference.norm())
 
 
 def _combined(layer_in: nn.Module, kept: int) -> None:

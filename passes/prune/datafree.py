@@ -5,37 +5,45 @@ of UDFC (Bai et al., ICCV 2023) and Neuron Merging (Kim et al., 2020): a removed
 channel carries information that the kept channels of the same layer mostly
 carry too. For a group written by one layer P (a conv or linear, optionally
 followed by a BatchNorm) and read, after an elementwise activation f, by layers
-C (conv, linear, matmul by a weight):
+C (conv, linear, matmul by a weight), each removed channel r is replaced by
 
-1. Linear part. With P's filters F (rows flattened, BatchNorm scale folded in),
-   each removed filter is fitted by the kept ones, F_r ~ sum_j c_rj F_j (ridge
-   least squares, `damp` times the mean diagonal of the Gram matrix), so the
-   removed pre-activation y_r ~ sum_j c_rj y_j + const. Every reader gets
-   W_C[:, kept] += W_C[:, removed] @ c.
-2. Bias part (the unexplained mean). What the kept channels do not explain is
-   replaced by its expectation: e_r = E f(y_r) - sum_j c_rj E f(y_j), added to
-   each reader's output through W_C[:, r] (summed over a conv's kernel). The
-   pre-activations are modelled as Gaussian: after a BatchNorm, y_c ~ N(beta_c,
-   gamma_c^2) (its running statistics are taken to describe the data); after a
-   LayerNorm/RMSNorm feeding P, the normalised features are taken independent with
-   unit variance, so y_c ~ N(F_c . beta_ln + b_c, ||F_c * gamma_ln||^2) and the fit
-   uses filters scaled by gamma_ln. E f has a closed form for ReLU and exact GELU
-   and is integrated by Gauss-Hermite quadrature for the other activations.
-   Without an activation, e_r is the exact constant left by the biases.
+    f(y_r) ~ sum_k c_rk f(y_k) + e_r
 
-What is exact and what is approximate: with no activation (or identity) and no
-normalisation, a removed filter that is exactly a combination of kept filters is
-recovered exactly (up to the ridge term), conv padding aside. Everything else
-is an approximation: f(sum c y_j) is not sum c f(y_j) for a nonlinear f, the
-Gaussian model ignores correlations between channels, and a constant moved into
-a conv's bias also reaches the zero-padded border, where the original saw none.
+so every reader gets W_C[:, kept] += W_C[:, removed] @ c (the linear part) and
+W_C[:, removed] @ e added to its output (the bias part: summed over a conv's
+kernel, into its bias, or for a reader without one followed by a BatchNorm,
+subtracted from that norm's running mean, which is the same function; no
+parameter is added, so a recipe replays onto the same structure).
 
-The constant goes into a reader's bias, or, for a reader without one followed by
-a BatchNorm, into that norm's running mean (subtracted: the same function); no
-parameter is added, so a recipe replays onto the same structure. Groups without a
-single identifiable producer (residual streams written by several layers,
-concatenations, attention heads whose channels pass through softmax-weighted
-sums) are left uncompensated and named in the report: no guessing.
+The model, from weights alone. The pre-activations are Gaussian with the
+covariance of P's flattened filters under independent, equal-variance input
+features: after a BatchNorm, each y_c ~ N(beta_c, gamma_c^2) (its running
+statistics are taken to describe the data) and channels correlate as the cosine
+of their filters; after a LayerNorm/RMSNorm feeding P, y = F (gamma_ln * n) +
+F beta_ln + b with n of unit variance. c is the best linear predictor of f(y_r)
+from the f(y_k) under that model, to first order in the Hermite expansion
+(Price's theorem: Cov(f(y_i), f(y_j)) ~ E f'(y_i) E f'(y_j) Cov(y_i, y_j)), with
+each channel's exact variance Var f(y) on the diagonal plus a ridge of `damp`
+times the mean diagonal. With no activation this is ridge least squares over
+P's filters, c = F_r F_k^T (F_k F_k^T + ridge)^-1. e_r = E f(y_r) - sum_k c_rk
+E f(y_k) is the mean the kept channels do not explain, computed in closed form
+for ReLU and by Gauss-Hermite quadrature for the other activations. When the
+plan also prunes P's own inputs, the kept channels are modelled as the pruned
+graph computes them (their filters restricted to the kept inputs).
+
+What is exact and what is approximate: with no activation and no normalisation,
+a removed filter that is exactly a combination of kept filters is recovered
+exactly (up to the ridge term), conv padding aside. Everything else is an
+approximation: the input features are neither independent nor of equal
+variance, a nonlinear f is linearised to first order, BatchNorm statistics are
+trusted as the data's, and a constant moved into a conv's bias also reaches the
+zero-padded border, where the original saw none.
+
+Groups without a single identifiable producer (residual streams written by
+several layers, SwiGLU's gate and up projections, concatenations, attention
+heads whose channels pass through softmax-weighted sums) or whose readers are
+not layers contracting the channels are left uncompensated and named in the
+report: no guessing.
 """
 
 from __future__ import annotations
@@ -111,11 +119,13 @@ def recover_data_free(original: Graph, pruned: Graph, plan: Sequence[tuple[Chann
     """
     report = RecoveryReport()
     by_reader = {id(r.node): r for r in readers(original)}
+    kept_inputs = {(space.value.name, space.axes[0]): np.flatnonzero(~np.isin(labels, channels))
+                   for group, channels in plan for space, labels in group.weights() if len(space.axes) == 1}
     for group, channels in plan:
         removed = np.unique(np.asarray(channels, dtype=np.int64))
         try:
             path = _path(original, group, by_reader)
-            coefficients, offsets, explained = _fit(original, path, removed, damp)
+            coefficients, offsets, explained = _fit(path, removed, damp, kept_inputs)
         except _Skip as why:
             report.skipped.append(f"group {group.id}: {why}")
             continue
@@ -207,27 +217,34 @@ def _columns(group: ChannelGroup, reader: Reader) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ the fit
-def _fit(graph: Graph, path: _Path, removed: np.ndarray, damp: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _fit(path: _Path, removed: np.ndarray, damp: float,
+         kept_inputs: dict[tuple[str, int], np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(c, e, explained): f(y_r) ~ sum_k c[r, k] f(y_k) + e[r]; explained: the fraction of the removed
     channels' variance (under the model) the kept ones account for.
 
     Rows of c and e follow the removed channels in ascending order, columns of c the
-    kept channels in ascending order.
+    kept channels in ascending order. y_r is the removed channel as the original
+    computed it; y_k the kept channel as the pruned graph computes it, which sees
+    only the kept input channels when the plan also pruned the producer's inputs.
     """
     producer = path.producer
     weight = producer.inputs[1].data.double()
-    filters = weight.reshape(weight.shape[0], -1)
+    inputs = kept_inputs.get((producer.inputs[1].name, 1))  # the producer's own inputs pruned by another group
+    index = None if inputs is None else torch.as_tensor(inputs, dtype=torch.long)
     bias = producer.inputs[2].data.double() if len(producer.inputs) > 2 and producer.inputs[2] is not None \
-        else filters.new_zeros(filters.shape[0])
-    mean, std = bias.clone(), None  # the pre-activation's mean and spread under the model
+        else weight.new_zeros(weight.shape[0])
+    # G: filters scaled so that, with independent unit-variance input features, y = G x + mean.
+    full = weight.reshape(weight.shape[0], -1)
+    kept = full if index is None else weight.index_select(1, index).reshape(weight.shape[0], -1)
+    mean_full, mean_kept, known = bias, bias, False  # `known`: the model has a spread for each channel
     source = producer.inputs[0].producer
     if producer.op == "linear" and source is not None and source.op in _NORMS:
         affine = [v.data.double() if v is not None and v.data is not None else None for v in source.inputs[1:3]]
-        gamma = affine[0] if affine and affine[0] is not None else filters.new_ones(filters.shape[1])
+        gamma = affine[0] if affine and affine[0] is not None else full.new_ones(full.shape[1])
         beta = affine[1] if len(affine) > 1 and affine[1] is not None else torch.zeros_like(gamma)
-        mean = mean + filters @ beta
-        filters = filters * gamma[None, :]
-        std = filters.norm(dim=1)
+        gamma_kept, beta_kept = (gamma, beta) if index is None else (gamma[index], beta[index])
+        mean_full, mean_kept = bias + full @ beta, bias + kept @ beta_kept
+        full, kept, known = full * gamma, kept * gamma_kept, True
     if path.norm is not None:
         gamma, beta, running_mean, running_var = (v.data.double() if v is not None and v.data is not None else None
                                                   for v in path.norm.inputs[1:5])
@@ -235,9 +252,10 @@ def _fit(graph: Graph, path: _Path, removed: np.ndarray, damp: float) -> tuple[t
             raise _Skip(f"batch_norm %{path.norm.name} has no running statistics")
         gamma = torch.ones_like(running_mean) if gamma is None else gamma
         beta = torch.zeros_like(running_mean) if beta is None else beta
-        scale = gamma / torch.sqrt(running_var + path.norm.attrs.get("eps", 1e-5))
-        filters = filters * scale[:, None]
-        mean, std = beta, gamma.abs()  # the running statistics are assumed to describe the data
+        # the running statistics are taken to describe the data: y_c ~ N(beta_c, gamma_c^2)
+        scale = gamma / full.norm(dim=1).clamp_min(1e-30)
+        full, kept, known = full * scale[:, None], kept * scale[:, None], True
+        mean_full = mean_kept = beta
 
     # producer rows in channel order: removed rows (ascending channel) and kept rows (ascending channel)
     order = np.argsort(path.rows)
@@ -246,31 +264,29 @@ def _fit(graph: Graph, path: _Path, removed: np.ndarray, damp: float) -> tuple[t
     if rows_r.size != removed.size:
         raise _Skip(f"the plan removes channels %{producer.name} does not write")
     activation = path.activation if path.activation is not None and path.activation.op not in _IDENTITY else None
-    if activation is not None and std is None:
+    if activation is not None and not known:
         raise _Skip(f"no statistics for the input of {activation.op} %{activation.name} (no BatchNorm after "
                     f"%{producer.name}, no LayerNorm before it): its mean cannot be estimated")
 
-    # The pre-activations' covariance: input features independent with equal variance, so channels
-    # correlate as their filters do; the spread of each is the model's (BatchNorm's gamma) where known.
-    norms = filters.norm(dim=1).clamp_min(1e-30)
-    spread = norms if std is None else std
-    unit = filters / norms[:, None]
-    cov = (unit @ unit.T) * spread[:, None] * spread[None, :]
+    # Independent input features: channels covary as their (kept-input) filters do.
+    f_r, f_k = kept[rows_r], kept[rows_k]
+    spread_r, spread_k = full[rows_r].norm(dim=1), f_k.norm(dim=1)
+    if activation is None:
+        (e_r, d_r, v_r), (e_k, d_k, v_k) = ((mean_full[rows_r], torch.ones_like(spread_r), spread_r ** 2),
+                                            (mean_kept[rows_k], torch.ones_like(spread_k), spread_k ** 2))
+    else:
+        e_r, d_r, v_r = _moments(activation, mean_full[rows_r], spread_r)
+        e_k, d_k, v_k = _moments(activation, mean_kept[rows_k], spread_k)
     # The activations' covariance to first order in the Hermite expansion (Price's theorem):
     # Cov(f(y_i), f(y_j)) ~ E f'(y_i) E f'(y_j) Cov(y_i, y_j) off the diagonal, the exact variance on it.
-    # What the first order misses is uncorrelated noise per channel: it damps the fit like a ridge.
-    if activation is None:
-        expected, slope, variance = mean, torch.ones_like(mean), torch.diagonal(cov).clone()
-    else:
-        expected, slope, variance = _moments(activation, mean, spread)
-    act_cov = cov * slope[:, None] * slope[None, :]
-    noise = (variance - torch.diagonal(act_cov)).clamp_min(0.0)
-    a = act_cov[rows_k][:, rows_k] + torch.diag(noise[rows_k])
+    # What the first order misses acts as uncorrelated noise per channel: it damps the fit like a ridge.
+    linear_k = (f_k @ f_k.T) * d_k[:, None] * d_k[None, :]
+    a = linear_k + torch.diag((v_k - torch.diagonal(linear_k)).clamp_min(0.0))
     a += (damp * float(torch.diagonal(a).mean()) + 1e-30) * torch.eye(a.shape[0], dtype=a.dtype)
-    b = act_cov[rows_k][:, rows_r]
+    b = (f_k @ f_r.T) * d_k[:, None] * d_r[None, :]
     c = torch.linalg.solve(a, b).T  # (removed, kept)
-    e = expected[rows_r] - c @ expected[rows_k]
-    total = float(variance[rows_r].sum())
+    e = e_r - c @ e_k
+    total = float(v_r.sum())
     residual = total - float((c * b.T).sum())  # the model's variance of f(y_r) the kept channels do not explain
     return c, e, max(0.0, 1.0 - residual / total) if total > 0 else 0.0
 
