@@ -79,13 +79,14 @@ class RecoveryReport:
     layers: list[str] = field(default_factory=list)  # reader nodes whose weights were updated
     skipped: list[str] = field(default_factory=list)  # "group N: why"
     bias_dropped: list[str] = field(default_factory=list)  # "node: why" (the linear part was still applied)
-    explained: list[float] = field(default_factory=list)  # per group: 1 - ||F_r - cF_k|| / ||F_r||
+    explained: list[float] = field(default_factory=list)  # per group: R^2 of the fit under the model
 
     def __str__(self) -> str:
         text = (f"data-free recovery: {self.groups} groups compensated ({self.channels} removed channels, "
                 f"{len(self.layers)} layers)")
         if self.explained:
-            text += f", removed filters {float(np.mean(self.explained)):.0%} explained by the kept ones"
+            text += (f", {float(np.mean(self.explained)):.0%} of the removed channels' modelled variance explained "
+                     "by the kept ones")
         if self.bias_dropped:
             text += f"; bias part dropped at {len(self.bias_dropped)}: {'; '.join(self.bias_dropped)}"
         if self.skipped:
