@@ -1,7 +1,9 @@
 """Data-free recovery (`prune{recover=data-free}`) against plain magnitude pruning, and data-based reconstruction.
 
 Usage: python bench/bench_prune_datafree.py [--seeds 0 1 2] [--ratios 0.25 0.5] [--epochs 12]
-                                            [--models vit bert mlp_mixer] [--calibration 512] [--threads 1]
+                                            [--models vit bert mlp_mixer] [--calibration 512] [--no-cnn]
+                                            [--scopes all single-producer] [--methods magnitude data-free reconstruct]
+                                            [--threads 1]
 
 Nothing is fine-tuned. Every pruned model uses the `l2` criterion (local scope, default rounding)
 three ways: "magnitude" (no recovery), "data-free" (`recover="data-free"`: no data at all) and, for
@@ -92,7 +94,8 @@ def _options(model: str, scope: str, ratio: float, method: str) -> dict:
     return options
 
 
-def run_cnn(seed: int, ratios: list[float], epochs: int, calibration: int) -> list[Row]:
+def run_cnn(seed: int, ratios: list[float], epochs: int, calibration: int, scopes: list[str],
+            methods: list[str]) -> list[Row]:
     """DigitsResNet trained on digits, pruned every way; accuracy and logits error on the test images."""
     bench = _accuracy_bench()
     data = bench.load_digits(seed)
@@ -103,9 +106,9 @@ def run_cnn(seed: int, ratios: list[float], epochs: int, calibration: int) -> li
     rows = [Row("digits_resnet", "-", 0.0, "dense", seed, 0.0, bench.accuracy(model, data.x_test, data.y_test), 1.0)]
     example = (data.x_train[:bench.EXAMPLE_BATCH],)
     batches = [(x,) for x in data.x_train[:calibration].split(128)]
-    for scope in ("all", "single-producer"):
+    for scope in scopes:
         for ratio in ratios:
-            for method in METHODS:
+            for method in methods:
                 pruned = graphopt.optimize(copy.deepcopy(model), example, calibration_data=batches,
                                            prune=_options("digits_resnet", scope, ratio, method))
                 report = pruned.report.prune[0]
@@ -116,7 +119,7 @@ def run_cnn(seed: int, ratios: list[float], epochs: int, calibration: int) -> li
     return rows
 
 
-def run_transformer(name: str, seed: int, ratios: list[float]) -> list[Row]:
+def run_transformer(name: str, seed: int, ratios: list[float], scopes: list[str], methods: list[str]) -> list[Row]:
     """A zoo model with random weights, pruned every way; output error on inputs pruning never saw."""
     model, example = models_zoo.get(name, "tiny", seed=seed)
     evaluation = models_zoo.get(name, "tiny", seed=seed + 1000, batch_size=32)[1]
@@ -124,9 +127,9 @@ def run_transformer(name: str, seed: int, ratios: list[float]) -> list[Row]:
     with torch.no_grad():
         dense = _logits(model(*evaluation))
     rows = []
-    for scope in ("all", "single-producer"):
+    for scope in [s for s in scopes if s == "all" or name in SINGLE_PRODUCER_IGNORE]:
         for ratio in ratios:
-            for method in METHODS:
+            for method in methods:
                 try:
                     pruned = graphopt.optimize(model, example, calibration_data=calibration,
                                                prune=_options(name, scope, ratio, method))
@@ -168,7 +171,11 @@ def main() -> None:
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5])
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--calibration", type=int, default=512, help="training images for reconstruct (CNN)")
-    parser.add_argument("--models", nargs="*", default=["vit", "bert", "mlp_mixer"], help="zoo transformers")
+    parser.add_argument("--models", nargs="*", default=["vit", "bert", "mlp_mixer"],
+                        help="zoo models with random weights (any of `graphopt zoo`)")
+    parser.add_argument("--scopes", nargs="+", choices=["all", "single-producer"], default=["all", "single-producer"],
+                        help="single-producer runs only for the CNN and the models in SINGLE_PRODUCER_IGNORE")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--no-cnn", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -179,9 +186,9 @@ def main() -> None:
     rows: list[Row] = []
     for seed in args.seeds:
         if not args.no_cnn:
-            rows += run_cnn(seed, args.ratios, args.epochs, args.calibration)
+            rows += run_cnn(seed, args.ratios, args.epochs, args.calibration, args.scopes, args.methods)
         for name in args.models:
-            rows += run_transformer(name, seed, args.ratios)
+            rows += run_transformer(name, seed, args.ratios, args.scopes, args.methods)
     print()
     print(table(rows))
     print()

@@ -165,3 +165,20 @@ def test_activation_moments_match_monte_carlo(op, attrs, fn):
     torch.testing.assert_close(first, values.detach().mean(0), rtol=0, atol=1e-2)
     torch.testing.assert_close(variance, values.detach().var(0), rtol=0, atol=2e-2)
     torch.testing.assert_close(slope, y.grad.mean(0), rtol=0, atol=1e-2)  # E f'(y)
+
+
+def test_a_constant_reaches_a_padded_conv_through_the_taps_inside_the_input():
+    from graphopt.passes.prune.activations import readers
+    from graphopt.passes.prune.datafree import _tap_coverage
+
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1)).eval()
+    graph = graphopt.trace(model, (torch.randn(2, 2, 4, 4),))
+    reader = readers(graph)[0]
+    coverage = _tap_coverage(reader, (3, 3))
+    edge = torch.tensor([0.75, 1.0, 0.75], dtype=torch.float64)  # a 4-wide input: the outer taps miss one row
+    torch.testing.assert_close(coverage, (edge[:, None] * edge[None, :]).reshape(-1))
+    # the mean over output positions of a conv of a constant input is the coverage-weighted kernel sum
+    weight = model[0].weight.detach().double()
+    ones = torch.ones(1, 2, 4, 4, dtype=torch.float64)
+    out = torch.nn.functional.conv2d(ones, weight, padding=1).mean((0, 2, 3))
+    torch.testing.assert_close(out, weight.reshape(3, 2, 9).sum(1) @ coverage)

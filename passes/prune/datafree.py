@@ -10,8 +10,8 @@ C (conv, linear, matmul by a weight), each removed channel r is replaced by
     f(y_r) ~ sum_k c_rk f(y_k) + e_r
 
 so every reader gets W_C[:, kept] += W_C[:, removed] @ c (the linear part) and
-W_C[:, removed] @ e added to its output (the bias part: summed over a conv's
-kernel, into its bias, or for a reader without one followed by a BatchNorm,
+W_C[:, removed] @ e added to its output (the bias part: over a conv's kernel weighted
+by tap coverage, into its bias, or for a reader without one followed by a BatchNorm,
 subtracted from that norm's running mean, which is the same function; no
 parameter is added, so a recipe replays onto the same structure).
 
@@ -37,7 +37,9 @@ exactly (up to the ridge term), conv padding aside. Everything else is an
 approximation: the input features are neither independent nor of equal
 variance, a nonlinear f is linearised to first order, BatchNorm statistics are
 trusted as the data's, and a constant moved into a conv's bias also reaches the
-zero-padded border, where the original saw none.
+zero-padded border, where the original saw none (the kernel is weighted by how
+often each tap falls inside the input, so the constant is right on average over
+positions, not at each).
 
 Groups without a single identifiable producer (residual streams written by
 several layers, SwiGLU's gate and up projections, concatenations, attention
@@ -229,10 +231,10 @@ def _fit(path: _Path, removed: np.ndarray, damp: float,
     only the kept input channels when the plan also pruned the producer's inputs.
     """
     producer = path.producer
-    weight = producer.inputs[1].data.double()
+    weight = _f64(producer.inputs[1])
     inputs = kept_inputs.get((producer.inputs[1].name, 1))  # the producer's own inputs pruned by another group
     index = None if inputs is None else torch.as_tensor(inputs, dtype=torch.long)
-    bias = producer.inputs[2].data.double() if len(producer.inputs) > 2 and producer.inputs[2] is not None \
+    bias = _f64(producer.inputs[2]) if len(producer.inputs) > 2 and producer.inputs[2] is not None \
         else weight.new_zeros(weight.shape[0])
     # G: filters scaled so that, with independent unit-variance input features, y = G x + mean.
     full = weight.reshape(weight.shape[0], -1)
@@ -240,14 +242,14 @@ def _fit(path: _Path, removed: np.ndarray, damp: float,
     mean_full, mean_kept, known = bias, bias, False  # `known`: the model has a spread for each channel
     source = producer.inputs[0].producer
     if producer.op == "linear" and source is not None and source.op in _NORMS:
-        affine = [v.data.double() if v is not None and v.data is not None else None for v in source.inputs[1:3]]
+        affine = [_f64(v) if v is not None and v.data is not None else None for v in source.inputs[1:3]]
         gamma = affine[0] if affine and affine[0] is not None else full.new_ones(full.shape[1])
         beta = affine[1] if len(affine) > 1 and affine[1] is not None else torch.zeros_like(gamma)
         gamma_kept, beta_kept = (gamma, beta) if index is None else (gamma[index], beta[index])
         mean_full, mean_kept = bias + full @ beta, bias + kept @ beta_kept
         full, kept, known = full * gamma, kept * gamma_kept, True
     if path.norm is not None:
-        gamma, beta, running_mean, running_var = (v.data.double() if v is not None and v.data is not None else None
+        gamma, beta, running_mean, running_var = (_f64(v) if v is not None and v.data is not None else None
                                                   for v in path.norm.inputs[1:5])
         if running_mean is None or running_var is None:
             raise _Skip(f"batch_norm %{path.norm.name} has no running statistics")
@@ -321,7 +323,7 @@ def _update(pruned: Graph, reader: Reader, columns: np.ndarray, path: _Path, rem
     """The compensation of one reader, as a function that writes it into `pruned` and says why the
     bias part was dropped ("" when it was not). `reader` is on the original graph."""
     name, axis = reader.weight.name, reader.weight_axis
-    full = reader.weight.data.double().movedim(axis, 0)  # (input channels, outputs[, kernel...])
+    full = _f64(reader.weight).movedim(axis, 0)  # (input channels, outputs[, kernel...])
     col_of = {int(ch): i for i, ch in enumerate(columns)}
     kept_channels = np.setdiff1d(np.unique(path.rows), removed)
     cols_r = torch.as_tensor([col_of[int(ch)] for ch in removed], dtype=torch.long)
@@ -329,7 +331,7 @@ def _update(pruned: Graph, reader: Reader, columns: np.ndarray, path: _Path, rem
     moved = full[cols_r].reshape(cols_r.numel(), -1)
     delta = torch.zeros_like(full)
     delta[cols_k] = (c.T @ moved).reshape((cols_k.numel(), *full.shape[1:]))
-    shift = (e @ moved).reshape(full.shape[1], -1).sum(1)  # per output, summed over a conv's kernel positions
+    shift = (e @ moved).reshape(full.shape[1], -1) @ _tap_coverage(reader, full.shape[2:])  # per output
 
     out_axis = 1 if reader.node.op == "matmul" else 0  # of the weight as stored: matmul's is (in, out)
     delta = delta.movedim(0, axis)
@@ -343,22 +345,63 @@ def _update(pruned: Graph, reader: Reader, columns: np.ndarray, path: _Path, rem
         delta, shift = torch.index_select(delta, out_axis, index), shift[index]
 
     def write() -> str:
-        target.set_data((target.data.double() + delta).to(target.data.dtype).contiguous())
+        _add(target, delta)
         return _add_constant(pruned.node(reader.node.name), shift)
 
     return write
+
+
+def _tap_coverage(reader: Reader, kernel: Sequence[int]) -> torch.Tensor:
+    """Per kernel position (flattened), the fraction of output positions where it reads inside the input.
+
+    A constant input channel reaches a conv's output only through the taps that fall
+    inside the input: at a border, zero padding stands in for the rest. Weighting the
+    kernel by this coverage gives the constant the output receives on average over
+    positions (a bias cannot vary by position). 1 everywhere for linear layers, and
+    where the spatial size is symbolic.
+    """
+    if reader.node.op != "conv" or not kernel:
+        return torch.ones(1, dtype=torch.float64)
+    sizes = reader.activation.shape[2:]
+    attrs = reader.node.attrs
+    per_axis = []
+    for axis, k in enumerate(kernel):
+        n = sizes[axis] if axis < len(sizes) else None
+        try:
+            stride, pad, dilation = (int(attrs[name][axis]) for name in ("stride", "padding", "dilation"))
+        except (KeyError, TypeError, ValueError, IndexError):
+            n = None  # "same"-style padding or missing attributes: assume no border
+        if not isinstance(n, int):
+            per_axis.append(torch.ones(k, dtype=torch.float64))
+            continue
+        starts = np.arange(0, n + 2 * pad - dilation * (k - 1), stride) - pad  # first input index of each output
+        reads = starts[:, None] + dilation * np.arange(k)[None, :]
+        per_axis.append(torch.as_tensor(((reads >= 0) & (reads < n)).mean(0), dtype=torch.float64))
+    coverage = per_axis[0]
+    for more in per_axis[1:]:
+        coverage = (coverage[:, None] * more[None, :]).reshape(-1)
+    return coverage
 
 
 def _add_constant(node: Node, shift: torch.Tensor) -> str:
     """Add `shift` to the node's output channels without adding a parameter; why not, or ""."""
     bias = node.inputs[2] if node.op in ("conv", "linear") and len(node.inputs) > 2 else None
     if bias is not None and bias.is_weight:
-        bias.set_data((bias.data.double() + shift).to(bias.data.dtype).contiguous())
+        _add(bias, shift)
         return ""
     norm = _single_user(node.outputs[0])
     if norm is not None and norm.op == "batch_norm" and norm.inputs[0] is node.outputs[0] \
             and norm.inputs[3] is not None and norm.inputs[3].is_weight:
         running_mean = norm.inputs[3]  # BN(x + s) with mean m is BN(x) with mean m - s
-        running_mean.set_data((running_mean.data.double() - shift).to(running_mean.data.dtype).contiguous())
+        _add(running_mean, -shift)
         return ""
     return "no bias and no BatchNorm after it to take the constant"
+
+
+def _f64(value: Value) -> torch.Tensor:
+    """A weight's data as float64 on the CPU: the fits are small, and exact enough there whatever the model's dtype."""
+    return value.data.detach().to("cpu", torch.float64)
+
+
+def _add(value: Value, delta: torch.Tensor) -> None:
+    value.set_data((_f64(value) + delta).to(value.data.device, value.data.dtype).contiguous())
