@@ -1,7 +1,7 @@
 """Structured pruning (`prune` pass) and its importance criteria."""
 
-from .datafree import RecoveryReport, recover_data_free
 from .criteria import CRITERIA, get_criterion, register_criterion
+from .datafree import RecoveryReport, recover_data_free
 from .prune_pass import GroupDecision, Prune, PruneReport
 from .recipe import PruneRecipe, PruneStep, RecipeError, apply_recipe, structure_hash
 from .reconstruct import ReconstructionReport, reconstruct

@@ -39,8 +39,8 @@ from graphopt import __version__
 
 from .budget import BudgetSolver
 from .criteria import CriterionContext, checked_scores, get_criterion
-from .recipe import PruneRecipe, PruneStep, anchor_of, structure_hash
 from .datafree import RecoveryReport, recover_data_free
+from .recipe import PruneRecipe, PruneStep, anchor_of, structure_hash
 from .reconstruct import ReconstructionReport, reconstruct
 from .safety import Plan, SafetyNet, SafetyReport, removal_failure
 from .widths import Widths
@@ -137,7 +137,7 @@ class Prune(Pass):
     heads: bool = option(True, "attention: remove whole heads (True) or the same head_dim positions of every head (False)")
     reconstruct: bool = option(False, "refit the layers reading pruned channels by least squares on calibration data")
     damp: float = option(0.01, "reconstruct, recover: ridge term, relative to the mean diagonal of X^T X (or of "
-                               "the kept filters' Gram matrix)")
+                               "the kept channels' modelled covariance)")
     recover: Literal["data-free"] | None = option(None, "data-free: fold each removed channel into the kept ones of "
                                                         "the layers reading it, from the weights alone (no data)")
     safety: bool = option(True, "check the pruned graph on the example inputs (it runs; exact groups equal masking) "
