@@ -182,3 +182,17 @@ def test_a_constant_reaches_a_padded_conv_through_the_taps_inside_the_input():
     ones = torch.ones(1, 2, 4, 4, dtype=torch.float64)
     out = torch.nn.functional.conv2d(ones, weight, padding=1).mean((0, 2, 3))
     torch.testing.assert_close(out, weight.reshape(3, 2, 9).sum(1) @ coverage)
+
+
+def test_a_nonlinearity_without_statistics_is_left_alone_and_said_so():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(5, 8)
+    options = {"ratio": 0.5, "round_to": 1}
+    plain = graphopt.optimize(copy.deepcopy(model), (x,), prune=options)
+    recovered = graphopt.optimize(copy.deepcopy(model), (x,), prune={**options, "recover": "data-free"})
+
+    report = recovered.report.prune[0].reconstruction
+    assert report.groups == 0 and len(report.skipped) == 1
+    assert "no statistics for the input of relu" in report.skipped[0]
+    torch.testing.assert_close(recovered(x), plain(x), rtol=0, atol=0)  # exactly what plain pruning gives

@@ -175,8 +175,11 @@ def _path(graph: Graph, group: ChannelGroup, by_reader: dict[int, Reader]) -> _P
                     "(heads or conv groups)")
 
     value, norm, activation = producer.outputs[0], None, None
+    channel_axis = 1 if producer.op == "conv" else value.rank - 1
     nxt = _single_user(value)
     if nxt is not None and nxt.op == "batch_norm" and nxt.inputs[0] is value:
+        if channel_axis != 1:  # a BatchNorm1d over a (batch, tokens, channels) linear output normalises tokens
+            raise _Skip(f"batch_norm %{nxt.name} normalises axis 1, not the channels of %{producer.name}")
         norm, value = nxt, nxt.outputs[0]
         nxt = _single_user(value)
     if nxt is not None and (nxt.op in _ACTIVATIONS or nxt.op in _IDENTITY) and nxt.inputs[0] is value:
@@ -192,7 +195,6 @@ def _path(graph: Graph, group: ChannelGroup, by_reader: dict[int, Reader]) -> _P
 
     if value.is_graph_output():
         raise _Skip(f"%{value.name} is a graph output")
-    channel_axis = 1 if producer.op == "conv" else value.rank - 1
     found = []
     for user in value.users:
         reader = by_reader.get(id(user))
