@@ -122,12 +122,13 @@ def recover_data_free(original: Graph, pruned: Graph, plan: Sequence[tuple[Chann
     """
     report = RecoveryReport()
     by_reader = {id(r.node): r for r in readers(original)}
+    values = {v.name: v for v in original.all_values()}
     kept_inputs = {(space.value.name, space.axes[0]): np.flatnonzero(~np.isin(labels, channels))
                    for group, channels in plan for space, labels in group.weights() if len(space.axes) == 1}
     for group, channels in plan:
         removed = np.unique(np.asarray(channels, dtype=np.int64))
         try:
-            path = _path(original, group, by_reader)
+            path = _path(values, group, by_reader)
             coefficients, offsets, explained = _fit(path, removed, damp, kept_inputs)
         except _Skip as why:
             report.skipped.append(f"group {group.id}: {why}")
@@ -150,9 +151,9 @@ def recover_data_free(original: Graph, pruned: Graph, plan: Sequence[tuple[Chann
 
 
 # ------------------------------------------------------------------ the path from producer to readers
-def _path(graph: Graph, group: ChannelGroup, by_reader: dict[int, Reader]) -> _Path:
-    """The single layer writing the group's channels and the layers reading them, or `_Skip`."""
-    values = {v.name: v for v in graph.all_values()}
+def _path(values: dict[str, Value], group: ChannelGroup, by_reader: dict[int, Reader]) -> _Path:
+    """The single layer writing the group's channels and the layers reading them (in the graph `values`
+    name), or `_Skip`."""
     layers: dict[int, tuple[Node, np.ndarray]] = {}
     others: list[tuple[Value, Node | None]] = []  # producer tensors that are not a layer's weight
     for space, labels in group.producers():
@@ -289,7 +290,8 @@ def _fit(path: _Path, removed: np.ndarray, damp: float,
     a = linear_k + torch.diag((v_k - torch.diagonal(linear_k)).clamp_min(0.0))
     a += (damp * float(torch.diagonal(a).mean()) + 1e-30) * torch.eye(a.shape[0], dtype=a.dtype)
     b = (f_k @ f_r.T) * d_k[:, None] * d_r[None, :]
-    c = torch.linalg.solve(a, b).T  # (removed, kept)
+    factor, info = torch.linalg.cholesky_ex(a)  # symmetric positive definite: half the cost of a general solve
+    c = (torch.cholesky_solve(b, factor) if int(info) == 0 else torch.linalg.solve(a, b)).T  # (removed, kept)
     e = e_r - c @ e_k
     total = float(v_r.sum())
     residual = total - float((c * b.T).sum())  # the model's variance of f(y_r) the kept channels do not explain
