@@ -196,3 +196,15 @@ def test_a_nonlinearity_without_statistics_is_left_alone_and_said_so():
     assert report.groups == 0 and len(report.skipped) == 1
     assert "no statistics for the input of relu" in report.skipped[0]
     torch.testing.assert_close(recovered(x), plain(x), rtol=0, atol=0)  # exactly what plain pruning gives
+
+
+def test_it_runs_with_no_inputs_at_all_and_in_steps():
+    model, inputs = models_zoo.get("vit", "tiny")
+    graph = graphopt.trace(model, inputs)
+    pipeline = graphopt.PassManager.parse("simplify,prune{ratio=0.25,recover=data-free}")
+    with pytest.warns(UserWarning, match="safety net skipped"):  # nothing to check the result on: said so
+        pruned, report = pipeline.run(graph)  # no example inputs, no calibration data
+    assert report.stats("prune")[0].reconstruction.groups == 2
+
+    stepped = graphopt.optimize(model, inputs, prune={"ratio": 0.5, "recover": "data-free"}, steps=2)
+    assert [r.reconstruction.groups for r in stepped.report.prune] == [2, 2]
