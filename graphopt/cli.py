@@ -444,6 +444,9 @@ def _calibration_tensors(batches: list[list], inputs: tuple, path: str) -> list[
 # ============================================================================ the report as JSON
 def report_json(report) -> dict:
     """The OptimizeReport's fields as JSON-ready data (built from the fields, not from its text)."""
+    from graphopt.passes.prune.datafree import RecoveryReport
+    from graphopt.passes.prune.reconstruct import ReconstructionReport
+
     passes = [{"pass": r.path, "options": r.pass_text, "seconds": r.seconds, "modified": r.modified,
                "nodes_before": r.nodes_before, "nodes_after": r.nodes_after}
               for r in getattr(report.passes, "records", [])]
@@ -462,7 +465,9 @@ def report_json(report) -> dict:
                    "why": list(r.why), "groups_pruned": len(r.decisions),
                    "params_before": r.params_before, "params_after": r.params_after,
                    "macs_before": r.macs_before, "macs_after": r.macs_after,
-                   "reconstructed": r.reconstruction is not None, "seconds": r.seconds} for r in report.prune],
+                   "reconstructed": isinstance(r.reconstruction, ReconstructionReport),
+                   "recovered_data_free": isinstance(r.reconstruction, RecoveryReport),
+                   "seconds": r.seconds} for r in report.prune],
         "drop": [{"metric": r.metric, "granularity": r.granularity, "dropped": list(r.dropped),
                   "params_before": r.params_before, "params_after": r.params_after,
                   "macs_before": r.macs_before, "macs_after": r.macs_after, "message": r.message,

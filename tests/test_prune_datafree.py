@@ -145,6 +145,10 @@ def test_the_recipe_rebuilds_the_recovered_model():
         rebuilt.load_state_dict(torch.load(os.path.join(folder, "weights.pt"), weights_only=True))
     torch.testing.assert_close(rebuilt(*inputs), trained(*inputs), rtol=0, atol=0)
     torch.testing.assert_close(result(*inputs), trained(*inputs), rtol=1e-4, atol=1e-5)
+    from graphopt.cli import report_json
+
+    [entry] = report_json(result.report)["prune"]
+    assert entry["recovered_data_free"] and not entry["reconstructed"]  # the CLI's JSON says which one ran
 
 
 @pytest.mark.parametrize("op, attrs, fn", [("relu", {}, torch.relu), ("gelu", {"approximate": "none"},
