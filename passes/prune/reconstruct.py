@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from graphopt.errors import GraphoptError
-from graphopt.ir.graph import Graph
+from graphopt.ir import dims as D
+from graphopt.ir.graph import Graph, Node
 from graphopt.ir.interpreter import GraphInterpreter
 
 from .activations import Reader, readers
@@ -135,11 +136,18 @@ def _targets(reader: Reader, y: torch.Tensor, kept: np.ndarray | None) -> torch.
     return y.reshape(-1, y.shape[-1])
 
 
-def _why_not(reader: Reader) -> str | None:
+def _why_not(reader: Reader, before: Node) -> str | None:
+    """Why `reader` (in the pruned graph; `before`: the same node in the original) cannot be refitted."""
     if reader.node.op == "conv" and reader.weight.rank != 4:
         return "only 2-D convolutions are refitted"
     if len(reader.weight.users) > 1:
         return "its weight is shared with other layers"
+    channel = 1 if reader.node.op == "conv" else -1
+    new, old = list(reader.node.outputs[0].shape), list(before.outputs[0].shape)
+    if len(new) != len(old) or not all(D.dims_equal(a, b) for a, b in zip(new[:channel] + new[channel:][1:],
+                                                                              old[:channel] + old[channel:][1:])):
+        # MLP-Mixer's token mixing: a linear over tokens whose rows are the pruned channels
+        return "a pruned group runs along its rows (its outputs no longer match the original's row for row)"
     return None
 
 
@@ -158,11 +166,12 @@ def reconstruct(original: Graph, pruned: Graph, batches: Sequence[Sequence[torch
         raise GraphoptError("reconstruct: the pruned graph's nodes differ from the original's; "
                             "reconstruction must run right after channel removal")
     targets: dict[int, Reader] = {}
+    originals = {n.name: n for n in before_nodes}
     for reader in readers(pruned):
         full = original.weights[reader.weight.name].shape[reader.weight_axis]
         if reader.weight.shape[reader.weight_axis] == full:
             continue  # no input channel removed: the layer's own fit is unchanged
-        why = _why_not(reader)
+        why = _why_not(reader, originals[reader.node.name])
         if why:
             report.skipped.append(f"{reader.node.name}: {why}")
         else:
