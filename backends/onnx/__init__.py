@@ -19,6 +19,7 @@ from graphopt.backends.onnx.export import DEFAULT_OPSET, LoweredModel, export, l
 from graphopt.backends.onnx import lowerings as _lowerings  # noqa: F401 - attaches the built-in lowerings
 from graphopt.backends.onnx.lowering import LOWERINGS, register_lowering
 from graphopt.backends.onnx.compare import Difference, first_difference
+from graphopt.backends.onnx import latency as _latency  # noqa: F401 - registers the latency runner "onnx"
 
 __all__ = [
     "DEFAULT_OPSET", "export", "to_onnx", "lower", "LoweredModel", "save_atomic",

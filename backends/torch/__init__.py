@@ -21,6 +21,7 @@ from graphopt.errors import GraphoptError
 from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph, Node, Value
 from graphopt.ir.interpreter import output_spec, torch_kernel
+from graphopt.timing import register_graph_runner
 from graphopt.ir.ops import CREATION, TRAINING_AWARE, has_trait
 from graphopt.backends.torch.fake_quant import dequantized, fake_quantize, fused_pair, requantized, shadowed_weights
 from graphopt.backends.torch.kernels import KERNELS, register_kernel
@@ -213,3 +214,23 @@ def load_weights(graph: Graph, module: torch.nn.Module) -> Graph:
 def _class_name(name: str) -> str:
     cleaned = "".join(c if c.isalnum() else "_" for c in name)
     return cleaned if cleaned and cleaned[0].isalpha() else f"Graph_{cleaned}"
+
+
+def eager_runner(graph: Graph, inputs: tuple, threads: int):
+    """A call that runs `graph` once on `inputs` as a torch eager module with `threads` intra-op threads
+    (the latency runner "torch" of `graphopt.timing`; the process's own thread count is restored after)."""
+    module = to_module(graph).eval()
+
+    def call() -> Any:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                return module(*inputs)
+        finally:
+            torch.set_num_threads(before)
+
+    return call
+
+
+register_graph_runner("torch", eager_runner)

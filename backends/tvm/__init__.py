@@ -26,6 +26,7 @@ from typing import Any
 from graphopt.backends.tvm import artifact as _artifact
 from graphopt.backends.tvm.artifact import LoadedModel, default_runtime_threads, load
 from graphopt.errors import GraphoptError
+from graphopt.timing import register_graph_runner
 
 
 class ArtifactError(_artifact.ArtifactError, GraphoptError):
@@ -72,3 +73,22 @@ __all__ = [
 ]
 
 default_runtime_threads()
+
+
+def _latency_runner(graph: Any, inputs: tuple, threads: int) -> Any:
+    """The latency runner "tvm" of `graphopt.timing`: `graph` built on TVM's default schedules (applying what
+    the tuning database already holds; no tuning), NHWC for convolutions as `optimize` builds it. TVM's
+    thread count is the process's (TVM_NUM_THREADS), not `threads`."""
+    import warnings
+
+    from graphopt.backends.tvm.module import UntunedWarning, compile as tvm_compile
+
+    convolutional = any(n.op == "conv" and n.inputs[1].rank == 4 for n in graph.nodes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntunedWarning)
+        module = tvm_compile(graph, example_inputs=inputs, pipeline=None, progress=False,
+                             layout="NHWC" if convolutional else None)
+    return lambda: module(*inputs)
+
+
+register_graph_runner("tvm", _latency_runner)
