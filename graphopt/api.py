@@ -258,10 +258,12 @@ def load_torch_artifact(directory: str | os.PathLike, manifest: Mapping[str, Any
     return OptimizedModel(graph, report, to_module(graph), trainable)
 
 
-def _prune_steps(prune: float | Mapping[str, Any], steps: int) -> list[Any]:
+def _prune_steps(prune: float | Mapping[str, Any], steps: int, backend: str = "torch") -> list[Any]:
     """The Prune pass of each step: `steps` equal steps that compound to the requested amount.
 
-    Building the passes validates their options, so a bad value fails here, before tracing.
+    Building the passes validates their options, so a bad value fails here, before tracing. A latency
+    budget is measured on `backend` (optimize's) unless `latency_backend` says otherwise; that back-end
+    is imported here, which registers its latency runner (the pass looks it up by name).
     """
     from graphopt.passes.prune import Prune
 
@@ -273,11 +275,15 @@ def _prune_steps(prune: float | Mapping[str, Any], steps: int) -> list[Any]:
         raise GraphoptError(f"prune must be a ratio or a dict of Prune options, not {type(prune).__name__}")
     if not isinstance(steps, int) or steps < 1:
         raise GraphoptError(f"steps must be a positive integer, not {steps!r}")
+    if options.get("target_latency") is not None and options.get("latency_backend") is None:
+        options["latency_backend"] = backend
     single = Prune(**options)  # the options as the user gave them: their errors name what the user wrote
+    if single.target_latency is not None:
+        _import_latency_backend(single.latency_backend)
     if steps == 1:
         return [single]
     # keep (1 - ratio) overall: keep (1 - ratio) ** (1 / steps) at each step (or the target's root)
-    targets = [key for key in ("target_macs", "target_params") if options.get(key) is not None]
+    targets = [key for key in ("target_macs", "target_params", "target_latency") if options.get(key) is not None]
     for key in targets:
         options[key] = options[key] ** (1.0 / steps)
     if not targets:
@@ -304,6 +310,21 @@ def _reaimed(step: Any, count: int, index: int, kept: dict[str, float]) -> Any:
     rest = (total / kept[key]) ** (1.0 / (count - index))
     given = {k: v for k, v in options.items() if k in step._given}
     return Prune(**{**given, key: min(1.0, rest)})
+
+
+def _import_latency_backend(name: str) -> None:
+    """Import back-end `name` so that its latency runner is registered; a missing dependency is named now."""
+    import importlib
+
+    if name in ("onnx", "torch", "tvm"):
+        try:
+            importlib.import_module(f"graphopt.backends.{name}")
+            if name in ("onnx", "tvm"):  # the table of backend="tvm" is measured on ONNX Runtime
+                importlib.import_module("graphopt.backends.onnx")
+                importlib.import_module("onnxruntime")
+        except ImportError as exc:
+            raise GraphoptError(f"prune: target_latency on {name!r} needs {exc.name} ({exc}); pip install "
+                                f"graphopt[{'onnx' if name != 'tvm' else 'tvm,onnx'}]") from None
 
 
 def _drop_pass(drop_layers: int | float | Mapping[str, Any], recipe: Any) -> Any:
@@ -479,7 +500,7 @@ def optimize(
     _check_arguments(prune, recipe, finetune, backend, tune)
     _check_passes(passes, prune=prune, drop_layers=drop_layers, quantize=quantize, recipe=recipe)
     inputs = _example_tuple(example_inputs) if example_inputs is not None or not onnx_model else None
-    prune_passes = _prune_steps(prune, steps) if prune is not None else []
+    prune_passes = _prune_steps(prune, steps, backend) if prune is not None else []
     drop_pass = _drop_pass(drop_layers, recipe) if drop_layers is not None else None
     quantize_pass = _quantize_pass(quantize) if quantize is not None else None
     if onnx_model:

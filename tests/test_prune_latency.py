@@ -131,17 +131,13 @@ def test_bad_options_are_rejected(options, match):
         Prune(**options)
 
 
-def test_optimize_measures_on_its_own_backend_by_default(cnn, monkeypatch):
-    seen = []
-    from graphopt import api
+def test_optimize_measures_on_its_own_backend_by_default():
+    from graphopt.api import _prune_steps
 
-    real = api._prune_steps
-    monkeypatch.setattr(api, "_prune_steps", lambda *a, **k: seen.extend(real(*a, **k)) or seen)
-    model, inputs = cnn
-    with pytest.raises(Exception):
-        graphopt.optimize(model, inputs, prune={"target_latency": 0.5, "latency_max_measurements": 0},
-                          backend="onnx")
-    assert seen and seen[0].latency_backend == "onnx"
+    assert _prune_steps({"target_latency": 0.5}, 1, "torch")[0].latency_backend == "torch"
+    assert _prune_steps({"target_latency": 0.5, "latency_backend": "torch"}, 1, "onnx")[0].latency_backend == "torch"
+    two = _prune_steps({"target_latency": 0.25}, 2, "onnx")
+    assert [p.target_latency for p in two] == [0.5, 0.5] and two[0].latency_backend == "onnx"
 
 
 def test_the_grid_interpolates_linearly_and_extrapolates():

@@ -203,3 +203,131 @@ def _measurer_for(backend: str, threads: int) -> Measurer:
     if backend in MEASURERS:
         return MEASURERS[backend](threads)
     return backend_measurer(backend, threads)
+
+
+@dataclass
+class LatencySolution:
+    """Units each group keeps, the uniform ratio equivalent (0: none), the measured fraction, why, and the report."""
+
+    keeps: dict[int, int]
+    ratio: float
+    achieved: float
+    why: list[str]
+    report: LatencyReport
+
+
+class LatencySolver:
+    """Widths per group that keep `fraction` of the graph's measured latency on `backend`, within LATENCY_TOLERANCE.
+
+    The prune pass's other budget solver (passes/prune/budget.py `BudgetSolver` for MACs and params), with
+    the same `solve`; the widths stay on the pass's steps (`widths`, the `round_to` policy), and each group
+    keeps at least `min_keep` of its units (rounded up to its step), as in global scope: a latency budget
+    ranks steps across groups.
+    """
+
+    metric = "latency"
+
+    def __init__(self, widths: Any, fraction: float, *, backend: str, threads: int, batch: int,
+                 cache_dir: str | None, max_measurements: int, example_inputs: Sequence[Any] | None) -> None:
+        self.widths, self.fraction = widths, fraction
+        self.backend, self.threads, self.batch = backend, threads, batch
+        self.cache_dir, self.max_measurements, self.example_inputs = cache_dir, max_measurements, example_inputs
+
+    @property
+    def target(self) -> str:
+        """The budget as the report states it: "latency 50% on onnx"."""
+        return f"latency {self.fraction:.0%} on {self.backend}"
+
+    def floor(self, group: ChannelGroup) -> int:
+        """`min_keep` of the group's units, rounded up to its step (the whole group when no count fits)."""
+        least = max(1, int(np.ceil(self.widths.min_keep * group.num_units)))
+        per_unit, step = group.unit_size * group.width, self.widths.step(group)
+        return next((c for c in range(least, group.num_units + 1) if (c * per_unit) % step == 0), group.num_units)
+
+    def solve(self, graph: Graph, groups: list[ChannelGroup], scores: dict[int, np.ndarray],
+              bindings: dict[str, int], blocked: list[ChannelGroup]) -> LatencySolution:
+        """Allocate on the cost model, prune a copy, measure it against the dense graph; re-aim by
+        target / measured until within LATENCY_TOLERANCE (at most LATENCY_ATTEMPTS allocations).
+
+        Raises GraphoptError when the target is not met: every group at its floor is still slower, or the
+        re-aimed allocations all missed (the message gives the nearest measured fraction).
+        """
+        from .safety import removed_where_possible
+
+        budget = LatencyBudget(graph, groups, bindings, self.example_inputs, backend=self.backend,
+                               threads=self.threads, batch=self.batch, cache_dir=self.cache_dir,
+                               max_measurements=self.max_measurements)
+        masks: dict[tuple[int, int], np.ndarray] = {}
+        fits: dict[int, list[int]] = {}
+
+        def mask(group: ChannelGroup, n_keep: int) -> np.ndarray:
+            found = masks.get((group.id, n_keep))
+            if found is None:
+                found = np.zeros(group.num_channels, dtype=bool)
+                found[self.widths.removed(group, scores[group.id], n_keep)] = True
+                masks[(group.id, n_keep)] = found
+            return found
+
+        def next_down(group: ChannelGroup, n_keep: int) -> int | None:
+            if group.id not in fits:
+                per_unit, step = group.unit_size * group.width, self.widths.step(group)
+                fits[group.id] = [c for c in range(1, group.num_units) if (c * per_unit) % step == 0]
+            below = [c for c in fits[group.id] if c < n_keep]
+            return below[-1] if below else None
+
+        floor = {g.id: self.floor(g) for g in groups}
+        fraction, aim = self.fraction, self.fraction
+        tried: list[tuple[float, dict[int, int], float, Timing, Timing]] = []
+        unsound: set[int] = set()
+        for attempt in range(LATENCY_ATTEMPTS):
+            keeps = budget.allocate(groups, scores, aim, floor=floor, next_down=next_down, mask=mask)
+            predicted = budget.model.total / budget.model.before
+            trial = removed_where_possible(graph, self.widths.plan(groups, scores, keeps), unsound)
+            dense, pruned = budget.check(graph, trial)
+            measured = pruned.median / dense.median
+            tried.append((measured, keeps, predicted, dense, pruned))
+            at_floor = all(keeps[g.id] <= floor[g.id] for g in groups)
+            if abs(measured / fraction - 1) <= LATENCY_TOLERANCE or (at_floor and measured > fraction):
+                break
+            aim = min(1.0, aim * fraction / measured)
+        measured, keeps, predicted, dense, pruned = min(tried, key=lambda t: abs(t[0] / fraction - 1))
+        noise = max(dense.spread, pruned.spread)
+        report = LatencyReport(self.backend, self.threads, self.batch, fraction, dense.median, pruned.median,
+                               predicted, noise, budget.table.spread, len(tried),
+                               budget.table.measured + budget.table.cached, budget.table.measured, budget.table.seconds,
+                               str(budget.cache.path) if budget.cache is not None else "none",
+                               history=[(t[2], t[0]) for t in tried])
+        report.why = self._why(budget, report, groups, keeps, floor)
+        if abs(measured / fraction - 1) > LATENCY_TOLERANCE:
+            at_floor = all(keeps[g.id] <= floor[g.id] for g in groups)
+            reason = (f"with every prunable group at its floor (min_keep={self.widths.min_keep}, on its step) the "
+                      f"measured latency is {measured:.1%} of the dense graph's" if at_floor and measured > fraction
+                      else f"the nearest of {len(tried)} allocation(s) measured {measured:.1%} (predicted "
+                           f"{predicted:.1%}; measurement noise {noise:.1%})")
+            raise GraphoptError(f"prune: target_latency={fraction} on {self.backend} cannot be met within "
+                                f"{LATENCY_TOLERANCE:.0%}: {reason}; ask for {measured:.2f}, or give target_macs"
+                                + (f"; {len(blocked)} group(s) are not prunable" if blocked else ""))
+        return LatencySolution(keeps, 0.0, measured, report.why, report)
+
+    def _why(self, budget: LatencyBudget, report: LatencyReport, groups: list[ChannelGroup],
+             keeps: dict[int, int], floor: dict[int, int]) -> list[str]:
+        """Why predicted and measured differ, and what the widths were bound by."""
+        model = budget.model
+        notes = [f"the table times each of {len(budget.signatures)} dense nodes alone ({len(budget.table.grids)} "
+                 f"distinct); the rest of the dense graph's {model.measured * 1e3:.2f} ms ("
+                 f"{model.rest * 1e3:+.2f} ms, {model.rest / model.measured:+.0%}: other nodes, fusions, caches, "
+                 f"call overhead) is scaled by the elements the other nodes write"]
+        if report.attempts > 1:
+            steps = ", ".join(f"{p:.1%} -> {m:.1%}" for p, m in report.history)
+            notes.append(f"re-aimed by target / measured: predicted -> measured per allocation: {steps}")
+        if report.noise > LATENCY_TOLERANCE / 2:
+            notes.append(f"the check's timings spread by {report.noise:.0%} (interquartile range over median): "
+                         "a loaded machine; measure again when it is idle")
+        if self.backend == "tvm":
+            notes.append("the table is measured on ONNX Runtime (a TVM build per grid point takes seconds); "
+                         "the dense and pruned graphs are measured on TVM, default schedules")
+        at_floor = [g.id for g in groups if keeps[g.id] <= floor[g.id] < g.num_units]
+        if at_floor:
+            notes.append(f"{len(at_floor)} group(s) at their floor: {', '.join(map(str, at_floor[:8]))}"
+                         + (" ..." if len(at_floor) > 8 else ""))
+        return notes
