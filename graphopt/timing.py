@@ -41,11 +41,11 @@ def median_seconds(fn: Callable[..., Any], *args: Any, repeat: int = 5, warmup: 
     return interleaved_timings([lambda: fn(*args)], repeat, warmup)[0].median
 
 
-def interleaved_timings(calls: Sequence[Callable[[], Any]], runs: int = 20, warmup: int = 2) -> list[Timing]:
-    """The `Timing` of each of `calls`, timed in one loop, one call of each in turn.
+def interleaved_samples(calls: Sequence[Callable[[], Any]], runs: int = 20, warmup: int = 2) -> list[list[float]]:
+    """Wall times (seconds) of each of `calls` over `runs` rounds, one call of each in turn per round.
 
     Comparing models side by side this way puts a shared machine's load on all of them alike,
-    so their ratios hold where single timings would not.
+    so their ratios hold where single timings would not (round i of every call ran under the same load).
     """
     for _ in range(warmup):
         for call in calls:
@@ -56,7 +56,12 @@ def interleaved_timings(calls: Sequence[Callable[[], Any]], runs: int = 20, warm
             start = time.perf_counter()
             call()
             times[index].append(time.perf_counter() - start)
-    return [Timing.of(t) for t in times]
+    return times
+
+
+def interleaved_timings(calls: Sequence[Callable[[], Any]], runs: int = 20, warmup: int = 2) -> list[Timing]:
+    """The `Timing` of each of `calls`, timed in one loop, one call of each in turn (`interleaved_samples`)."""
+    return [Timing.of(t) for t in interleaved_samples(calls, runs, warmup)]
 
 
 def interleaved_medians(calls: Sequence[Callable[[], Any]], runs: int = 20, warmup: int = 2) -> list[float]:

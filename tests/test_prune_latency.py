@@ -188,3 +188,12 @@ def test_a_table_measured_on_onnx_runtime(cnn, tmp_path):
         assert full > 0 and low >= 0
     again = build_table(sigs, backend_measurer("onnx", 1), LatencyCache(tmp_path, "onnx", threads=1), progress=False)
     assert again.measured == 0 and again.grids.keys() == table.grids.keys()
+
+
+def test_reaiming_follows_the_measurements():
+    from graphopt.passes.prune.latency import _reaimed
+
+    assert _reaimed([0.5], [0.6], 0.5) == pytest.approx(0.5 * 0.5 / 0.6)
+    assert _reaimed([0.5, 0.4], [0.6, 0.55], 0.5) == pytest.approx(0.3)  # the secant through both
+    assert _reaimed([0.5, 0.4], [0.6, 0.65], 0.5) == pytest.approx(0.4 * 0.5 / 0.65)  # not rising: scaled
+    assert _reaimed([0.9], [0.1], 0.5) == 1.0

@@ -11,8 +11,9 @@
    scores over the group's mean instead, as `scope="global"` ranks units, ResNet-50 with random
    weights lost whole residual streams down to 16 channels).
 3. Check (done by the pass, which owns removal): the pruned graph is measured against the dense one,
-   timed in alternation; off the target by more than LATENCY_TOLERANCE, the goal is re-aimed by
-   target / measured and allocated again, a bounded number of times.
+   timed in alternation; off the target by more than LATENCY_TOLERANCE, the goal is re-aimed (by
+   target / measured, then by the secant through the last two aims and measurements) and allocated
+   again, at most LATENCY_ATTEMPTS times.
 
 Back-ends are looked up by name (`graphopt.timing.GRAPH_RUNNERS`, filled when a back-end is
 imported); `register_measurer` replaces real timing by a function of the graph (tests, simulators).
@@ -32,7 +33,7 @@ import torch
 from graphopt.analysis.channels import ChannelGroup
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
-from graphopt.timing import GRAPH_RUNNERS, Timing, graph_runner, interleaved_timings
+from graphopt.timing import GRAPH_RUNNERS, Timing, graph_runner, interleaved_samples, interleaved_timings
 
 from .latency_model import LatencyModel, latency_signatures
 from .latency_table import LatencyCache, LatencyTable, Measurer, backend_measurer, build_table
@@ -41,6 +42,7 @@ LATENCY_TOLERANCE = 0.10  # the measured latency lands within this of the target
 LATENCY_ATTEMPTS = 4  # allocations (and measurements of the pruned graph) at most
 KNOWN_BACKENDS = ("onnx", "torch", "tvm")
 CHECK_RUNS = 20  # alternating runs of the dense and pruned graphs per check
+CHECK_ROUNDS = 3  # more runs while the ratio is noisy: at most this many times CHECK_RUNS
 
 # name -> (threads -> Measurer): graphs timed by a function instead of a back-end (deterministic tests)
 MEASURERS: dict[str, Callable[[int], Measurer]] = {}
@@ -66,7 +68,8 @@ class LatencyReport:
     dense_seconds: float  # measured, in the final check
     pruned_seconds: float  # measured, in the final check
     predicted: float  # the cost model's fraction for the final widths
-    noise: float  # the largest spread (IQR / median) of the final check's two timings
+    measured: float  # pruned / dense, the median of the final check's rounds
+    noise: float  # the spread (interquartile range over median) of those rounds' ratios
     table_noise: float  # the largest spread of the table's points
     attempts: int
     table_points: int
@@ -76,10 +79,6 @@ class LatencyReport:
     history: list[tuple[float, float]] = field(default_factory=list)  # (predicted, measured) per attempt
     why: list[str] = field(default_factory=list)
 
-    @property
-    def measured(self) -> float:
-        return self.pruned_seconds / self.dense_seconds
-
     def summary(self) -> str:
         lines = [f"latency on {self.backend} (batch {self.batch}, {self.threads} thread(s)): asked "
                  f"{self.asked:.0%}, predicted {self.predicted:.1%}, measured {self.measured:.1%} "
@@ -87,7 +86,6 @@ class LatencyReport:
                  f"{self.noise:.1%}) after {self.attempts} allocation(s); table: {self.table_points} points, "
                  f"{self.table_measured} measured in {self.table_seconds:.1f} s, point noise up to "
                  f"{self.table_noise:.1%}, cache {self.cache}"]
-        lines += [f"    latency: {w}" for w in self.why]
         return "\n".join(lines)
 
 
@@ -137,14 +135,26 @@ class LatencyBudget:
             return self.measure(graph, self.inputs)
         return interleaved_timings([graph_runner(self.backend)(graph, self.inputs, self.threads)], CHECK_RUNS, 3)[0]
 
-    def check(self, dense: Graph, pruned: Graph) -> tuple[Timing, Timing]:
-        """The dense and pruned graphs' timings, measured in alternation (a function of the graph: one each)."""
+    def check(self, dense: Graph, pruned: Graph) -> tuple[Timing, Timing, Timing]:
+        """The dense and pruned graphs' timings and the pruned / dense ratio, timed in alternation.
+
+        The ratio is the median of the rounds' own ratios (the two runs of a round share the machine's
+        load); while its spread is over half the tolerance, CHECK_RUNS more rounds are added (at most
+        CHECK_ROUNDS in all). A measurer that is a function of the graph times each once.
+        """
         if self.backend in MEASURERS:
-            return self.measure(dense, self.inputs), self.measure(pruned, self.inputs)
+            d, p = self.measure(dense, self.inputs), self.measure(pruned, self.inputs)
+            return d, p, Timing(p.median / d.median, 0.0, 1)
         runner = graph_runner(self.backend)
         calls = [runner(dense, self.inputs, self.threads), runner(pruned, self.inputs, self.threads)]
-        first, second = interleaved_timings(calls, CHECK_RUNS, warmup=3)
-        return first, second
+        times: list[list[float]] = [[], []]
+        for round_index in range(CHECK_ROUNDS):
+            more = interleaved_samples(calls, CHECK_RUNS, warmup=3 if round_index == 0 else 0)
+            times = [times[0] + more[0], times[1] + more[1]]
+            ratio = Timing.of([p / d for d, p in zip(*times)])
+            if ratio.spread <= LATENCY_TOLERANCE / 2:
+                break
+        return Timing.of(times[0]), Timing.of(times[1]), ratio
 
     def allocate(self, groups: Sequence[ChannelGroup], scores: dict[int, np.ndarray], fraction: float, *,
                  floor: dict[int, int], next_down: Callable[[ChannelGroup, int], int | None],
@@ -199,6 +209,17 @@ class LatencyBudget:
         return keeps
 
 
+def _reaimed(aims: list[float], measured: list[float], fraction: float) -> float:
+    """The next goal for the cost model: through the last two (aim, measured) pairs to `fraction` (secant), or
+    scaled by fraction / measured after one pair or when the pairs do not rise together; within (0, 1]."""
+    aim = aims[-1] * fraction / measured[-1]
+    if len(aims) >= 2 and aims[-1] != aims[-2]:
+        slope = (measured[-1] - measured[-2]) / (aims[-1] - aims[-2])
+        if slope > 0:
+            aim = aims[-1] + (fraction - measured[-1]) / slope
+    return min(1.0, max(aim, 0.01))
+
+
 def _measurer_for(backend: str, threads: int) -> Measurer:
     if backend in MEASURERS:
         return MEASURERS[backend](threads)
@@ -246,8 +267,8 @@ class LatencySolver:
 
     def solve(self, graph: Graph, groups: list[ChannelGroup], scores: dict[int, np.ndarray],
               bindings: dict[str, int], blocked: list[ChannelGroup]) -> LatencySolution:
-        """Allocate on the cost model, prune a copy, measure it against the dense graph; re-aim by
-        target / measured until within LATENCY_TOLERANCE (at most LATENCY_ATTEMPTS allocations).
+        """Allocate on the cost model, prune a copy, measure it against the dense graph; re-aim (`_reaimed`)
+        until within LATENCY_TOLERANCE (at most LATENCY_ATTEMPTS allocations).
 
         Raises GraphoptError when the target is not met: every group at its floor is still slower, or the
         re-aimed allocations all missed (the message gives the nearest measured fraction).
@@ -277,23 +298,25 @@ class LatencySolver:
 
         floor = {g.id: self.floor(g) for g in groups}
         fraction, aim = self.fraction, self.fraction
-        tried: list[tuple[float, dict[int, int], float, Timing, Timing]] = []
+        tried: list[tuple[float, dict[int, int], float, Timing, Timing, Timing]] = []
         unsound: set[int] = set()
+        aims: list[float] = []
         for attempt in range(LATENCY_ATTEMPTS):
             keeps = budget.allocate(groups, scores, aim, floor=floor, next_down=next_down, mask=mask)
             predicted = budget.model.total / budget.model.before
             trial = removed_where_possible(graph, self.widths.plan(groups, scores, keeps), unsound)
-            dense, pruned = budget.check(graph, trial)
-            measured = pruned.median / dense.median
-            tried.append((measured, keeps, predicted, dense, pruned))
+            dense, pruned, ratio = budget.check(graph, trial)
+            measured = ratio.median
+            tried.append((measured, keeps, predicted, dense, pruned, ratio))
             at_floor = all(keeps[g.id] <= floor[g.id] for g in groups)
             if abs(measured / fraction - 1) <= LATENCY_TOLERANCE or (at_floor and measured > fraction):
                 break
-            aim = min(1.0, aim * fraction / measured)
-        measured, keeps, predicted, dense, pruned = min(tried, key=lambda t: abs(t[0] / fraction - 1))
-        noise = max(dense.spread, pruned.spread)
+            aims.append(aim)
+            aim = _reaimed(aims, [t[0] for t in tried], fraction)
+        measured, keeps, predicted, dense, pruned, ratio = min(tried, key=lambda t: abs(t[0] / fraction - 1))
+        noise = ratio.spread
         report = LatencyReport(self.backend, self.threads, self.batch, fraction, dense.median, pruned.median,
-                               predicted, noise, budget.table.spread, len(tried),
+                               predicted, measured, noise, budget.table.spread, len(tried),
                                budget.table.measured + budget.table.cached, budget.table.measured, budget.table.seconds,
                                str(budget.cache.path) if budget.cache is not None else "none",
                                history=[(t[2], t[0]) for t in tried])
@@ -319,7 +342,7 @@ class LatencySolver:
                  f"call overhead) is scaled by the elements the other nodes write"]
         if report.attempts > 1:
             steps = ", ".join(f"{p:.1%} -> {m:.1%}" for p, m in report.history)
-            notes.append(f"re-aimed by target / measured: predicted -> measured per allocation: {steps}")
+            notes.append(f"re-aimed on the measurements: predicted -> measured per allocation: {steps}")
         if report.noise > LATENCY_TOLERANCE / 2:
             notes.append(f"the check's timings spread by {report.noise:.0%} (interquartile range over median): "
                          "a loaded machine; measure again when it is idle")
