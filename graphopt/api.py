@@ -297,13 +297,13 @@ def _reaimed(step: Any, count: int, index: int, kept: dict[str, float]) -> Any:
     Each step lands within 5 % of its own target; aimed at the same root every
     time, three steps could miss the total by 15 % (the 48-channel CNN missed
     50 % by 7 %). Aimed at the rest of the total (`kept`: the fraction of MACs
-    and params the steps so far kept), the last step's tolerance is the
+    and params, and the measured latency, the steps so far kept), the last step's tolerance is the
     total's. A ratio step is returned as is.
     """
     from graphopt.passes.prune import Prune
 
     options = step.option_values()
-    key = next((k for k in ("target_macs", "target_params") if options.get(k) is not None), None)
+    key = next((k for k in ("target_macs", "target_params", "target_latency") if options.get(k) is not None), None)
     if key is None or index == 0:
         return step
     total = options[key] ** count  # each step's option is the count-th root of the total
@@ -366,12 +366,14 @@ def _shortcut_stages(run: _Pipeline, graph: Graph, drop_pass: Any, prune_passes:
     trainable = run.stage(STRUCTURAL_STAGE if structural else "canonicalize", graph)
     if drop_pass is not None:  # depth first, then width: pruning ranks the channels of the blocks that stay
         trainable = run.stage(drop_pass, trainable)
-    kept = {"target_macs": 1.0, "target_params": 1.0}
+    kept = {"target_macs": 1.0, "target_params": 1.0, "target_latency": 1.0}
     for index, step in enumerate(prune_passes):
         trainable = run.stage(_reaimed(step, len(prune_passes), index, kept), trainable)
         for stats in run.reports[-1].stats("prune"):
             kept["target_macs"] *= stats.macs_fraction
             kept["target_params"] *= stats.params_fraction
+            if stats.latency is not None:  # as measured on its back-end
+                kept["target_latency"] *= stats.latency.measured
         if finetune is not None:
             _finetune(trainable, finetune, index)
     if recipe is not None:

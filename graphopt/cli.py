@@ -9,6 +9,7 @@ docs/cli.md is the reference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections import Counter
@@ -466,8 +467,9 @@ def report_json(report) -> dict:
                    "params_before": r.params_before, "params_after": r.params_after,
                    "macs_before": r.macs_before, "macs_after": r.macs_after,
                    "reconstructed": isinstance(r.reconstruction, ReconstructionReport),
-                   "recovered_data_free": isinstance(r.reconstruction, RecoveryReport),
-                   "seconds": r.seconds} for r in report.prune],
+                   "recovered_data_free": isinstance(r.reconstruction, RecoveryReport), "seconds": r.seconds,
+                   "latency": dataclasses.asdict(r.latency) if r.latency is not None else None}
+                  for r in report.prune],
         "drop": [{"metric": r.metric, "granularity": r.granularity, "dropped": list(r.dropped),
                   "params_before": r.params_before, "params_after": r.params_after,
                   "macs_before": r.macs_before, "macs_after": r.macs_after, "message": r.message,

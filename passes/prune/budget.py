@@ -63,19 +63,7 @@ class BudgetModel:
                 seen.add(key)
                 self.on_value.setdefault(space.value.name, []).append((g.id, axes, tuple(space.sizes), labels))
         # the items whose cost is counted: dense nodes (MACs) or distinct param weights (params)
-        self.items: list = []
-        if metric == "macs":
-            for node in graph.nodes:
-                rule = mac_rule_for(node.op)
-                if rule is not None:
-                    self.items.append((node, rule))
-        else:
-            counted: set[int] = set()
-            for node in graph.nodes:
-                for value in node.inputs:
-                    if value is not None and value.kind == "param" and id(value) not in counted:
-                        counted.add(id(value))
-                        self.items.append((value, None))
+        self.items: list = self._items(graph, metric)
         self.by_group: dict[int, list[int]] = {g.id: [] for g in groups}
         for i, (item, _) in enumerate(self.items):
             touching = set()
@@ -88,6 +76,24 @@ class BudgetModel:
         self.costs = [self._cost(i, self.state) for i in range(len(self.items))]
         self.before = sum(self.costs)
         self.total = self.before
+
+    def _items(self, graph: Graph, metric: str) -> list:
+        """The (item, rule) pairs whose cost is counted: dense nodes and their MAC rules (MACs), or
+        distinct param weights (params); a subclass counts other costs (latency_model.py: seconds)."""
+        items: list = []
+        if metric == "macs":
+            for node in graph.nodes:
+                rule = mac_rule_for(node.op)
+                if rule is not None:
+                    items.append((node, rule))
+        else:
+            counted: set[int] = set()
+            for node in graph.nodes:
+                for value in node.inputs:
+                    if value is not None and value.kind == "param" and id(value) not in counted:
+                        counted.add(id(value))
+                        items.append((value, None))
+        return items
 
     # ------------------------------------------------------------ evaluation
     def _values(self, item) -> list[Value]:

@@ -44,28 +44,19 @@ class LatencyModel(BudgetModel):
     def __init__(self, graph: Graph, groups: Sequence[ChannelGroup], bindings: dict[str, int],
                  table: LatencyTable, signatures: dict[str, Signature], measured: float):
         self.table, self.signatures, self.rest_per_element = table, signatures, 0.0
-        self._seconds = False  # MAC costs while BudgetModel builds its indices, seconds after
-        super().__init__(graph, groups, bindings, "macs")  # the shrinking of shapes per group; items below
-        self.items = [(node, signatures.get(node.name)) for node in graph.nodes if node.outputs]
-        self.by_group = {gid: [] for gid in self.by_group}
-        for i, (node, _) in enumerate(self.items):
-            touching = {gid for value in self._values(node) for gid, *_ in self.on_value.get(value.name, ())}
-            for gid in touching:
-                self.by_group[gid].append(i)
-        self.state = {}
-        self._seconds = True
-        table_sum = sum(self._cost(i, {}) for i, (_, sig) in enumerate(self.items) if sig is not None)
+        super().__init__(graph, groups, bindings, "latency")  # the rest is at 0 s until it is calibrated below
         elements = sum(self._numel(self._shape(n.outputs[0], {})) for n, sig in self.items if sig is None)
-        self.measured, self.table_sum = measured, table_sum
-        self.rest = measured - table_sum  # negative when the isolated nodes sum to more than the graph
+        self.measured, self.table_sum = measured, self.before
+        self.rest = measured - self.table_sum  # negative when the isolated nodes sum to more than the graph
         self.rest_per_element = max(self.rest, 0.0) / max(elements, 1)
-        self.costs = [self._cost(i, {}) for i in range(len(self.items))]
-        self.before = sum(self.costs)
-        self.total = self.before
+        self.costs = [self._cost(i, self.state) for i in range(len(self.items))]
+        self.before = self.total = sum(self.costs)
+
+    def _items(self, graph: Graph, metric: str) -> list:
+        """Every node that writes something: with its table signature, or None (it shares the rest)."""
+        return [(node, self.signatures.get(node.name)) for node in graph.nodes if node.outputs]
 
     def _cost(self, i: int, state: dict[int, np.ndarray]) -> float:  # type: ignore[override]
-        if not self._seconds:
-            return super()._cost(i, state)
         node, sig = self.items[i]
         if sig is None:
             return self.rest_per_element * self._numel(self._shape(node.outputs[0], state))

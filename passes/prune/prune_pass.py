@@ -33,6 +33,7 @@ from graphopt.analysis.cost import CostAnalysis, estimate_cost
 from graphopt.analysis.removal import remove_channels
 from graphopt.errors import GraphoptError
 from graphopt.ir.graph import Graph
+from graphopt.registry import close_names
 from graphopt.passmanager import AnalysisManager, Pass, PassResult, RunContext, option, register_pass
 
 from graphopt import __version__
@@ -40,6 +41,7 @@ from graphopt import __version__
 from .budget import BudgetSolver
 from .criteria import CriterionContext, checked_scores, get_criterion
 from .datafree import RecoveryReport, recover_data_free
+from .latency import LatencyReport, LatencySolver, known_backends
 from .recipe import PruneRecipe, PruneStep, anchor_of, structure_hash
 from .reconstruct import ReconstructionReport, reconstruct
 from .safety import Plan, SafetyNet, SafetyReport, removal_failure
@@ -71,9 +73,10 @@ class PruneReport:
     reconstruction: ReconstructionReport | RecoveryReport | None = None  # what reconstruct or recover did
     safety: SafetyReport | None = None  # what the safety net checked and left unpruned (None: option off)
     achieved_ratio: float = 0.0  # fraction of the prunable groups' units removed
-    target_metric: str = ""  # "macs" or "params" under a budget
+    target_metric: str = ""  # "macs", "params" or "latency" under a budget
     target_fraction: float | None = None  # the fraction asked to keep
     why: list[str] = field(default_factory=list)  # why asked and achieved differ (rounding, barriers, widths)
+    latency: LatencyReport | None = None  # target_latency: asked, predicted, measured latency and the noise
 
     @property
     def macs_fraction(self) -> float:
@@ -85,9 +88,11 @@ class PruneReport:
 
     @property
     def achieved_fraction(self) -> float | None:
-        """The budget's metric after / before (None without a budget)."""
+        """The budget's metric after / before (None without a budget; latency: as measured on its back-end)."""
         if not self.target_metric:
             return None
+        if self.target_metric == "latency":
+            return self.latency.measured if self.latency is not None else None
         return self.macs_fraction if self.target_metric == "macs" else self.params_fraction
 
     def summary(self) -> str:
@@ -101,6 +106,8 @@ class PruneReport:
                  f"{self.params_after:,} ({self.params_fraction:.1%}), MACs "
                  f"{self.macs_before:,} -> {self.macs_after:,} ({self.macs_fraction:.1%}), "
                  f"{self.seconds:.2f} s"]
+        if self.latency is not None:
+            lines.append(f"  {self.latency.summary()}")
         lines += [f"  why: {w}" for w in self.why]
         if self.reconstruction is not None:
             lines.append(f"  {self.reconstruction}")
@@ -128,11 +135,21 @@ class Prune(Pass):
     ratio: float = option(0.5, "fraction of each group's units to remove (local), or of all units (global)")
     target_macs: float | None = option(None, "instead of ratio: keep this fraction of the MACs (ratio is searched)")
     target_params: float | None = option(None, "instead of ratio: keep this fraction of the parameters")
+    target_latency: float | None = option(None, "instead of ratio: keep this fraction of the latency measured on "
+                                                "latency_backend (channels go where they buy the most time)")
+    latency_backend: str | None = option(None, "target_latency: measured on onnx, torch or tvm (default: onnx; "
+                                               "optimize: its own backend)")
+    latency_batch: int = option(1, "target_latency: the batch size the latency is measured at")
+    latency_threads: int = option(1, "target_latency: the intra-op threads the latency is measured with")
+    latency_cache: str | None = option(None, "target_latency: the lookup table's cache directory (default "
+                                             "$GRAPHOPT_LATENCY_CACHE or ~/.cache/graphopt/latency; '': none)")
+    latency_max_measurements: int = option(2000, "target_latency: the most table points measured in one run "
+                                                 "(about 0.03 s each); needing more is an error")
     criterion: str = option("l2", "importance: l1, l2, bn_scale, taylor, activation, fluctuation, or a registered one")
     scope: Literal["local", "global"] = option("local", "rank units within each group or across groups")
     round_to: int | None = option(None, "kept channel counts (in positions) are the multiple of this nearest the "
                                         "ratio; default: 16, or 8, 4, 2 for groups too narrow for it; 1: exact")
-    min_keep: float = option(0.1, "global scope: fraction of each group always kept")
+    min_keep: float = option(0.1, "global scope and target_latency: fraction of each group always kept")
     ignore: list[str] = option([], "node or weight names (glob patterns) whose groups stay whole")
     heads: bool = option(True, "attention: remove whole heads (True) or the same head_dim positions of every head (False)")
     reconstruct: bool = option(False, "refit the layers reading pruned channels by least squares on calibration data")
@@ -149,15 +166,17 @@ class Prune(Pass):
         """Ranges and exclusive options, checked when the pass is built (before tracing, in `optimize`)."""
         if not 0.0 <= self.ratio < 1.0:
             raise self.invalid("ratio", f"the fraction of units to remove must be in [0, 1), got {self.ratio}")
-        targets = [name for name in ("target_macs", "target_params") if getattr(self, name) is not None]
+        targets = [name for name in ("target_macs", "target_params", "target_latency")
+                   if getattr(self, name) is not None]
         for name in targets:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise self.invalid(name, f"must be the fraction to keep, in (0, 1]; got {value}")
-        if len(targets) == 2:
-            raise self.invalid("target_params", "give target_macs or target_params, not both")
+        if len(targets) >= 2:
+            raise self.invalid(targets[1], f"give {targets[0]} or {targets[1]}, not both")
         if targets and "ratio" in self._given:
             raise self.invalid("ratio", f"give ratio or {targets[0]}, not both (the ratio is searched for the target)")
+        self._validate_latency()
         try:
             get_criterion(self.criterion)
         except GraphoptError as exc:
@@ -173,6 +192,17 @@ class Prune(Pass):
         if self.safety_max_checks < 1:
             raise self.invalid("safety_max_checks", f"must be at least 1, got {self.safety_max_checks}")
 
+    def _validate_latency(self) -> None:
+        backend = self.latency_backend
+        if backend is not None and backend not in known_backends():
+            raise self.invalid("latency_backend", f"unknown back-end {backend!r}{close_names(backend, known_backends())}"
+                                                  f"; choose one of {', '.join(known_backends())}")
+        for name in ("latency_batch", "latency_threads"):
+            if getattr(self, name) < 1:
+                raise self.invalid(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.latency_max_measurements < 0:
+            raise self.invalid("latency_max_measurements", f"cannot be negative, got {self.latency_max_measurements}")
+
     def run(self, graph: Graph, analyses: AnalysisManager) -> PassResult:
         start = time.perf_counter()
         cost_before = analyses.get(CostAnalysis, graph)
@@ -186,14 +216,15 @@ class Prune(Pass):
                                                        else criterion(g))) for g in groups}
 
         widths = self._widths()
-        budget = self._budget_solver()
+        budget = self._budget_solver(analyses.context)
         blocked = [g for g in found if not g.prunable or self._ignored(g)]
         bindings = analyses.context.bindings(graph)
         if budget is not None:
             solution = budget.solve(graph, groups, scores, bindings, blocked)
             keeps, ratio, why = solution.keeps, solution.ratio, solution.why
+            latency = getattr(solution, "report", None)
         else:
-            keeps, ratio = widths.keeps(groups, scores, self.ratio), self.ratio
+            keeps, ratio, latency = widths.keeps(groups, scores, self.ratio), self.ratio, None
             why = widths.rounding_notes(groups, scores, ratio, keeps)
         plan = widths.plan(groups, scores, keeps)
         if not plan:
@@ -204,7 +235,8 @@ class Prune(Pass):
         if safety is not None and safety.excluded:
             left = ", ".join(str(e.group) for e in safety.excluded)
             if budget is not None:
-                graph, plan, ratio, why = self._retarget(budget, original, groups, scores, analyses, safety, blocked)
+                graph, plan, ratio, why, latency = self._retarget(budget, original, groups, scores, analyses,
+                                                                  safety, blocked)
                 why.append(f"the safety net left group(s) {left} whole; the other groups make up for them")
             else:
                 why.append(f"the safety net left group(s) {left} whole")
@@ -230,7 +262,7 @@ class Prune(Pass):
                              ratio, budget.target if budget else "", reconstruction, safety,
                              achieved_ratio=removed_units / max(sum(g.num_units for g in groups), 1),
                              target_metric=budget.metric if budget else "",
-                             target_fraction=budget.fraction if budget else None, why=why)
+                             target_fraction=budget.fraction if budget else None, why=why, latency=latency)
         # The recipe says how this graph was made, so it stays with the graph through later runs (a new
         # list: the meta of a cloned graph shares the old one with the caller's graph).
         graph.meta["prune_recipes"] = [*graph.meta.get("prune_recipes", []), PruneRecipe([step], __version__)]
@@ -260,7 +292,7 @@ class Prune(Pass):
 
     def _retarget(self, budget: BudgetSolver, original: Graph, groups: list[ChannelGroup],
                   scores: dict[int, np.ndarray], analyses: AnalysisManager, safety: SafetyReport,
-                  blocked: list[ChannelGroup]) -> tuple[Graph, Plan, float, list[str]]:
+                  blocked: list[ChannelGroup]) -> tuple[Graph, Plan, float, list[str], LatencyReport | None]:
         """Solve the budget again without the groups the net left whole, so the target holds on the others.
 
         The first solve counted those groups' savings; one more solve and
@@ -276,7 +308,7 @@ class Prune(Pass):
         safety.checks += again.checks
         safety.seconds += again.seconds
         safety.excluded += again.excluded
-        return graph, plan, solution.ratio, solution.why
+        return graph, plan, solution.ratio, solution.why, getattr(solution, "report", None)
 
     def _safety_net(self, original: Graph | None, context: RunContext) -> tuple[SafetyNet | None, str]:
         """The net over `original` and "", or None and why it is skipped (then a warning says so too)."""
@@ -300,8 +332,13 @@ class Prune(Pass):
     def _widths(self) -> Widths:
         return Widths(self.round_to, self.scope, self.min_keep)
 
-    def _budget_solver(self) -> BudgetSolver | None:
-        """The solver of target_macs / target_params, None under a plain ratio."""
+    def _budget_solver(self, context: RunContext) -> BudgetSolver | LatencySolver | None:
+        """The solver of target_macs / target_params / target_latency, None under a plain ratio."""
+        if self.target_latency is not None:
+            return LatencySolver(self._widths(), self.target_latency, backend=self.latency_backend or "onnx",
+                                 threads=self.latency_threads, batch=self.latency_batch, cache_dir=self.latency_cache,
+                                 max_measurements=self.latency_max_measurements,
+                                 example_inputs=context.example_inputs)
         if self.target_macs is not None:
             return BudgetSolver(self._widths(), "macs", self.target_macs)
         if self.target_params is not None:
