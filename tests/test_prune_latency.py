@@ -197,3 +197,15 @@ def test_reaiming_follows_the_measurements():
     assert _reaimed([0.5, 0.4], [0.6, 0.55], 0.5) == pytest.approx(0.3)  # the secant through both
     assert _reaimed([0.5, 0.4], [0.6, 0.65], 0.5) == pytest.approx(0.4 * 0.5 / 0.65)  # not rising: scaled
     assert _reaimed([0.9], [0.1], 0.5) == 1.0
+
+
+def test_the_torch_runner_times_an_eager_module_and_restores_the_thread_count(cnn):
+    import graphopt.backends.torch  # noqa: F401 - registers the runner "torch"
+    from graphopt.passes.prune.latency_table import backend_measurer
+
+    model, inputs = cnn
+    graph = graphopt.trace(model, inputs)
+    sig = [signature_of(n, {"batch": 1}, True, True) for n in graph.nodes if n.op == "conv"][1]
+    threads = torch.get_num_threads()
+    timing = backend_measurer("torch", 1)(*one_node_graph(sig, sig.c_in, sig.c_out))
+    assert timing.median > 0 and timing.runs >= 7 and torch.get_num_threads() == threads
