@@ -19,8 +19,9 @@ Per zoo model (traced at batch 2, batch axis dynamic; timed at batch 1, `--threa
    and cosine similarity against the dense model, for both pruned models.
 
 `--digits` does the same for the trained residual CNN of bench_prune_accuracy.py (seed 0, 12 epochs),
-timed at batch `--digits-batch` (at batch 1 its 8x8 images take microseconds: call overhead), both
-prunes with `l2` + reconstruction on 512 calibration images, and compares held-out accuracy.
+timed at batch `--digits-batch` (at batch 1 its 8x8 images take microseconds: call overhead), with
+the `l2` criterion alone and with reconstruction on 512 calibration images (both prunes of a pair
+alike), and compares held-out accuracy.
 Results: docs/benchmarks.md ("Latency budgets").
 """
 
@@ -135,36 +136,37 @@ def bench_digits(args, log) -> list[str]:
     example = (data.x_train[:2],)
     calibration = [(x,) for x in data.x_train[:512].split(128)]
     xb = data.x_train[:args.digits_batch]
-    options = {"criterion": "l2", "reconstruct": True}
     dense = graphopt.optimize(model, example, backend="onnx")
-    pruned = graphopt.optimize(model, example, backend="onnx", calibration_data=calibration,
-                               prune={"target_latency": args.target, "latency_threads": args.threads,
-                                      "latency_batch": args.digits_batch, "latency_cache": args.cache, **options})
-    log(pruned.report.prune[0].summary())
-    dense_s, latency_s = session(dense, args.threads), session(pruned, args.threads)
-
-    def optimize_macs(target):
-        return graphopt.optimize(model, example, backend="onnx", calibration_data=calibration,
-                                 prune={"target_macs": round(target, 4), **options})
-
-    lo, hi, macs, best = 0.05, 1.0, pruned.report.prune[0].macs_fraction, None
-    for _ in range(7):
-        result = optimize_macs(macs)
-        d_t, l_t, m_t = timed([dense_s, latency_s, session(result, args.threads)], xb, args.runs)
-        gap = m_t.median / l_t.median - 1
-        log(f"    digits target_macs={macs:.4f}: {m_t.median:.3f} vs {l_t.median:.3f} of dense ({gap:+.1%})")
-        if best is None or abs(gap) < abs(best[0]):
-            best = (gap, macs, result, d_t, l_t, m_t)
-        if abs(gap) <= MATCH:
-            break
-        hi, lo = (macs, lo) if gap > 0 else (hi, macs)
-        macs = (lo + hi) / 2
-    _, macs, macs_result, d_t, l_t, m_t = best
-    rows = [f"| digits CNN | dense | - | {d_t.median * 1e3:.2f} (1.000) | {accuracy(dense, data.x_test, data.y_test):.1f} |"]
-    for label, result, t, asked in (("latency budget", pruned, l_t, f"latency {args.target:g}"),
-                                    ("MACs budget, same latency", macs_result, m_t, f"macs {macs:.3f}")):
-        rows.append(f"| digits CNN | {label} | {asked} | {t.median * d_t.median * 1e3:.2f} ({t.median:.3f}) | "
-                    f"{accuracy(result, data.x_test, data.y_test):.1f} |")
+    dense_s = session(dense, args.threads)
+    rows = [f"| digits CNN | dense | - | - | {accuracy(dense, data.x_test, data.y_test):.1f} |"]
+    for method, options in (("l2", {"criterion": "l2"}),
+                            ("l2 + reconstruction", {"criterion": "l2", "reconstruct": True})):
+        pruned = graphopt.optimize(model, example, backend="onnx", calibration_data=calibration,
+                                   prune={"target_latency": args.target, "latency_threads": args.threads,
+                                          "latency_batch": args.digits_batch, "latency_cache": args.cache, **options})
+        log(pruned.report.prune[0].summary())
+        latency_s = session(pruned, args.threads)
+        lo, hi, macs, best = 0.05, 1.0, pruned.report.prune[0].macs_fraction, None
+        for _ in range(7):
+            result = graphopt.optimize(model, example, backend="onnx", calibration_data=calibration,
+                                       prune={"target_macs": round(macs, 4), **options})
+            d_t, l_t, m_t = timed([dense_s, latency_s, session(result, args.threads)], xb, args.runs)
+            gap = m_t.median / l_t.median - 1
+            log(f"    digits {method} target_macs={macs:.4f}: {m_t.median:.3f} vs {l_t.median:.3f} of dense "
+                f"({gap:+.1%}; dense {d_t.median * 1e3:.2f} ms)")
+            if best is None or abs(gap) < abs(best[0]):
+                best = (gap, macs, result, d_t, l_t, m_t)
+            if abs(gap) <= MATCH:
+                break
+            hi, lo = (macs, lo) if gap > 0 else (hi, macs)
+            macs = (lo + hi) / 2
+        _, macs, macs_result, d_t, l_t, m_t = best
+        for label, result, t, asked in (("latency budget", pruned, l_t, f"latency {args.target:g}"),
+                                        ("MACs budget, same latency", macs_result, m_t, f"macs {macs:.3f}")):
+            r = result.report
+            rows.append(f"| digits CNN, {method} | {label} | {asked} | {t.median * d_t.median * 1e3:.2f} "
+                        f"({t.median:.3f}) | {r.macs_after / r.macs_before:.3f} | "
+                        f"{accuracy(result, data.x_test, data.y_test):.1f} |")
     return rows
 
 
@@ -197,9 +199,9 @@ def main() -> None:
     print("\n".join(rows))
     if args.digits:
         digits = bench_digits(args, log)
-        print("\n| model | pruned by | budget | latency ms at batch %d (of dense) | test accuracy (%%) |"
-              % args.digits_batch)
-        print("|---|---|---|---|---|")
+        print("\n| model, criterion | pruned by | budget | latency ms at batch %d (of dense) | MACs "
+              "| test accuracy (%%) |" % args.digits_batch)
+        print("|---|---|---|---|---|---|")
         print("\n".join(digits))
     log(f"load: {os.getloadavg()}")
 
