@@ -209,3 +209,11 @@ def test_the_torch_runner_times_an_eager_module_and_restores_the_thread_count(cn
     threads = torch.get_num_threads()
     timing = backend_measurer("torch", 1)(*one_node_graph(sig, sig.c_in, sig.c_out))
     assert timing.median > 0 and timing.runs >= 7 and torch.get_num_threads() == threads
+
+
+def test_optimize_in_steps_aims_each_step_at_what_the_measured_latency_left(cnn, synthetic, tmp_path):
+    model, inputs = cnn
+    result = graphopt.optimize(model, inputs, steps=2, prune={"target_latency": 0.4, "latency_backend": "synthetic",
+                                                              "latency_cache": str(tmp_path)})
+    kept = math.prod(report.latency.measured for report in result.report.prune)
+    assert len(result.report.prune) == 2 and abs(kept / 0.4 - 1) <= 0.10
