@@ -217,3 +217,17 @@ def test_optimize_in_steps_aims_each_step_at_what_the_measured_latency_left(cnn,
                                                               "latency_cache": str(tmp_path)})
     kept = math.prod(report.latency.measured for report in result.report.prune)
     assert len(result.report.prune) == 2 and abs(kept / 0.4 - 1) <= 0.10
+
+
+def test_a_tvm_latency_budget_measures_its_table_on_onnx_runtime(tmp_path):
+    """backend "tvm": the table on ONNX Runtime (a TVM build per point takes seconds), the closed loop on TVM."""
+    pytest.importorskip("tvm")
+    pytest.importorskip("onnxruntime")
+    import graphopt.backends.onnx  # noqa: F401 - the runners "onnx" and "tvm"
+    import graphopt.backends.tvm  # noqa: F401
+
+    model, inputs = models_zoo.get("vgg_bn", "tiny")
+    graph = graphopt.trace(model, inputs)
+    _, report = latency_prune(graph, inputs, tmp_path, target_latency=0.6, latency_backend="tvm", latency_batch=16)
+    assert report.latency.backend == "tvm" and abs(report.latency.measured / 0.6 - 1) <= 0.10
+    assert list(tmp_path.glob("onnx-*.json")) and any("ONNX Runtime" in w for w in report.why)
