@@ -394,7 +394,12 @@ def _check_passes(passes: str | None, **shortcuts: Any) -> None:
                             f"the pipeline text instead (e.g. 'canonicalize,prune{{ratio=0.3}}')")
     from graphopt.passmanager import PassManager
 
-    PassManager.parse(passes)
+    pending = list(PassManager.parse(passes).steps)
+    while pending:  # a latency budget's back-end registers its runner when imported (named pipelines too)
+        step = pending.pop()
+        pending.extend(getattr(step, "steps", None) or [])
+        if getattr(step, "target_latency", None) is not None:
+            _import_latency_backend(step.latency_backend or "onnx")
 
 
 def _check_arguments(prune: Any, recipe: Any, finetune: Any, backend: str, tune: Any) -> None:

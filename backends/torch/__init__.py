@@ -10,7 +10,7 @@ fine-tuned and its checkpoint read by name.
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, Callable
 
 import sympy
 import torch
@@ -216,7 +216,7 @@ def _class_name(name: str) -> str:
     return cleaned if cleaned and cleaned[0].isalpha() else f"Graph_{cleaned}"
 
 
-def eager_runner(graph: Graph, inputs: tuple, threads: int):
+def eager_runner(graph: Graph, inputs: tuple, threads: int) -> Callable[[], Any]:
     """A call that runs `graph` once on `inputs` as a torch eager module with `threads` intra-op threads
     (the latency runner "torch" of `graphopt.timing`; the process's own thread count is restored after)."""
     module = to_module(graph).eval()
