@@ -9,7 +9,9 @@ mean) and keeps at least `min_keep` of every group. `round_to` (by default 16,
 less for narrow groups) keeps channel counts multiples of 16: oneDNN blocks CPU activations by 16
 channels, and other counts are padded and converted on a slower path (measured:
 MobileNetV2 pruned 30 % at exact counts ran no faster than dense at batch 1; see
-docs/benchmarks.md).
+docs/benchmarks.md). Instead of a ratio, a budget chooses the widths: target_macs /
+target_params (passes/prune/budget.py) or target_latency, the latency measured on a
+back-end (passes/prune/latency.py).
 
 After removal a safety net (passes/prune/safety.py) runs the pruned graph on
 the example inputs and checks it against the masked original; groups the
