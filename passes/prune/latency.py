@@ -174,9 +174,10 @@ class LatencyBudget:
                  mask: Callable[[ChannelGroup, int], np.ndarray]) -> dict[int, int]:
         """Units to keep per group so that the predicted latency is at most `fraction` of the dense model's.
 
-        Greedy knapsack: each step removes the next fast multiple of the group with the least normalised
-        importance lost per predicted second saved. Stops at the goal, or when every group is at its floor
-        (then the caller sees the prediction above the goal).
+        Greedy knapsack: each step removes the next fast multiple of the group with the least importance
+        lost (-log of the criterion share it leaves, times the group's readers) per predicted second saved.
+        Stops at the goal, or when every group is at its floor (then the caller sees the prediction above
+        the goal).
         """
         model = self.model
         goal = fraction * model.before
