@@ -6,14 +6,14 @@
    multiple) off the group that loses the least importance per predicted second saved, until the
    prediction meets the goal. The importance a step loses is -log of the share of the group's
    criterion scores it leaves (a group keeping 90 % of its importance loses 0.105), once for every
-   dense node that reads the group: scale-free across groups and criteria, steep near the bottom so
-   that no group is emptied for a little time, and a residual stream, read by every block of its
-   stage, costs what it costs all of them (a layer's share of the signal multiplies through the
-   layers after it, hence the log). Measured on the zoo's ResNet-50 (bench_prune_latency.py): with
-   the scores over the group's mean instead, as `scope="global"` ranks units, the streams went down
-   to 16 channels; without the readers they lost 35-70 % while the blocks' inner groups kept nearly
-   all, and the output error at 50 % latency was 0.91 against 0.74 for a MACs budget of the same
-   latency (0.69 with the readers; their square root: 0.86).
+   dense node that reads or writes the group: scale-free across groups and criteria, steep near the
+   bottom so that no group is emptied for a little time, and a residual stream, which every block of
+   its stage reads and writes, costs what it costs all of them (a layer's share of the signal
+   multiplies through the layers after it, hence the log). Measured on the zoo's ResNet-50 at 50 %
+   latency (bench_prune_latency.py, output error against a MACs budget of the same latency, 0.74-0.77):
+   with the scores over the group's mean instead, as `scope="global"` ranks units, the streams went
+   down to 16 channels; counted once per group, the streams lost 35-70 % while the blocks' inner
+   groups kept nearly all (0.91); once per reading node 0.69, per reading or writing node 0.65.
 3. Check (done by the pass, which owns removal): the pruned graph is measured against the dense one,
    timed in alternation; off the target by more than LATENCY_TOLERANCE, the goal is re-aimed (by
    target / measured, then by the secant through the last two aims and measurements) and allocated
@@ -160,12 +160,13 @@ class LatencyBudget:
                 break
         return Timing.of(times[0]), Timing.of(times[1]), ratio
 
-    def readers(self) -> dict[int, int]:
-        """Per group, the dense nodes that read its channels (at least 1): where its loss is felt."""
+    def layers(self) -> dict[int, int]:
+        """Per group, the dense nodes that read or write its channels: where its loss is felt."""
         count: dict[int, int] = {}
         for node, sig in self.model.items:
             if sig is not None:
-                for gid in {gid for gid, *_ in self.model.on_value.get(node.inputs[0].name, ())}:
+                names = (node.inputs[0].name, node.outputs[0].name)
+                for gid in {gid for name in names for gid, *_ in self.model.on_value.get(name, ())}:
                     count[gid] = count.get(gid, 0) + 1
         return count
 
@@ -175,7 +176,8 @@ class LatencyBudget:
         """Units to keep per group so that the predicted latency is at most `fraction` of the dense model's.
 
         Greedy knapsack: each step removes the next fast multiple of the group with the least importance
-        lost (-log of the criterion share it leaves, times the group's readers) per predicted second saved.
+        lost (-log of the criterion share it leaves, times the layers that read or write the group) per
+        predicted second saved.
         Stops at the goal, or when every group is at its floor (then the caller sees the prediction above
         the goal).
         """
@@ -184,8 +186,8 @@ class LatencyBudget:
         keeps = {g.id: g.num_units for g in groups}
         model.set_all({g.id: mask(g, g.num_units) for g in groups})
         # lost[g][k]: -log of the importance share left when the k least important units are gone, once per
-        # dense node reading the group (a residual stream feeds every block of its stage)
-        readers = self.readers()
+        # dense node reading or writing the group (a residual stream passes through every block of its stage)
+        layers = self.layers()
         lost = {}
         for g in groups:
             s = np.sort(np.maximum(scores[g.id], 0.0))
@@ -193,7 +195,7 @@ class LatencyBudget:
             if total <= 0:
                 s, total = np.ones_like(s), float(s.size)
             left = np.clip(1.0 - np.concatenate([[0.0], np.cumsum(s)]) / total, 1e-12, 1.0)
-            lost[g.id] = -np.log(left) * readers.get(g.id, 1)
+            lost[g.id] = -np.log(left) * max(layers.get(g.id, 1), 1)
         by_id = {g.id: g for g in groups}
         neighbours: dict[int, set[int]] = {g.id: set() for g in groups}
         owners: dict[int, list[int]] = {}
