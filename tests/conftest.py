@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +82,33 @@ def _restore_registries():
 @pytest.fixture(params=models_zoo.list_models())
 def zoo_name(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (`pytestmark = pytest.mark.usefixtures("one_thread")`), restored
+    after: the count is global, and other modules' golden digests depend on the default."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def bench_module(name: str, *also: str):
+    """bench/NAME.py imported as a module for a test, then forgotten with the bench modules it imports
+    (`also`) and the bench folder it put on sys.path, so another test's copy starts afresh."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        for loaded in (name, *also):
+            sys.modules.pop(loaded, None)
+        if str(path.parent) in sys.path:
+            sys.path.remove(str(path.parent))

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_train_once.py"
+from conftest import bench_module
 
 
 @pytest.fixture(scope="module")
-def bench():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    spec = importlib.util.spec_from_file_location("bench_train_once", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(module)
+def bench(one_thread):
+    with bench_module("bench_train_once", "bench_prune_accuracy") as module:
         yield module
-    finally:
-        torch.set_num_threads(threads)
-        sys.modules.pop("bench_train_once", None)
-        sys.modules.pop("bench_prune_accuracy", None)  # imported by the bench, from the folder it puts on the path
-        if str(BENCH.parent) in sys.path:
-            sys.path.remove(str(BENCH.parent))
 
 
 def test_the_pruned_model_is_the_sparse_model(bench):

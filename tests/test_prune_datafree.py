@@ -21,14 +21,7 @@ from graphopt.passes.prune import Prune, RecoveryReport
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_prune_accuracy.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:

@@ -16,14 +16,7 @@ from graphopt.errors import GraphoptError
 from graphopt.train import GroupSparseOptimizer, Schedule, prune_zero_groups, unit_groups
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SmallResNet(nn.Module):

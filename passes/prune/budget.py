@@ -32,7 +32,7 @@ from graphopt.ir import dims as D
 from graphopt.ir.graph import Graph, Value
 
 from .safety import removed_where_possible
-from .widths import Widths
+from .widths import RemovalMasks, Widths
 
 BUDGET_TOLERANCE = 0.05  # a target_macs/target_params budget lands within this of the target (relative)
 
@@ -247,15 +247,7 @@ class BudgetSolver:
         metric = model.metric
         goal = fraction * model.before
         lo_ok, hi_ok = goal * (1 - BUDGET_TOLERANCE), goal * (1 + BUDGET_TOLERANCE)
-        masks: dict[tuple[int, int], np.ndarray] = {}
-
-        def mask(group: ChannelGroup, n_keep: int) -> np.ndarray:
-            found = masks.get((group.id, n_keep))
-            if found is None:
-                found = np.zeros(group.num_channels, dtype=bool)
-                found[self.widths.removed(group, scores[group.id], n_keep)] = True
-                masks[(group.id, n_keep)] = found
-            return found
+        mask = RemovalMasks(self.widths, scores)
 
         def cost(keeps: dict[int, int]) -> int:
             return model.set_all({g.id: mask(g, keeps[g.id]) for g in groups})

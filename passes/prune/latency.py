@@ -41,6 +41,7 @@ from graphopt.timing import GRAPH_RUNNERS, Timing, graph_runner, interleaved_sam
 
 from .latency_model import LatencyModel, latency_signatures
 from .latency_table import LatencyCache, LatencyTable, Measurer, backend_measurer, build_table
+from .widths import RemovalMasks
 
 LATENCY_TOLERANCE = 0.10  # the measured latency lands within this of the target (relative)
 LATENCY_ATTEMPTS = 4  # allocations (and measurements of the pruned graph) at most
@@ -296,16 +297,8 @@ class LatencySolver:
         budget = LatencyBudget(graph, groups, bindings, self.example_inputs, backend=self.backend,
                                threads=self.threads, batch=self.batch, cache_dir=self.cache_dir,
                                max_measurements=self.max_measurements)
-        masks: dict[tuple[int, int], np.ndarray] = {}
+        mask = RemovalMasks(self.widths, scores)
         fits: dict[int, list[int]] = {}
-
-        def mask(group: ChannelGroup, n_keep: int) -> np.ndarray:
-            found = masks.get((group.id, n_keep))
-            if found is None:
-                found = np.zeros(group.num_channels, dtype=bool)
-                found[self.widths.removed(group, scores[group.id], n_keep)] = True
-                masks[(group.id, n_keep)] = found
-            return found
 
         def next_down(group: ChannelGroup, n_keep: int) -> int | None:
             if group.id not in fits:

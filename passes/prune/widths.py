@@ -169,3 +169,20 @@ def droppable_units(group: ChannelGroup, order: np.ndarray, count: int) -> list[
             for i in holders:
                 remaining[i] -= 1
     return drop
+
+
+class RemovalMasks:
+    """The boolean mask of the channels a group loses when it keeps `n_keep` units, memoised: the budget
+    solvers price many unit counts of every group, each through a mask."""
+
+    def __init__(self, widths: Widths, scores: dict[int, np.ndarray]):
+        self.widths, self.scores = widths, scores
+        self._found: dict[tuple[int, int], np.ndarray] = {}
+
+    def __call__(self, group: ChannelGroup, n_keep: int) -> np.ndarray:
+        found = self._found.get((group.id, n_keep))
+        if found is None:
+            found = np.zeros(group.num_channels, dtype=bool)
+            found[self.widths.removed(group, self.scores[group.id], n_keep)] = True
+            self._found[(group.id, n_keep)] = found
+        return found
