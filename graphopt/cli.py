@@ -530,6 +530,20 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict:
         if not 0.0 <= args.prune < 1.0:
             raise UsageError(f"--prune {args.prune}: the fraction of channels to remove must be in [0, 1)")
         kwargs["prune"] = args.prune
+    budgets = {f"target_{name}": getattr(args, f"target_{name}") for name in ("macs", "params", "latency")}
+    budgets = {key: value for key, value in budgets.items() if value is not None}
+    if budgets:
+        flags = [f"--{key.replace('_', '-')}" for key in budgets]
+        if args.prune is not None or len(budgets) > 1:
+            raise UsageError(f"give one of --prune, --target-macs, --target-params, --target-latency "
+                             f"(got {', '.join((['--prune'] if args.prune is not None else []) + flags)})")
+        from graphopt.passes.prune import Prune
+
+        try:
+            Prune(**budgets)  # the pass's own checks, before tracing
+        except GraphoptError as exc:
+            raise UsageError(f"{flags[0]}: {str(exc).splitlines()[0]}") from None
+        kwargs["prune"] = budgets
     if args.drop_layers is not None:
         if args.drop_layers < 1:
             raise UsageError(f"--drop-layers {args.drop_layers}: give the number of blocks to drop (at least 1)")
@@ -548,7 +562,8 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict:
     if args.tune is not None and args.backend != "tvm":
         raise UsageError(f"--tune {args.tune}: tuning is TVM's; give --backend tvm too")
     if args.passes is not None and any(k in kwargs for k in ("prune", "drop_layers", "quantize")):
-        raise UsageError("--passes is the whole pipeline: give --prune/--drop-layers/--quantize inside it instead")
+        raise UsageError("--passes is the whole pipeline: give --prune/--target-*/--drop-layers/--quantize inside it "
+                         "instead")
     for key, value in (("tune", args.tune), ("target", args.target), ("passes", args.passes)):
         if value is not None:
             kwargs[key] = value
@@ -890,6 +905,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--input-shape", action="append", metavar="N,C,H,W",
                      help="a factory's example input shape (random float32), once per input")
     opt.add_argument("--prune", type=float, metavar="RATIO", help="fraction of channels to remove, in [0, 1)")
+    opt.add_argument("--target-macs", type=float, metavar="FRACTION",
+                     help="instead of --prune: keep this fraction of the MACs (within 5 %%)")
+    opt.add_argument("--target-params", type=float, metavar="FRACTION",
+                     help="instead of --prune: keep this fraction of the parameters (within 5 %%)")
+    opt.add_argument("--target-latency", type=float, metavar="FRACTION",
+                     help="instead of --prune: keep this fraction of the latency measured on --backend (within 10 %%)")
     opt.add_argument("--drop-layers", type=int, metavar="N", help="number of residual blocks to drop")
     opt.add_argument("--quantize", metavar="MODE", help="int8, int8-dynamic, int8-weight or int4-weight")
     opt.add_argument("--backend", default="onnx", choices=("torch", "onnx", "tvm"), help="where it runs (default onnx)")

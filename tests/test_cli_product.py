@@ -121,6 +121,11 @@ def test_factory_model_with_calibration_file_to_a_torch_artifact(tmp_path):
     assert bench.returncode == 0 and "latency:" in bench.stdout, bench.stderr[-3000:]
     bare = graphopt("optimize", "mymodels:bare", "--input-shape", "2,8", "--backend", "torch", cwd=tmp_path)
     assert bare.returncode == 0 and "params" in bare.stdout, bare.stderr[-3000:]
+    budget = graphopt("optimize", "mymodels:build", "--target-params", "0.5", "--backend", "torch", "--json",
+                      cwd=tmp_path)
+    assert budget.returncode == 0, budget.stderr[-3000:]
+    [prune] = json.loads(budget.stdout)["prune"]
+    assert prune["target_fraction"] == 0.5 and abs(prune["achieved_fraction"] / 0.5 - 1) <= 0.05, prune
 
 
 def test_tvm_backend_saves_an_artifact_bench_runs(tmp_path):
@@ -140,6 +145,8 @@ def test_tvm_backend_saves_an_artifact_bench_runs(tmp_path):
     (["optimize", "zoo:no-such-model"], 2, "unknown zoo model"),
     (["optimize", "zoo:resnet18", "--prune", "1.5"], 2, "[0, 1)"),
     (["optimize", "zoo:resnet18", "--quantize", "int3"], 2, "unknown mode"),
+    (["optimize", "zoo:resnet18", "--target-macs", "1.5"], 2, "--target-macs"),
+    (["optimize", "zoo:resnet18", "--prune", "0.3", "--target-latency", "0.5"], 2, "give one of"),
     (["optimize", "zoo:resnet18", "--passes", "canonicalize,no-such-pass"], 2, "unknown pass"),
     (["optimize", "zoo:resnet18", "--tune", "10min", "--backend", "onnx"], 2, "--backend tvm"),
     (["optimize", "zoo:resnet18", "--calib", "garbage.npz"], 1, "cannot read calibration file"),
