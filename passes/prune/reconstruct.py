@@ -136,17 +136,24 @@ def _targets(reader: Reader, y: torch.Tensor, kept: np.ndarray | None) -> torch.
     return y.reshape(-1, y.shape[-1])
 
 
-def _why_not(reader: Reader, before: Node) -> str | None:
-    """Why `reader` (in the pruned graph; `before`: the same node in the original) cannot be refitted."""
+def _why_not(reader: Reader) -> str | None:
     if reader.node.op == "conv" and reader.weight.rank != 4:
         return "only 2-D convolutions are refitted"
     if len(reader.weight.users) > 1:
         return "its weight is shared with other layers"
+    return None
+
+
+def _rows_moved(reader: Reader, before: Node) -> str | None:
+    """Why `reader`'s outputs cannot be matched row for row with `before`'s (the same node, unpruned), or None.
+
+    MLP-Mixer's token mixing is a linear over tokens whose rows are the pruned channels: its pruned
+    output has fewer rows than the original's, which the fit would pair wrongly.
+    """
     channel = 1 if reader.node.op == "conv" else -1
     new, old = list(reader.node.outputs[0].shape), list(before.outputs[0].shape)
-    if len(new) != len(old) or not all(D.dims_equal(a, b) for a, b in zip(new[:channel] + new[channel:][1:],
-                                                                              old[:channel] + old[channel:][1:])):
-        # MLP-Mixer's token mixing: a linear over tokens whose rows are the pruned channels
+    del new[channel], old[channel]
+    if len(new) != len(old) or not all(D.dims_equal(a, b) for a, b in zip(new, old)):
         return "a pruned group runs along its rows (its outputs no longer match the original's row for row)"
     return None
 
@@ -171,7 +178,7 @@ def reconstruct(original: Graph, pruned: Graph, batches: Sequence[Sequence[torch
         full = original.weights[reader.weight.name].shape[reader.weight_axis]
         if reader.weight.shape[reader.weight_axis] == full:
             continue  # no input channel removed: the layer's own fit is unchanged
-        why = _why_not(reader, originals[reader.node.name])
+        why = _why_not(reader) or _rows_moved(reader, originals[reader.node.name])
         if why:
             report.skipped.append(f"{reader.node.name}: {why}")
         else:
