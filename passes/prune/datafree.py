@@ -19,8 +19,9 @@ The model, from weights alone. The pre-activations are Gaussian with the
 covariance of P's flattened filters under independent, equal-variance input
 features: after a BatchNorm, each y_c ~ N(beta_c, gamma_c^2) (its running
 statistics are taken to describe the data) and channels correlate as the cosine
-of their filters; after a LayerNorm/RMSNorm feeding P, y = F (gamma_ln * n) +
-F beta_ln + b with n of unit variance. c is the best linear predictor of f(y_r)
+of their filters; after a LayerNorm/RMSNorm feeding P (directly or through a
+pick of tokens, see `_norm_before`), y = F (gamma_ln * n) + F beta_ln + b with n
+of unit variance. c is the best linear predictor of f(y_r)
 from the f(y_k) under that model, to first order in the Hermite expansion
 (Price's theorem: Cov(f(y_i), f(y_j)) ~ E f'(y_i) E f'(y_j) Cov(y_i, y_j)), with
 each channel's exact variance Var f(y) on the diagonal plus a ridge of `damp`
@@ -243,8 +244,8 @@ def _fit(path: _Path, removed: np.ndarray, damp: float,
     full = weight.reshape(weight.shape[0], -1)
     kept = full if index is None else weight.index_select(1, index).reshape(weight.shape[0], -1)
     mean_full, mean_kept, known = bias, bias, False  # `known`: the model has a spread for each channel
-    source = producer.inputs[0].producer
-    if producer.op == "linear" and source is not None and source.op in _NORMS:
+    source = _norm_before(producer)
+    if producer.op == "linear" and source is not None:
         affine = [_f64(v) if v is not None and v.data is not None else None for v in source.inputs[1:3]]
         gamma = affine[0] if affine and affine[0] is not None else full.new_ones(full.shape[1])
         beta = affine[1] if len(affine) > 1 and affine[1] is not None else torch.zeros_like(gamma)
@@ -296,6 +297,24 @@ def _fit(path: _Path, removed: np.ndarray, damp: float,
     total = float(v_r.sum())
     residual = total - float((c * b.T).sum())  # the model's variance of f(y_r) the kept channels do not explain
     return c, e, max(0.0, 1.0 - residual / total) if total > 0 else 0.0
+
+
+def _norm_before(producer: Node) -> Node | None:
+    """The LayerNorm/RMSNorm whose output `producer` reads, directly or through picks of tokens, or None.
+
+    A pick (select or slice) along an axis the norm does not normalise leaves each picked
+    token's normalised features as they were, so the norm's model of the producer's input
+    holds for them too: BERT's pooler reads token 0 of the last LayerNorm.
+    """
+    value, picked = producer.inputs[0], []  # each pick's axis, counted from the last
+    while value.producer is not None and value.producer.op in ("select", "slice"):
+        source = value.producer.inputs[0]
+        picked.append(source.rank - value.producer.attrs["axis"] % source.rank)
+        value = source
+    norm = value.producer
+    if norm is None or norm.op not in _NORMS:
+        return None
+    return norm if all(axis > len(norm.attrs["normalized_shape"]) for axis in picked) else None
 
 
 def _moments(activation: Node, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
