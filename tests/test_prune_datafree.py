@@ -210,8 +210,8 @@ def test_it_runs_with_no_inputs_at_all_and_in_steps():
 def test_bert_pooler_is_compensated_through_its_token_pick():
     # BERT's pooler reads token 0 of the last LayerNorm (a select between the norm and the linear): the
     # norm's model still describes that token, so the pooler's units are compensated, not skipped. Left
-    # uncompensated, their expected tanh output was the largest part of the logits' error with every
-    # group pruned, and the MLPs' compensation alone came out worse than plain pruning (1.373 vs 1.248).
+    # uncompensated, they were the largest part of the logits' error with every group pruned, and the
+    # MLPs' compensation alone came out worse than plain pruning (1.373 vs 1.248; docs/benchmarks.md).
     model, example = models_zoo.get("bert", "tiny", seed=0)
     evaluation = models_zoo.get("bert", "tiny", seed=1000, batch_size=32)[1]
     reference = model(*evaluation)
