@@ -41,7 +41,8 @@ from graphopt.timing import GRAPH_RUNNERS, Timing, graph_runner, interleaved_sam
 
 from .latency_model import LatencyModel, latency_signatures
 from .latency_table import LatencyCache, LatencyTable, Measurer, backend_measurer, build_table
-from .widths import RemovalMasks
+from .safety import removed_where_possible
+from .widths import RemovalMasks, Widths
 
 LATENCY_TOLERANCE = 0.10  # the measured latency lands within this of the target (relative)
 LATENCY_ATTEMPTS = 4  # allocations (and measurements of the pruned graph) at most
@@ -267,7 +268,7 @@ class LatencySolver:
 
     metric = "latency"
 
-    def __init__(self, widths: Any, fraction: float, *, backend: str, threads: int, batch: int,
+    def __init__(self, widths: Widths, fraction: float, *, backend: str, threads: int, batch: int,
                  cache_dir: str | None, max_measurements: int, example_inputs: Sequence[Any] | None) -> None:
         self.widths, self.fraction = widths, fraction
         self.backend, self.threads, self.batch = backend, threads, batch
@@ -292,8 +293,6 @@ class LatencySolver:
         Raises GraphoptError when the target is not met: every group at its floor is still slower, or the
         re-aimed allocations all missed (the message gives the nearest measured fraction).
         """
-        from .safety import removed_where_possible
-
         budget = LatencyBudget(graph, groups, bindings, self.example_inputs, backend=self.backend,
                                threads=self.threads, batch=self.batch, cache_dir=self.cache_dir,
                                max_measurements=self.max_measurements)
