@@ -265,7 +265,7 @@ def _prune_steps(prune: float | Mapping[str, Any], steps: int, backend: str = "t
     budget is measured on `backend` (optimize's) unless `latency_backend` says otherwise; that back-end
     is imported here, which registers its latency runner (the pass looks it up by name).
     """
-    from graphopt.passes.prune import Prune
+    from graphopt.passes.prune import BUDGET_OPTIONS, Prune
 
     if isinstance(prune, (int, float)) and not isinstance(prune, bool):
         options: dict[str, Any] = {"ratio": float(prune)}
@@ -283,7 +283,7 @@ def _prune_steps(prune: float | Mapping[str, Any], steps: int, backend: str = "t
     if steps == 1:
         return [single]
     # keep (1 - ratio) overall: keep (1 - ratio) ** (1 / steps) at each step (or the target's root)
-    targets = [key for key in ("target_macs", "target_params", "target_latency") if options.get(key) is not None]
+    targets = [key for key in BUDGET_OPTIONS if options.get(key) is not None]
     for key in targets:
         options[key] = options[key] ** (1.0 / steps)
     if not targets:
@@ -291,23 +291,23 @@ def _prune_steps(prune: float | Mapping[str, Any], steps: int, backend: str = "t
     return [Prune(**options) for _ in range(steps)]
 
 
-def _reaimed(step: Any, count: int, index: int, kept: dict[str, float]) -> Any:
+def _reaimed(step: Any, count: int, index: int, kept: float) -> Any:
     """Step `index` of `count` aimed at what the steps before it left of the whole budget.
 
     Each step lands within 5 % of its own target; aimed at the same root every
     time, three steps could miss the total by 15 % (the 48-channel CNN missed
-    50 % by 7 %). Aimed at the rest of the total (`kept`: the fraction of MACs
-    and params, and the measured latency, the steps so far kept), the last step's tolerance is the
-    total's. A ratio step is returned as is.
+    50 % by 7 %). Aimed at the rest of the total (`kept`: the fraction of the
+    budget's metric the steps so far kept, latency as measured), the last
+    step's tolerance is the total's. A ratio step is returned as is.
     """
-    from graphopt.passes.prune import Prune
+    from graphopt.passes.prune import BUDGET_OPTIONS, Prune
 
     options = step.option_values()
-    key = next((k for k in ("target_macs", "target_params", "target_latency") if options.get(k) is not None), None)
+    key = next((k for k in BUDGET_OPTIONS if options.get(k) is not None), None)
     if key is None or index == 0:
         return step
     total = options[key] ** count  # each step's option is the count-th root of the total
-    rest = (total / kept[key]) ** (1.0 / (count - index))
+    rest = (total / kept) ** (1.0 / (count - index))
     given = {k: v for k, v in options.items() if k in step._given}
     return Prune(**{**given, key: min(1.0, rest)})
 
@@ -366,14 +366,12 @@ def _shortcut_stages(run: _Pipeline, graph: Graph, drop_pass: Any, prune_passes:
     trainable = run.stage(STRUCTURAL_STAGE if structural else "canonicalize", graph)
     if drop_pass is not None:  # depth first, then width: pruning ranks the channels of the blocks that stay
         trainable = run.stage(drop_pass, trainable)
-    kept = {"target_macs": 1.0, "target_params": 1.0, "target_latency": 1.0}
+    kept = 1.0  # of the budget's metric, by the steps so far (every step has the same budget)
     for index, step in enumerate(prune_passes):
         trainable = run.stage(_reaimed(step, len(prune_passes), index, kept), trainable)
         for stats in run.reports[-1].stats("prune"):
-            kept["target_macs"] *= stats.macs_fraction
-            kept["target_params"] *= stats.params_fraction
-            if stats.latency is not None:  # as measured on its back-end
-                kept["target_latency"] *= stats.latency.measured
+            if stats.achieved_fraction is not None:  # latency: as measured on its back-end
+                kept *= stats.achieved_fraction
         if finetune is not None:
             _finetune(trainable, finetune, index)
     if recipe is not None:

@@ -530,15 +530,14 @@ def _optimize_kwargs(args: argparse.Namespace) -> dict:
         if not 0.0 <= args.prune < 1.0:
             raise UsageError(f"--prune {args.prune}: the fraction of channels to remove must be in [0, 1)")
         kwargs["prune"] = args.prune
-    budgets = {f"target_{name}": getattr(args, f"target_{name}") for name in ("macs", "params", "latency")}
-    budgets = {key: value for key, value in budgets.items() if value is not None}
+    from graphopt.passes.prune import BUDGET_OPTIONS, Prune
+
+    budgets = {key: getattr(args, key) for key in BUDGET_OPTIONS if getattr(args, key) is not None}
     if budgets:
         flags = [f"--{key.replace('_', '-')}" for key in budgets]
         if args.prune is not None or len(budgets) > 1:
             raise UsageError(f"give one of --prune, --target-macs, --target-params, --target-latency "
                              f"(got {', '.join((['--prune'] if args.prune is not None else []) + flags)})")
-        from graphopt.passes.prune import Prune
-
         try:
             Prune(**budgets)  # the pass's own checks, before tracing
         except GraphoptError as exc:

@@ -127,6 +127,9 @@ class PruneReport:
 
 
 
+BUDGET_OPTIONS = ("target_macs", "target_params", "target_latency")  # instead of a ratio; at most one
+
+
 @register_pass("prune")
 class Prune(Pass):
     """Remove the least important channels of every prunable channel group."""
@@ -168,8 +171,7 @@ class Prune(Pass):
         """Ranges and exclusive options, checked when the pass is built (before tracing, in `optimize`)."""
         if not 0.0 <= self.ratio < 1.0:
             raise self.invalid("ratio", f"the fraction of units to remove must be in [0, 1), got {self.ratio}")
-        targets = [name for name in ("target_macs", "target_params", "target_latency")
-                   if getattr(self, name) is not None]
+        targets = [name for name in BUDGET_OPTIONS if getattr(self, name) is not None]
         for name in targets:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
